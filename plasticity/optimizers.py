@@ -1,0 +1,218 @@
+"""Optimizer factories and the tagged parameter groups every optimizer receives.
+
+Contains:
+    OptimizerConfig: the ``optimizer.*`` config section.
+    param_groups: split a network's parameters into tagged groups (``kind`` and ``isometry`` keys).
+    OPTIMIZERS: the optimizer registry (``adam``, ``adamw``, ``sgd``, ``rmsprop``; ``adamo`` is
+        registered by :mod:`plasticity.adamo`).
+    make_optimizer: build an optimizer by name or ``package.module:Class`` from tagged groups.
+
+Note [Parameter groups]
+    Groups are decided once, here, from tensor properties and the network's declared head, never
+    inside ``Optimizer.step``. Each group dict carries two extra keys that torch keeps untouched:
+
+    ``kind``      ``"matrix"`` (hidden weight matrices and conv kernels), ``"head"`` (output-layer
+                  weights), ``"vector"`` (biases, normalisation parameters, every 0/1-d tensor),
+                  ``"constrained"`` (unconstrained tensors of a parametrization, e.g. the
+                  ``original`` of an orthogonal constraint).
+    ``isometry``  whether the ≥2-d tensors of the group take AdamO's isometry step and the coupled
+                  isometry penalty. True for ``matrix``; for ``head`` only when asked; never for
+                  ``vector`` or ``constrained`` (a constrained layer is isometric by construction,
+                  and regularising the unconstrained tensor of a parametrization is meaningless).
+
+    The head is the set of modules named in the network's ``head_names`` attribute when it has
+    one (PPO's actor and critic heads), else the last module, in ``named_modules()`` order, that
+    owns a parameter of two or more dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from plasticity.registry import Registry
+
+__all__ = [
+    "OptimizerConfig",
+    "OptimizerFactory",
+    "OPTIMIZERS",
+    "param_groups",
+    "make_optimizer",
+    "head_module_names",
+]
+
+GroupKind = Literal["matrix", "head", "vector", "constrained"]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The ``optimizer`` section: which optimizer, its learning rate and its options."""
+
+    name: str = "adam"
+    """Key in OPTIMIZERS (``plasticrl list``) or ``package.module:Class``."""
+    lr: float = 1e-3
+    """Base learning rate of every group; schedules multiply it per group."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam-family moment decay rates."""
+    eps: float = 1e-8
+    """Denominator epsilon (Adam family, RMSprop)."""
+    weight_decay: float = 0.0
+    """Weight decay: decoupled for adamw/adamo, L2-coupled for adam/sgd/rmsprop (torch semantics)."""
+    momentum: float = 0.0
+    """SGD / RMSprop momentum."""
+    nesterov: bool = False
+    """SGD Nesterov momentum."""
+    alpha: float = 0.99
+    """RMSprop squared-gradient decay."""
+    centered: bool = False
+    """RMSprop: divide by the centred second moment (the MinAtar reference uses it)."""
+    iso_coef: float = 1e-2
+    """AdamO: λ, the isometry step coefficient (METHODS.md §1.2; [ours] default)."""
+    iso_target: float = 1.0
+    """AdamO / isometry penalty: s in ‖G − sI‖²; 2 is an option for ReLU layers."""
+    iso_lr: float | None = None
+    """AdamO: η_iso; None follows each group's current lr (so schedules apply)."""
+    iso_head: bool = False
+    """Also apply the isometry step / penalty to the output head's weights."""
+    foreach: bool | None = None
+    """Use the multi-tensor (foreach) implementation; None lets the optimizer choose."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """Learning-rate schedule over the run's updates (LambdaLR: scales every group's own lr)."""
+    lr_end_factor: float = 0.0
+    """Linear schedule: final lr as a fraction of the base lr."""
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for a ``package.module:Class`` optimizer."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if self.eps < 0:
+            raise ValueError(f"optimizer.eps must be >= 0, got {self.eps}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optimizer.betas must lie in [0, 1), got {self.betas}")
+        if not 0.0 <= self.lr_end_factor <= 1.0:
+            raise ValueError(f"optimizer.lr_end_factor must lie in [0, 1], got {self.lr_end_factor}")
+        if self.iso_coef < 0:
+            raise ValueError(f"optimizer.iso_coef must be >= 0, got {self.iso_coef}")
+        if self.iso_lr is not None and self.iso_lr < 0:
+            raise ValueError(f"optimizer.iso_lr must be >= 0 or null, got {self.iso_lr}")
+
+
+OptimizerFactory = Callable[[list[dict[str, Any]], OptimizerConfig], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+
+
+def head_module_names(model: nn.Module) -> tuple[str, ...]:
+    """Names of the output-head modules of ``model`` (see Note [Parameter groups])."""
+    declared = getattr(model, "head_names", None)
+    if declared is not None:
+        names = tuple(declared)
+        known = dict(model.named_modules())
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ValueError(f"head_names {missing} are not modules of {type(model).__name__}")
+        return names
+    last = None
+    for name, module in model.named_modules():
+        if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            last = name
+    return (last,) if last is not None else ()
+
+
+def param_groups(model: nn.Module, *, iso_head: bool = False) -> list[dict[str, Any]]:
+    """Split ``model``'s trainable parameters into tagged groups (Note [Parameter groups]).
+
+    Args:
+        model: the network.
+        iso_head: tag the head's weight matrices for the isometry step too.
+
+    Returns:
+        Non-empty groups, in the order matrix, head, vector, constrained, each a dict with
+        ``params``, ``kind`` and ``isometry``. Every trainable parameter appears exactly once.
+    """
+    heads = head_module_names(model)
+    buckets: dict[GroupKind, list[nn.Parameter]] = {
+        "matrix": [], "head": [], "vector": [], "constrained": []
+    }
+    seen: set[int] = set()
+    for mod_name, module in model.named_modules():
+        in_head = any(mod_name == h or mod_name.startswith(h + ".") for h in heads)
+        for p_name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if ".parametrizations." in f".{full}":
+                kind: GroupKind = "constrained"
+            elif p.dim() < 2:
+                kind = "vector"
+            elif in_head:
+                kind = "head"
+            else:
+                kind = "matrix"
+            buckets[kind].append(p)
+    isometry = {"matrix": True, "head": iso_head, "vector": False, "constrained": False}
+    return [
+        {"params": ps, "kind": kind, "isometry": isometry[kind]}
+        for kind, ps in buckets.items()
+        if ps
+    ]
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Build the optimizer ``cfg.name`` over tagged ``groups``.
+
+    A registered name calls its factory. A ``package.module:attr`` path may name either a factory
+    with the same signature or a ``torch.optim.Optimizer`` subclass, which is constructed as
+    ``Class(groups, lr=cfg.lr, **cfg.kwargs)``.
+    """
+    factory = OPTIMIZERS.get(cfg.name)
+    if isinstance(factory, type) and issubclass(factory, torch.optim.Optimizer):
+        try:
+            return factory(groups, lr=cfg.lr, **dict(cfg.kwargs))
+        except TypeError as exc:
+            raise ValueError(f"cannot construct optimizer {cfg.name!r}: {exc}") from None
+    if cfg.kwargs:
+        raise ValueError(
+            f"optimizer.kwargs is only for 'package.module:Class' optimizers; "
+            f"{cfg.name!r} takes its options as optimizer.<key> (got {sorted(cfg.kwargs)})"
+        )
+    return factory(groups, cfg)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(
+        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+        foreach=cfg.foreach,
+    )
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+        foreach=cfg.foreach,
+    )
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay, foreach=cfg.foreach,
+    )
+
+
+@OPTIMIZERS.register("rmsprop")
+def _rmsprop(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(
+        groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum,
+        centered=cfg.centered, weight_decay=cfg.weight_decay, foreach=cfg.foreach,
+    )

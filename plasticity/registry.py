@@ -1,0 +1,122 @@
+"""Name → callable registries, the one extension mechanism of plasticrl.
+
+Contains:
+    Registry: a typed mapping from names to factories that also resolves ``package.module:attr``.
+    resolve_import: import ``package.module:attr`` with a one-line error.
+    close_matches: "did you mean" suggestions for error messages.
+
+Every extension point (networks, optimizers, regularizers, interventions, agents, schedules) is a
+``Registry``. Registration happens by plain import of the defining module; nothing scans entry
+points. An unknown name raises ``ValueError`` naming the value and listing the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["Registry", "resolve_import", "close_matches"]
+
+T = TypeVar("T")
+
+
+def close_matches(name: str, choices: list[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` choices that look like ``name`` (case-insensitive)."""
+    lowered = {c.lower(): c for c in choices}
+    found = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)
+    return [lowered[f] for f in found]
+
+
+def resolve_import(spec: str) -> object:
+    """Import ``package.module:attr`` (``attr`` may be dotted) and return the attribute.
+
+    Raises:
+        ValueError: ``spec`` has no ``:``, the module cannot be imported, or the attribute is absent.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"invalid import path {spec!r}; expected 'package.module:attr'")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} from {spec!r}: {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r} ({spec!r})") from None
+    return obj
+
+
+class Registry(Generic[T]):
+    """A named collection of factories of one kind.
+
+    Args:
+        kind: what the entries are ("network", "optimizer", ...); used in error messages.
+
+    Example:
+        >>> ACTIVATIONS: Registry[type] = Registry("activation")
+        >>> @ACTIVATIONS.register("identity")
+        ... class Identity: ...
+        >>> ACTIVATIONS.get("identity").__name__
+        'Identity'
+        >>> ACTIVATIONS.get("identiti")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown activation 'identiti'; did you mean 'identity'? valid: ['identity'] \
+or 'package.module:attr'
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that registers ``fn`` under ``name``; a duplicate name is an error."""
+
+        def deco(fn: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = fn
+            return fn
+
+        return deco
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests that register temporary entries)."""
+        del self._entries[name]
+
+    def get(self, name: str) -> T:
+        """Return the entry for a registered ``name`` or a ``package.module:attr`` path."""
+        if name in self._entries:
+            return self._entries[name]
+        if ":" in name:
+            return resolve_import(name)  # type: ignore[return-value]
+        self.check(name)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def check(self, name: str) -> None:
+        """Raise ``ValueError`` naming ``name`` and the valid choices unless it resolves."""
+        if name in self._entries:
+            return
+        if ":" in name:
+            resolve_import(name)
+            return
+        hint = close_matches(name, self.names())
+        did_you_mean = f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ";"
+        raise ValueError(
+            f"unknown {self.kind} {name!r}{did_you_mean} valid: {self.names()} "
+            "or 'package.module:attr'"
+        )
+
+    def names(self) -> list[str]:
+        """Sorted registered names."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
