@@ -1,8 +1,20 @@
 """Agents (DQN, PPO), replay buffers and network factories.
 
+Contains:
+    AGENTS: agent name → its config class (the schema of the ``agent`` config section).
+    AgentConfig: the union of agent config classes.
+
 ``agents`` never imports a logger: agents return metric dicts and trainers log them.
 """
 
+from agents.dqn import DQNAgent, DQNConfig
 from agents.networks import NETWORKS, NetworkConfig, make_network
+from plasticity.registry import Registry
 
-__all__ = ["NETWORKS", "NetworkConfig", "make_network"]
+AgentConfig = DQNConfig
+"""Union of the agent config classes (PPO joins it)."""
+
+AGENTS: Registry[type] = Registry("agent")
+AGENTS.register("dqn")(DQNConfig)
+
+__all__ = ["AGENTS", "AgentConfig", "DQNAgent", "DQNConfig", "NETWORKS", "NetworkConfig", "make_network"]

@@ -1,0 +1,4 @@
+"""Trainers: the CLI, the config schema, the training loops, logging and checkpoints.
+
+``trainers`` is the only package that owns the loop, the logger and checkpoints.
+"""

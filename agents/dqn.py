@@ -1,0 +1,239 @@
+"""DQN (Mnih et al. 2015) with Double-DQN, Polyak/hard target updates and a replay ratio.
+
+Reading order, as CleanRL's ``dqn.py``: the config, the loss (a pure function), the agent.
+
+Contains:
+    DQNConfig: the ``agent.*`` section when ``agent.name=dqn``.
+    dqn_loss: TD loss of a batch, returning (loss, metrics).
+    DQNAgent: holds the online and target networks, the optimizer, its schedule and the
+        regularizers; ``act`` (ε-greedy) and ``update`` (one gradient step) — it never logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.buffers import Batch, ObsStorage
+from agents.common import NonFiniteLossError, linear_schedule
+from plasticity.regularizers import Regularizer
+
+__all__ = ["DQNConfig", "dqn_loss", "DQNAgent"]
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """The ``agent`` section for DQN. Step counts are env steps summed over sub-envs."""
+
+    name: Literal["dqn"] = "dqn"
+    """Agent registry key."""
+    gamma: float = 0.99
+    """Discount factor γ."""
+    batch_size: int = 32
+    """Transitions per gradient step."""
+    buffer_size: int = 100_000
+    """Replay capacity (transitions)."""
+    learning_starts: int = 5_000
+    """Env steps of pure collection before the first update."""
+    replay_ratio: float = 1.0
+    """Gradient updates per env step (0.25 = one update every 4 steps)."""
+    target_update_every: int = 1_000
+    """Env steps between target-network updates."""
+    tau: float = 1.0
+    """Target update: θ⁻ ← τθ + (1−τ)θ⁻; 1.0 is a hard copy."""
+    eps_start: float = 1.0
+    """ε of ε-greedy at step 0."""
+    eps_end: float = 0.1
+    """Final ε."""
+    eps_decay_steps: int = 100_000
+    """Env steps over which ε decays linearly from eps_start to eps_end."""
+    double_dqn: bool = False
+    """Double DQN: the online net picks the next action, the target net evaluates it."""
+    loss: Literal["huber", "mse"] = "huber"
+    """TD loss: Huber (smooth L1, δ=1) or squared error."""
+    max_grad_norm: float | None = None
+    """Clip the global gradient norm to this value; None disables clipping."""
+    obs_storage: ObsStorage = "auto"
+    """Replay observation storage: auto, float32, uint8 or bits (agents.buffers)."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "gamma": 0.0 <= self.gamma <= 1.0,
+            "batch_size": self.batch_size >= 1,
+            "buffer_size": self.buffer_size >= self.batch_size,
+            "learning_starts": self.learning_starts >= 0,
+            "replay_ratio": self.replay_ratio > 0,
+            "target_update_every": self.target_update_every >= 1,
+            "tau": 0.0 < self.tau <= 1.0,
+            "eps_start": 0.0 <= self.eps_start <= 1.0,
+            "eps_end": 0.0 <= self.eps_end <= 1.0,
+            "eps_decay_steps": self.eps_decay_steps >= 0,
+            "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"invalid agent.{key}: {getattr(self, key)!r}")
+
+
+def dqn_loss(
+    q_net: nn.Module,
+    target_net: nn.Module,
+    batch: Batch,
+    gamma: float,
+    *,
+    double_dqn: bool = False,
+    loss: str = "huber",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """TD(0) loss of ``batch``. Returns (loss, metrics); metrics are detached scalars.
+
+    The target bootstraps through truncations (time limits) and not through terminations:
+    ``batch.terminated`` is 1 only for a true terminal state.
+    """
+    q_values = q_net(batch.obs)
+    q_taken = q_values.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+    with torch.no_grad():
+        next_q_target = target_net(batch.next_obs)
+        if double_dqn:
+            next_actions = q_net(batch.next_obs).argmax(1, keepdim=True)
+            next_q = next_q_target.gather(1, next_actions).squeeze(1)
+        else:
+            next_q = next_q_target.max(1).values
+        # 1-step TD target: r + γ (1 − terminated) max_a' Q⁻(s', a')
+        td_target = batch.rewards + gamma * (1.0 - batch.terminated) * next_q
+    if loss == "huber":
+        td_loss = F.smooth_l1_loss(q_taken, td_target)
+    elif loss == "mse":
+        td_loss = F.mse_loss(q_taken, td_target)
+    else:
+        raise ValueError(f"invalid DQN loss {loss!r}; valid: huber, mse")
+    return td_loss, {"td_loss": td_loss.detach(), "q_values": q_taken.detach().mean()}
+
+
+class DQNAgent:
+    """An ε-greedy DQN agent: online and target networks, optimizer, optional lr schedule.
+
+    Args:
+        q_net: the online Q-network ``(B, *obs_shape) → (B, n_actions)``.
+        optimizer: built over ``q_net``'s tagged parameter groups.
+        cfg: the DQN section.
+        n_actions: size of the discrete action space.
+        regularizers: penalties added to the TD loss.
+        scheduler: optional lr scheduler, stepped once per update.
+        seed: seed of the exploration generator.
+        device: where the networks live.
+    """
+
+    def __init__(
+        self,
+        q_net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: DQNConfig,
+        n_actions: int,
+        *,
+        regularizers: Sequence[Regularizer] = (),
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.q_net = q_net.to(self.device)
+        self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.regularizers = list(regularizers)
+        self.n_actions = n_actions
+        self.rng = np.random.default_rng(seed)
+        self.updates = 0  # gradient steps taken
+
+    def epsilon(self, step: int) -> float:
+        """ε at env step ``step`` (linear decay)."""
+        return linear_schedule(self.cfg.eps_start, self.cfg.eps_end, self.cfg.eps_decay_steps, step)
+
+    def act(self, obs: np.ndarray, step: int) -> np.ndarray:
+        """ε-greedy actions for a batch of observations (one per sub-env).
+
+        The generator is drawn from identically at every call (one uniform and one action per
+        sub-env), so the exploration stream does not depend on the network's outputs.
+        """
+        n = obs.shape[0]
+        explore = self.rng.random(n) < self.epsilon(step)
+        actions = self.rng.integers(0, self.n_actions, size=n)
+        if not explore.all():
+            actions = np.where(explore, actions, self.greedy(obs))
+        return actions
+
+    @torch.no_grad()
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """argmax_a Q(obs, a) for a batch of observations."""
+        q_values = self.q_net(torch.as_tensor(obs, device=self.device, dtype=torch.float32))
+        return q_values.argmax(1).cpu().numpy()
+
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        """One gradient step on ``batch``; returns detached scalar metrics.
+
+        Raises:
+            NonFiniteLossError: the loss is NaN/inf; no parameter was changed.
+        """
+        loss, metrics = dqn_loss(
+            self.q_net, self.target_net, batch, self.cfg.gamma,
+            double_dqn=self.cfg.double_dqn, loss=self.cfg.loss,
+        )
+        for reg in self.regularizers:
+            penalty = reg()
+            metrics[f"reg_{reg.name}"] = penalty.detach()
+            loss = loss + penalty
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(f"non-finite loss {loss.item()} at update {self.updates}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.max_grad_norm is not None:
+            metrics["grad_norm"] = nn.utils.clip_grad_norm_(self.q_net.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.updates += 1
+        return metrics
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """θ⁻ ← τθ + (1−τ)θ⁻ (a hard copy when τ = 1)."""
+        online = list(self.q_net.state_dict().values())
+        target = list(self.target_net.state_dict().values())
+        if self.cfg.tau >= 1.0:
+            torch._foreach_copy_(target, online)
+        else:
+            floats = [(t, o) for t, o in zip(target, online, strict=True) if t.is_floating_point()]
+            torch._foreach_lerp_([t for t, _ in floats], [o for _, o in floats], self.cfg.tau)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizer, schedule, regularizers, exploration generator and update count."""
+        return {
+            "q_net": self.q_net.state_dict(),
+            "target_net": self.target_net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "regularizers": [reg.state_dict() for reg in self.regularizers],
+            "rng": self.rng.bit_generator.state,
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.q_net.load_state_dict(state["q_net"])
+        self.target_net.load_state_dict(state["target_net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for reg, reg_state in zip(self.regularizers, state["regularizers"], strict=True):
+            reg.load_state_dict(reg_state)
+        self.rng.bit_generator.state = state["rng"]
+        self.updates = int(state["updates"])

@@ -1,0 +1,328 @@
+r"""Isometric building blocks: GroupSort, the orthogonal *constraint*, and its acting cache.
+
+Contains:
+    GroupSort: sort features in groups of ``g`` along the feature/channel axis (``g = 2`` is MaxMin).
+    ORTHOGONAL_MAPS: the valid names of the map from unconstrained to orthogonal matrices.
+    orthogonal_: constrain a Linear or Conv weight to stay orthogonal (a torch parametrization).
+    acting_cache: reuse constrained weights across gradient-free forwards until they change.
+
+Together, orthogonal weights and GroupSort activations give "almost-everywhere isometric yet
+universal Lipschitz approximators" (Anil, Lucas, Grosse, *Sorting out Lipschitz function
+approximation*, arXiv 1811.05381; METHODS.md §1.3). The networks built from them live in
+``agents.isometric``.
+
+Names kept apart (STYLE.md R8): orthogonal *initialisation* is ``agents.networks.orthogonal_init_``
+(an initial value that training leaves at once); :func:`orthogonal_` here is the orthogonal
+*constraint* (the weight stays orthogonal after every optimizer step).
+
+Note [Optimizer contract of constrained layers]
+    After ``orthogonal_(layer)`` the trainable tensor is ``layer.parametrizations.weight.original``
+    (always 2-D: ``(out, in)`` for Linear, ``(C_out, C_in·kh·kw)`` for Conv), and ``layer.weight``
+    is recomputed from it. :func:`plasticity.optimizers.param_groups` tags that tensor
+    ``kind="constrained", isometry=False``: AdamO gives it a plain Adam step and *no* isometry
+    step, and the isometry/spectral penalties skip it. The layer is isometric by construction, and
+    pushing the unconstrained ``original`` towards orthogonality would be meaningless. The
+    constrained weight itself is never a leaf and never sees an optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrizations, parametrize
+
+__all__ = ["GroupSort", "ORTHOGONAL_MAPS", "orthogonal_", "acting_cache"]
+
+
+class GroupSort(nn.Module):
+    r"""Sort features in consecutive groups of ``group_size`` (Anil et al. 2019).
+
+    For ``x`` with ``n`` features along ``dim``, split the features into the groups
+    :math:`G_j = \{jg, \dots, jg + g - 1\}` and sort each group in ascending order:
+
+    .. math::
+        y_{G_j} = \operatorname{sort}(x_{G_j}), \qquad j = 0, \dots, n/g - 1.
+
+    The output is a permutation of the input, chosen by the input: the Jacobian
+    :math:`\partial y / \partial x = P(x)` is a permutation matrix (constant between ties), so
+    GroupSort preserves norms, :math:`\|y\| = \|x\|`, and gradient norms. ``group_size=2`` is
+    MaxMin, ``[min(x_0, x_1), max(x_0, x_1), ...]``; ``group_size=n`` is FullSort.
+
+    Which axis: ``dim=1`` (default) is the feature axis of ``(B, F)`` activations *and* the channel
+    axis of ``(B, C, H, W)`` feature maps, so for a conv layer each pixel's channels are sorted in
+    groups and pixels never mix. Pass ``dim=-1`` for ``(B, T, F)`` sequences.
+
+    Args:
+        group_size: g >= 2, the size of each sorted group.
+        dim: the axis to split into groups; its size must be divisible by ``group_size``.
+
+    Raises:
+        ValueError: ``group_size < 2`` at construction; in ``forward``, the size of ``dim`` is not
+            divisible by ``group_size`` (the message names both).
+
+    Example:
+        >>> x = torch.tensor([[3.0, 1.0, -2.0, 5.0]])
+        >>> GroupSort(2)(x)
+        tensor([[ 1.,  3., -2.,  5.]])
+        >>> GroupSort(4)(x)
+        tensor([[-2.,  1.,  3.,  5.]])
+    """
+
+    def __init__(self, group_size: int = 2, dim: int = 1) -> None:
+        super().__init__()
+        if not isinstance(group_size, int) or group_size < 2:
+            raise ValueError(f"GroupSort group_size must be an int >= 2, got {group_size!r}")
+        self.group_size = group_size
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Sort every group of ``group_size`` consecutive entries of axis ``dim``."""
+        if not -x.dim() <= self.dim < x.dim():
+            raise ValueError(f"GroupSort(dim={self.dim}) got an input of shape {tuple(x.shape)}")
+        d = self.dim % x.dim()
+        n, g = x.shape[d], self.group_size
+        if n % g:
+            raise ValueError(
+                f"GroupSort(group_size={g}) needs the size of dim {self.dim} to be divisible by {g}, "
+                f"got {n} (input shape {tuple(x.shape)})"
+            )
+        groups = x.unflatten(d, (n // g, g))
+        if g == 2:
+            # Note [MaxMin without max/min]
+            #   torch.maximum/minimum split the gradient 0.5/0.5 at ties, which makes the Jacobian
+            #   stop being a permutation exactly where binary inputs (MinAtar) produce ties. A
+            #   comparison mask routes each gradient entry to exactly one input, like sort does,
+            #   and is cheaper than sort for pairs.
+            a, b = groups.unbind(d + 1)
+            swap = a > b
+            out = torch.stack((torch.where(swap, b, a), torch.where(swap, a, b)), dim=d + 1)
+        else:
+            out = groups.sort(dim=d + 1).values
+        return out.flatten(d, d + 1)
+
+    def extra_repr(self) -> str:
+        """``group_size=.., dim=..`` in the module's repr."""
+        return f"group_size={self.group_size}, dim={self.dim}"
+
+
+ORTHOGONAL_MAPS: tuple[str, ...] = ("matrix_exp", "cayley", "householder")
+"""Valid ``map`` names of :func:`orthogonal_` (those of ``torch.nn.utils.parametrizations.orthogonal``)."""
+
+
+def _torch_orthogonal_map(matrix: Tensor, orthogonal_map: str) -> nn.Module:
+    # Note [Reusing torch's orthogonal map]
+    #   torch.nn.utils.parametrizations.orthogonal is the map we want (matrix_exp / cayley /
+    #   householder with dynamic trivialization), but it reads a ≥3-d tensor as a *batch* of
+    #   matrices (a conv kernel would become C_out·C_in separate kh×kw matrices), and its module
+    #   class is private. We register it, through the public function, on a throwaway holder
+    #   whose only tensor is the 2-D matrix we mean, and take the module out of the documented
+    #   ``holder.parametrizations.weight[0]`` slot. No private torch name is imported.
+    holder = nn.Module()
+    holder.register_parameter("weight", nn.Parameter(matrix.detach().clone()))
+    parametrizations.orthogonal(holder, "weight", orthogonal_map=orthogonal_map)
+    return holder.parametrizations.weight[0]
+
+
+class _OrthogonalMatrix(nn.Module):
+    """Parametrization: unconstrained ``(rows, cols)`` → orthogonal matrix → weight shape.
+
+    ``orth`` is torch's orthogonal map on the 2-D matrix; ``shape`` is the weight's shape (the
+    same for Linear, the 4-D kernel for Conv2d). Holds the acting memo (Note [Acting cache]).
+    """
+
+    def __init__(self, shape: torch.Size, orth: nn.Module) -> None:
+        super().__init__()
+        self.shape = shape
+        self.orth = orth
+        self._acting = 0  # depth of enclosing acting_cache() contexts
+        self._memo: tuple[tuple[Tensor, ...], tuple[tuple[int, int], ...], Tensor] | None = None
+
+    def _evaluate(self, original: Tensor) -> Tensor:
+        return self.orth(original).reshape(self.shape)
+
+    def forward(self, original: Tensor) -> Tensor:
+        """The constrained weight; reused from the memo inside ``acting_cache`` when unchanged."""
+        if not self._acting or torch.is_grad_enabled():
+            return self._evaluate(original)
+        # Note [Acting cache] — what the memo is keyed on.
+        #   The weight is a function of ``original`` and of torch's ``base`` buffer (dynamic
+        #   trivialization) only. Optimizer steps and load_state_dict change them in place, which
+        #   bumps ``_version``; ``.to()`` / ``.data =`` swap storage without bumping it, which
+        #   changes ``data_ptr``; right_inverse replaces ``base`` with a new object. Holding the
+        #   keyed tensors makes the identity test safe (an id cannot be reused while we hold it).
+        tensors = (original, *self.orth.buffers())
+        stamp = tuple((t._version, t.data_ptr()) for t in tensors)
+        memo = self._memo
+        if (
+            memo is not None
+            and len(memo[0]) == len(tensors)
+            and all(a is b for a, b in zip(memo[0], tensors, strict=True))
+            and memo[1] == stamp
+        ):
+            return memo[2]
+        weight = self._evaluate(original)
+        self._memo = (tensors, stamp, weight)
+        return weight
+
+    @torch.no_grad()
+    def right_inverse(self, weight: Tensor) -> Tensor:
+        """Unconstrained tensor whose image is the orthogonalised ``weight`` (QR if not orthogonal)."""
+        if weight.shape != self.shape:
+            raise ValueError(f"expected a weight of shape {tuple(self.shape)}, got {tuple(weight.shape)}")
+        self._memo = None
+        return self.orth.right_inverse(weight.reshape(self.shape[0], -1))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # deepcopy (target networks) and pickling drop the memo: it may hold inference tensors
+        # and it is keyed on the identity of this copy's tensors anyway.
+        state = super().__getstate__()
+        state["_memo"] = None
+        state["_acting"] = 0
+        return state
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.shape)}"
+
+
+def orthogonal_(module: nn.Module, name: str = "weight", map: str | None = None) -> nn.Module:
+    r"""Constrain ``module.<name>`` to stay orthogonal, in place (a parametrization).
+
+    The weight is read as the matrix :math:`W \in \mathbb{R}^{m \times n}` with :math:`m` = the
+    size of dim 0 (``out_features`` / ``C_out``) and :math:`n` = the product of the others
+    (``in_features`` / ``C_in·kh·kw``), and kept on the Stiefel manifold:
+
+    .. math::
+        W^\top W = I_n \;\; (m \ge n,\ \text{tall: orthonormal columns}), \qquad
+        W W^\top = I_m \;\; (m < n,\ \text{wide: orthonormal rows}).
+
+    So every one of the :math:`\min(m, n)` singular values of :math:`W` is exactly 1. A Linear
+    layer ``x ↦ Wx + b`` then has Jacobian ``W``: a tall one is an isometry onto its image
+    (:math:`\|Wx\| = \|x\|`), a wide one an isometry on its row space (a coisometry).
+
+    The map from the unconstrained tensor is torch's (``matrix_exp``, ``cayley`` or
+    ``householder``, with dynamic trivialization); see Note [Reusing torch's orthogonal map].
+    The initial value is the weight itself if it is already orthogonal, else the Q factor of its
+    QR decomposition; assigning ``module.weight = Q`` later does the same (``right_inverse``).
+
+    Convolutions: the kernel ``(C_out, C_in, kh, kw)`` is orthogonalised **as the flattened matrix
+    (C_out, C_in·kh·kw)** — the cheap approximation of METHODS.md §1.3. A stride-1 conv with such a
+    kernel is **not** an exact isometry. Writing its Jacobian on an input ``x`` as the stack over
+    output positions p of :math:`K P_p x` (:math:`P_p` extracts the patch at p),
+
+    .. math::
+        \|J x\|^2 = \sum_p \|K P_p x\|^2 \le \sum_p \|P_p x\|^2 \le kh\,kw\,\|x\|^2,
+
+    so :math:`\sigma_{\max}(J) \le \sqrt{kh\,kw}`. With a tall flattened kernel
+    (:math:`K^\top K = I`) the singular values are exactly :math:`\sqrt{c_i}`, :math:`c_i` = how
+    many patches cover input entry i (1 at a corner, kh·kw inside), and with a wide one
+    (:math:`K K^\top = I`, the MinAtar case) they spread between near 0 and :math:`\sqrt{kh\,kw}`.
+    ``tests/plasticity/test_layers.py`` measures both. Exact orthogonal convolutions need BCOP,
+    Cayley-in-Fourier or SOC, none of which is implemented here.
+
+    Optimizer contract: see Note [Optimizer contract of constrained layers] — the trainable tensor
+    is ``module.parametrizations.<name>.original`` (2-D), tagged ``kind="constrained"``.
+
+    Performance: the map is recomputed on every access of ``module.weight``. Wrap gradient-free
+    forwards (acting) in :func:`acting_cache` to compute it once per optimizer step instead.
+
+    Args:
+        module: a layer owning the floating-point tensor ``name`` with 2 or more dimensions whose
+            dim 0 is the output dimension (``nn.Linear``, ``nn.Conv1d/2d/3d``; not
+            ``ConvTranspose``, whose dim 0 is the input).
+        name: the tensor to constrain.
+        map: one of :data:`ORTHOGONAL_MAPS`; ``None`` picks torch's default on the 2-D matrix:
+            ``matrix_exp`` if square, else ``householder`` (cheapest for thin matrices).
+
+    Returns:
+        ``module`` itself, now parametrized.
+
+    Raises:
+        ValueError: no such tensor, fewer than 2 dimensions, not floating point, already
+            parametrized, a transposed convolution, or an unknown ``map`` (the message lists the
+            valid ones).
+
+    Example:
+        >>> layer = orthogonal_(nn.Linear(3, 5))
+        >>> W = layer.weight  # tall: orthonormal columns
+        >>> torch.allclose(W.T @ W, torch.eye(3), atol=1e-5)
+        True
+        >>> tuple(layer.parametrizations.weight.original.shape)  # what the optimizer trains
+        (5, 3)
+        >>> conv = orthogonal_(nn.Conv2d(4, 16, 3))  # flattened kernel (16, 36): wide
+        >>> K = conv.weight.flatten(1)
+        >>> torch.allclose(K @ K.T, torch.eye(16), atol=1e-5)
+        True
+    """
+    weight = getattr(module, name, None)
+    if not isinstance(weight, Tensor):
+        raise ValueError(f"{type(module).__name__} has no parameter or buffer named {name!r}")
+    if parametrize.is_parametrized(module, name):
+        raise ValueError(f"{type(module).__name__}.{name} is already parametrized; "
+                         "orthogonal_ constrains a plain tensor")
+    if weight.dim() < 2:
+        raise ValueError(f"orthogonal_ needs a tensor with >= 2 dimensions, "
+                         f"{type(module).__name__}.{name} has shape {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise ValueError(f"orthogonal_ needs a real floating-point tensor, got {weight.dtype}")
+    if isinstance(module, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+        raise ValueError("orthogonal_ does not support transposed convolutions "
+                         "(their dim 0 is the input dimension)")
+    rows = weight.shape[0]
+    cols = weight.numel() // rows if rows else 0
+    if map is None:
+        map = "matrix_exp" if rows == cols else "householder"
+    if map not in ORTHOGONAL_MAPS:
+        raise ValueError(f"unknown orthogonal map {map!r}; valid: {list(ORTHOGONAL_MAPS)}")
+    orth = _torch_orthogonal_map(weight.detach().reshape(rows, cols), map)
+    # unsafe=True: for a conv the unconstrained tensor (2-D) and the weight (4-D) differ in shape.
+    parametrize.register_parametrization(module, name, _OrthogonalMatrix(weight.shape, orth), unsafe=True)
+    return module
+
+
+@contextlib.contextmanager
+def acting_cache(model: nn.Module) -> Iterator[None]:
+    """Reuse each constrained weight across gradient-free forwards until the weight changes.
+
+    Inside the context, with gradients disabled (``torch.no_grad()`` or ``torch.inference_mode()``),
+    every :func:`orthogonal_` layer of ``model`` computes its weight once and returns the same
+    tensor on later forwards — in this context *and in later ones* — until an optimizer step,
+    ``load_state_dict``, ``.to()`` or an assignment changes its unconstrained tensors (Note
+    [Acting cache]). With gradients enabled it computes the weight every time, as without the
+    context, so a training forward always differentiates through the map.
+
+    It never changes what a forward computes, nor whether it records gradients, and it is a no-op
+    for a model without :func:`orthogonal_` layers: a trainer can wrap every acting forward in it
+    without knowing the network. Other parametrizations (e.g. torch's own ``orthogonal``) are
+    evaluated as usual.
+
+    Note [Acting cache]
+        torch's ``parametrize.cached()`` only caches within one ``with`` block and cannot tell
+        whether the weights changed, and an acting forward reads each weight once, so it would
+        save nothing per step. Weights change only at optimizer steps (one per ``train_freq``
+        environment steps, or per PPO update), so the memo lives across contexts, in each layer's
+        parametrization, keyed on the versions and storage of its unconstrained tensors. Cost:
+        one extra copy of the constrained weights; ``deepcopy`` drops it.
+
+    Args:
+        model: any module.
+
+    Example:
+        >>> net = nn.Sequential(orthogonal_(nn.Linear(4, 4)), GroupSort(2))
+        >>> with torch.no_grad(), acting_cache(net):
+        ...     q1 = net(torch.ones(1, 4))
+        ...     q2 = net(torch.ones(1, 4))  # reuses the orthogonal weight
+        >>> torch.equal(q1, q2)
+        True
+    """
+    maps = [m for m in model.modules() if isinstance(m, _OrthogonalMatrix)]
+    for m in maps:
+        m._acting += 1
+    try:
+        yield
+    finally:
+        for m in maps:
+            m._acting -= 1

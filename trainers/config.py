@@ -1,0 +1,405 @@
+"""The experiment config: typed dataclasses, strict YAML loading and dotted command-line overrides.
+
+Contains:
+    LoggingConfig, CheckpointConfig, ExperimentConfig: the top-level schema. Component sections
+        live beside their components (``EnvConfig`` in :mod:`envs.make`, ``NetworkConfig`` in
+        :mod:`agents.networks`, ``OptimizerConfig`` in :mod:`plasticity.optimizers`, agent configs
+        in ``agents/``) and are composed here.
+    ConfigError: a bad key, type or value, naming the key and where it came from.
+    load_config: YAML file + ``key=value`` overrides → validated ``ExperimentConfig``.
+    config_from_dict / config_to_dict: the strict converter and its inverse (checkpoints, run dirs).
+    describe_config: every key with its default and docstring (``plasticrl config``).
+
+Loading is strict, as the two good ideas of nanoGPT's configurator: an unknown key is an error and
+types must match (an int is accepted for a float; YAML's ``1e-3`` string is read as a float). The
+``agent`` section is validated against the config class registered for ``agent.name``. Values are
+checked by each dataclass's ``__post_init__`` before any training starts.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from agents import AGENTS, AgentConfig
+from agents.dqn import DQNConfig
+from agents.networks import NetworkConfig
+from envs.make import EnvConfig
+from plasticity.optimizers import OptimizerConfig
+from plasticity.registry import close_matches
+from plasticity.regularizers import RegularizerConfig
+
+__all__ = [
+    "ConfigError",
+    "LoggingConfig",
+    "CheckpointConfig",
+    "ExperimentConfig",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "parse_override",
+    "describe_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key and the file or override it came from."""
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """The ``logging`` section: where runs go and how often scalars are written."""
+
+    dir: str = "runs"
+    """Parent folder of run folders."""
+    name: str | None = None
+    """Run folder name; None builds ``<env>__<agent>__<optimizer>__<network>__s<seed>__<time>``."""
+    every: int = 1000
+    """Write loss and Q-value scalars every this many env steps."""
+    progress: bool = True
+    """Show the progress line (``--quiet`` turns it off)."""
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"logging.every must be >= 1, got {self.every}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """The ``checkpoint`` section."""
+
+    every: int = 100_000
+    """Write ``checkpoint.pt`` every this many env steps (and at the end, and on Ctrl-C); 0 = only then."""
+    replay_buffer: bool = True
+    """Include the replay buffer, so that a resumed off-policy run is identical to an uninterrupted one."""
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"checkpoint.every must be >= 0, got {self.every}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole run. YAML presets in ``configs/`` set a subset of these keys."""
+
+    seed: int = 0
+    """Seeds python, numpy, torch, the envs and the agent's exploration."""
+    total_steps: int = 100_000
+    """Env steps (summed over sub-envs) to train for."""
+    device: str = "cpu"
+    """Torch device for the networks (``cpu``, ``cuda``, ``cuda:1``)."""
+    torch_threads: int | None = 1
+    """Torch intra-op threads; None keeps torch's default. Small RL networks run fastest on 1."""
+    deterministic: bool = False
+    """Ask torch for deterministic algorithms (CUDA); CPU runs are deterministic regardless."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment section."""
+    agent: AgentConfig = field(default_factory=DQNConfig)
+    """Agent section; ``agent.name`` picks its schema."""
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    """Network section."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer section."""
+    regularizers: tuple[RegularizerConfig, ...] = ()
+    """Loss regularizers: a list of ``{name, coef, ...options}``."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Logging section."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint section."""
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 or null, got {self.torch_threads}")
+        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            raise ValueError(f"device must be 'cpu', 'cuda[:i]' or 'mps', got {self.device!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Strict conversion dict -> dataclass
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"{key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: invalid value {value!r}; valid choices: {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _build(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin in (Mapping, dict) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)  # 1e5 written as a float
+            if isinstance(value, str):
+                try:
+                    as_float = float(value)
+                except ValueError:
+                    pass
+                else:
+                    if as_float.is_integer():
+                        return int(as_float)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a schema bug
+
+
+def _schema_for(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from ``data`` strictly; ``prefix`` is the dotted path for messages."""
+    if cls is RegularizerConfig:
+        try:
+            return RegularizerConfig.from_dict(data)
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}: {exc}") from None
+    schema = _schema_for(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in schema:
+            hint = close_matches(str(name), list(schema))
+            did_you_mean = f" did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+            raise ConfigError(f"unknown key {key!r};{did_you_mean} valid keys here: {sorted(schema)}")
+        tp = schema[name]
+        if name == "agent" and cls is ExperimentConfig:
+            kwargs[name] = _build_agent(value, key)
+        elif typing.get_origin(tp) is tuple and typing.get_args(tp)[:1] == (RegularizerConfig,):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{key}: expected a list of {{name, coef, ...}} entries, got {value!r}")
+            kwargs[name] = tuple(_build(RegularizerConfig, v, f"{key}[{i}]") for i, v in enumerate(value))
+        else:
+            kwargs[name] = _convert(value, tp, key)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _build_agent(value: Any, key: str) -> AgentConfig:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    name = value.get("name", "dqn")
+    if name not in AGENTS:
+        raise ConfigError(f"unknown agent.name {name!r}; valid choices: {AGENTS.names()}")
+    return _build(AGENTS.get(name), value, key)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Strictly build an ``ExperimentConfig`` from nested dicts (as read from YAML)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a config must be a mapping of keys, got {type(data).__name__}")
+    return _build(ExperimentConfig, data, "")
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """Plain nested dicts/lists of ``cfg`` (YAML- and checkpoint-safe); inverse of config_from_dict."""
+    if isinstance(cfg, RegularizerConfig):
+        return cfg.to_dict()
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, tuple | list):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into (``["a", "b"]``, value parsed as YAML).
+
+    Example:
+        >>> parse_override("optimizer.lr=3e-4")
+        (['optimizer', 'lr'], '3e-4')
+        >>> parse_override("regularizers=[{name: spectral, coef: 0.001}]")
+        (['regularizers'], [{'name': 'spectral', 'coef': 0.001}])
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad override {text!r}; expected key=value, e.g. optimizer.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: cannot parse the value: {exc}".splitlines()[0]) from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key=value`` override set (creating sections)."""
+    out: dict[str, Any] = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def _override_keys(overrides: Sequence[str]) -> list[str]:
+    return [text.partition("=")[0].strip() for text in overrides]
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML preset (or the defaults when ``path`` is None) and apply overrides.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key, wrong type or invalid value; the message
+            names the key and whether it came from the file or a command-line override.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {source!r} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: invalid YAML: {exc}".splitlines()[0]) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: a config must be a mapping of keys")
+        data = loaded
+    # Validate the file alone first, so its errors are blamed on it and not on an override.
+    try:
+        config_from_dict(data)
+    except ConfigError as exc:
+        if not overrides:
+            raise ConfigError(f"{source}: {exc}") from None
+        file_error: ConfigError | None = exc
+    else:
+        file_error = None
+    merged = apply_overrides(data, overrides)
+    try:
+        return config_from_dict(merged)
+    except ConfigError as exc:
+        if file_error is not None and str(file_error) == str(exc):
+            raise ConfigError(f"{source}: {exc}") from None
+        keys = ", ".join(_override_keys(overrides))
+        raise ConfigError(f"command-line override ({keys}): {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Self-documentation
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields (the CleanRL convention)."""
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe_config(cfg: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, current value, doc) for every leaf key of ``cfg`` (default: the defaults)."""
+    cfg = ExperimentConfig() if cfg is None else cfg
+    rows: list[tuple[str, str, str]] = []
+    docs = _field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, RegularizerConfig):
+            rows.extend(describe_config(value, key + "."))
+        else:
+            rows.append((key, repr(config_to_dict(value)), docs.get(f.name, "")))
+    return rows
