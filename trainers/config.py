@@ -7,6 +7,7 @@ Contains:
         in ``agents/``) and are composed here.
     ConfigError: a bad key, type or value, naming the key and where it came from.
     load_config: YAML file + ``key=value`` overrides → validated ``ExperimentConfig``.
+    read_yaml_preset: a YAML preset with its ``base:`` chain merged.
     config_from_dict / config_to_dict: the strict converter and its inverse (checkpoints, run dirs).
     describe_config: every key with its default and docstring (``plasticrl config``).
 
@@ -328,8 +329,46 @@ def _override_keys(overrides: Sequence[str]) -> list[str]:
     return [text.partition("=")[0].strip() for text in overrides]
 
 
+def read_yaml_preset(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a preset; a top-level ``base: other.yaml`` (relative to this file) is read first and
+    this file's keys are deep-merged over it, so presets of one study share one base.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    resolved = path.resolve()
+    if resolved in _chain:
+        raise ConfigError(f"{path}: 'base' chain loops: {' -> '.join(str(p) for p in (*_chain, resolved))}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}".splitlines()[0]) from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a path to another YAML preset, got {base!r}")
+    parent = read_yaml_preset(path.parent / base, (*_chain, resolved))
+    return _deep_merge(parent, loaded)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = _deep_copy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = _deep_copy(value)
+    return out
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a YAML preset (or the defaults when ``path`` is None) and apply overrides.
+
+    A preset may start from another one with a top-level ``base: relative/path.yaml``.
 
     Raises:
         ConfigError: missing file, bad YAML, unknown key, wrong type or invalid value; the message
@@ -338,19 +377,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {source!r} not found")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: invalid YAML: {exc}".splitlines()[0]) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: a config must be a mapping of keys")
-        data = loaded
+        data = read_yaml_preset(Path(path))
     # Validate the file alone first, so its errors are blamed on it and not on an override.
     try:
         config_from_dict(data)

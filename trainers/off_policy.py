@@ -133,6 +133,7 @@ def train_off_policy(
     status = "finished"
     t_start = time.perf_counter()
     start_step = global_step
+    learning_clock: tuple[float, int] | None = None  # (time, step) when this process first updated
     interrupt = GracefulInterrupt()
     try:
         with interrupt:
@@ -150,6 +151,8 @@ def train_off_policy(
                         logger.log(scalars, global_step)
                 # ---- learn
                 if global_step >= agent_cfg.learning_starts:
+                    if learning_clock is None:
+                        learning_clock = (time.perf_counter(), global_step)
                     update_credit += agent_cfg.replay_ratio * num_envs
                     while update_credit >= 1.0:
                         update_credit -= 1.0
@@ -180,17 +183,23 @@ def train_off_policy(
         # checkpoint.pt as it was and store this state beside it for inspection.
         save_checkpoint(checkpoint_state(), run_dir / "nonfinite_stop.pt")
     finally:
+        t_end = time.perf_counter()
         progress.close(global_step, _mean(recent_returns))
         logger.close()
     if not status.startswith("stopped"):
         save_checkpoint(checkpoint_state(), run_dir / CHECKPOINT_NAME)
     envs.close()
+    learning_sps = None
+    if learning_clock is not None and global_step > learning_clock[1]:
+        learning_sps = (global_step - learning_clock[1]) / (t_end - learning_clock[0])
     return {
         "run_dir": run_dir,
         "status": status,
         "global_step": global_step,
         "updates": agent.updates,
         "recent_return": _mean(recent_returns),
+        "sps": (global_step - start_step) / max(t_end - t_start, 1e-9),
+        "learning_sps": learning_sps,
         "agent": agent,
     }
 
