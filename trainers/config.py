@@ -54,7 +54,15 @@ __all__ = [
 
 
 class ConfigError(ValueError):
-    """A config problem; the message names the key and the file or override it came from."""
+    """A config problem; the message names the key and the file or override it came from.
+
+    Attributes:
+        key: the dotted key at fault, when known (used to blame the right override).
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -155,30 +163,30 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
+                          f"{key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}", key=key)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: invalid value {value!r}; valid choices: {list(args)}")
+            raise ConfigError(f"{key}: invalid value {value!r}; valid choices: {list(args)}", key=key)
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}", key=key)
         return _build(tp, value, key)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}", key=key)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}", key=key)
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin in (Mapping, dict) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}", key=key)
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {value!r}", key=key)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -192,11 +200,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 else:
                     if as_float.is_integer():
                         return int(as_float)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}", key=key)
         return value
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}", key=key)
         if isinstance(value, int | float):
             return float(value)
         if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
@@ -204,10 +212,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {value!r}", key=key)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}", key=key)
         return value
     raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a schema bug
 
@@ -223,7 +231,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         try:
             return RegularizerConfig.from_dict(data)
         except ValueError as exc:
-            raise ConfigError(f"{prefix}: {exc}") from None
+            raise ConfigError(f"{prefix}: {exc}", key=prefix) from None
     schema = _schema_for(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
@@ -231,28 +239,28 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if name not in schema:
             hint = close_matches(str(name), list(schema))
             did_you_mean = f" did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
-            raise ConfigError(f"unknown key {key!r};{did_you_mean} valid keys here: {sorted(schema)}")
+            raise ConfigError(f"unknown key {key!r};{did_you_mean} valid keys here: {sorted(schema)}", key=key)
         tp = schema[name]
         if name == "agent" and cls is ExperimentConfig:
             kwargs[name] = _build_agent(value, key)
         elif typing.get_origin(tp) is tuple and typing.get_args(tp)[:1] == (RegularizerConfig,):
             if not isinstance(value, list | tuple):
-                raise ConfigError(f"{key}: expected a list of {{name, coef, ...}} entries, got {value!r}")
+                raise ConfigError(f"{key}: expected a list of {{name, coef, ...}} entries, got {value!r}", key=key)
             kwargs[name] = tuple(_build(RegularizerConfig, v, f"{key}[{i}]") for i, v in enumerate(value))
         else:
             kwargs[name] = _convert(value, tp, key)
     try:
         return cls(**kwargs)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc), key=prefix or None) from None
 
 
 def _build_agent(value: Any, key: str) -> AgentConfig:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}", key=key)
     name = value.get("name", "dqn")
     if name not in AGENTS:
-        raise ConfigError(f"unknown agent.name {name!r}; valid choices: {AGENTS.names()}")
+        raise ConfigError(f"unknown agent.name {name!r}; valid choices: {AGENTS.names()}", key=f"{key}.name")
     return _build(AGENTS.get(name), value, key)
 
 
@@ -325,13 +333,11 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
-def _override_keys(overrides: Sequence[str]) -> list[str]:
-    return [text.partition("=")[0].strip() for text in overrides]
-
-
 def read_yaml_preset(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a preset; a top-level ``base: other.yaml`` (relative to this file) is read first and
-    this file's keys are deep-merged over it, so presets of one study share one base.
+    """Read a preset, merged over its ``base`` preset if it names one.
+
+    A top-level ``base: other.yaml`` (relative to this file) is read first and this file's keys
+    are deep-merged over it, so that the presets of one study share one base.
     """
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
@@ -393,9 +399,20 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
         return config_from_dict(merged)
     except ConfigError as exc:
         if file_error is not None and str(file_error) == str(exc):
-            raise ConfigError(f"{source}: {exc}") from None
-        keys = ", ".join(_override_keys(overrides))
-        raise ConfigError(f"command-line override ({keys}): {exc}") from None
+            raise ConfigError(f"{source}: {exc}", key=exc.key) from None
+        culprit = _blame(exc.key, overrides)
+        raise ConfigError(f"command-line override {culprit!r}: {exc}", key=exc.key) from None
+
+
+def _blame(key: str | None, overrides: Sequence[str]) -> str:
+    """The override that set ``key`` (or its section / a key inside it); else all of them."""
+    if key is not None:
+        key = key.split("[")[0]
+        for text in reversed(overrides):
+            k = text.partition("=")[0].strip()
+            if k == key or key.startswith(k + ".") or k.startswith(key + "."):
+                return text
+    return " ".join(overrides)
 
 
 # --------------------------------------------------------------------------------------------
