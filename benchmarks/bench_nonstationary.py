@@ -1,103 +1,133 @@
-"""Step throughput of MinAtar Breakout, raw and under NonStationary, in one process.
+"""Step throughput of a MinAtar game, raw and under NonStationary, in one process.
 
-Run:  python benchmarks/bench_nonstationary.py [--steps 20000] [--rounds 7]
+Run:  python benchmarks/bench_nonstationary.py [--game breakout] [--steps 20000] [--rounds 7] [--num-envs 8]
 
-Variants (all on channel-first float32 Breakout, the form plasticrl trains on):
-    raw            gym.make("MinAtar/Breakout-v0") + a channel-last -> (C, 10, 10) float32 conversion
-    bookkeeping    NonStationary with reward_scale at scale 1: the clock, info keys, no transform
-    permute_obs    NonStationary with an active (non-identity) permutation of all 400 cells
-    switch         NonStationary over TaskSet([Breakout, SpaceInvaders]) while on Breakout:
-                   the TaskSet layer plus zero-padding 4 -> 6 channels
-Variants are timed in interleaved rounds on the same seeded action sequence; the table shows the
-median over rounds, and the overhead of each variant relative to raw.
+Variants, all built by ``envs.make`` (channel-first float32 with a time limit: what the trainer
+steps):
+    raw            the game alone
+    bookkeeping    NonStationary with reward_scale at scale 1: the clock and the info key only
+    permute_obs    NonStationary with an active (non-identity) permutation of all cells
+    switch         NonStationary over TaskSet([game, other game]) while on the game: the TaskSet
+                   layer plus zero-padding where the other game has more channels
+Two tables: one env stepped directly, and ``make_vector_env``'s SyncVectorEnv (same-step autoreset,
+episode statistics) of ``--num-envs`` sub-envs, each wrapped as the trainer wraps them. Variants are
+timed in interleaved rounds on one seeded action sequence; each table shows the fastest round per
+variant (the least disturbed by other processes) and the overhead relative to raw.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import time
+import warnings
 from collections.abc import Callable
-from typing import Any
 
 import gymnasium as gym
-import minatar.gym
 import numpy as np
 
+from envs.make import EnvConfig, make_env, make_vector_env
 from envs.nonstationary import NonStationary, PermuteObs, RewardScale, Switch, TaskSet
-from envs.schedules import At
+from envs.schedules import At, Schedule
+
+NEVER = At([10**12])
 
 
-class ChannelFirst(gym.Wrapper):
-    """(10, 10, C) bool -> (C, 10, 10) float32, as lean as a wrapper gets."""
+def wrappers(game: str, num_envs: int) -> dict[str, Callable[[gym.Env], gym.Env] | None]:
+    """Each variant as ``wrap(env) -> env`` applied to the raw game env."""
+    make = functools.partial(make_env, EnvConfig(id=game))
+    other = "breakout" if game == "space_invaders" else "space_invaders"
+    common = dict(seed=0, clock_scale=num_envs, autoreset_mode="SameStep" if num_envs > 1 else None)
 
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        h, w, c = env.observation_space.shape
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (c, h, w), np.float32)
+    def wrap(change_schedule_on: tuple) -> Callable[[gym.Env], gym.Env]:
+        change, schedule, on = change_schedule_on
+        return lambda env: NonStationary(env, change, schedule, on=on, **common)
 
-    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
-        obs, info = self.env.reset(**kwargs)
-        return obs.transpose(2, 0, 1).astype(np.float32, order="C"), info
+    def switch(env: gym.Env) -> gym.Env:
+        # The trainer's way: task 0 is the env it built, the others come from its builder.
+        return NonStationary(TaskSet([lambda: env, other], make_task=make), Switch(), NEVER, **common)
 
-    def step(self, action: int) -> tuple:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs.transpose(2, 0, 1).astype(np.float32, order="C"), reward, terminated, truncated, info
-
-
-def minatar_cf(game: str) -> gym.Env:
-    return ChannelFirst(gym.make(f"MinAtar/{game}-v0"))
-
-
-def variants() -> dict[str, Callable[[], gym.Env]]:
-    never = At([10**12])
+    # permute_obs: At(num_envs) with on="step" truncates the first step; every later episode is
+    # permuted (time_steps takes that step before timing).
+    first: Schedule = At([num_envs])
     return {
-        "raw": lambda: minatar_cf("Breakout"),
-        "bookkeeping": lambda: NonStationary(minatar_cf("Breakout"), RewardScale(), never, seed=0),
-        # At([1]) with on="step": the first step truncates, every later episode is permuted.
-        "permute_obs": lambda: NonStationary(minatar_cf("Breakout"), PermuteObs(), At([1]), on="step", seed=0),
-        "switch": lambda: NonStationary(
-            TaskSet([lambda: minatar_cf("Breakout"), lambda: minatar_cf("SpaceInvaders")]), Switch(), never, seed=0
-        ),
+        "raw": None,
+        "bookkeeping": wrap((RewardScale(), NEVER, "episode")),
+        "permute_obs": wrap((PermuteObs(), first, "step")),
+        "switch": switch,
     }
 
 
-def time_steps(env: gym.Env, actions: list[int]) -> float:
-    """Seconds for ``len(actions)`` steps, resets included (the loop every trainer runs)."""
+def time_steps(env: gym.Env | gym.vector.VectorEnv, actions: np.ndarray) -> float:
+    """Seconds for the steps of ``actions`` (one row per step), resets included."""
     env.reset(seed=0)
-    env.step(0)  # past the permute_obs variant's truncation; a no-op change for the others
+    env.step(actions[0])  # past the permute_obs variant's truncation; nothing for the others
     env.reset(seed=0)
     step, reset = env.step, env.reset
+    vector = isinstance(env, gym.vector.VectorEnv)
+    rows = actions.tolist()
     start = time.perf_counter()
-    for action in actions:
+    for action in rows:
         _, _, terminated, truncated, _ = step(action)
-        if terminated or truncated:
+        if not vector and (terminated or truncated):
             reset()
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20_000, help="steps per variant per round")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
-    args = parser.parse_args()
-
-    if "MinAtar/Breakout-v0" not in gym.registry:
-        minatar.gym.register_envs()
-    actions = np.random.default_rng(0).integers(0, 6, size=args.steps).tolist()
-    envs = {name: make() for name, make in variants().items()}
+def table(
+    title: str, envs: dict[str, gym.Env | gym.vector.VectorEnv], actions: np.ndarray, rounds: int
+) -> None:
     times: dict[str, list[float]] = {name: [] for name in envs}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, env in envs.items():
             times[name].append(time_steps(env, actions))
-
-    raw = statistics.median(times["raw"])
-    print(f"MinAtar Breakout-v0, {args.steps} steps x {args.rounds} rounds (median)")
-    print(f"{'variant':<12} {'steps/s':>10} {'us/step':>8} {'overhead':>9}")
+    raw = min(times["raw"])
+    print(title)
+    print(f"  {'variant':<12} {'steps/s':>10} {'us/step':>8} {'overhead':>9}")
     for name, samples in times.items():
-        t = statistics.median(samples)
+        t = min(samples)
         overhead = "" if name == "raw" else f"{100 * (t / raw - 1):+8.1f}%"
-        print(f"{name:<12} {args.steps / t:>10.0f} {1e6 * t / args.steps:>8.2f} {overhead:>9}")
+        print(f"  {name:<12} {actions.size / t:>10.0f} {1e6 * t / actions.size:>8.2f} {overhead:>9}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--game", default="breakout", help="a MinAtar alias (breakout, space_invaders, ...)")
+    parser.add_argument("--steps", type=int, default=20_000, help="env steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--num-envs", type=int, default=8, help="sub-envs of the vector table (0: skip it)")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MinAtar -v0 "out of date", seaborn
+        single = {
+            name: (wrap or (lambda env: env))(make_env(EnvConfig(id=args.game)))
+            for name, wrap in wrappers(args.game, 1).items()
+        }
+    table(
+        f"MinAtar {args.game}, one env: {args.steps} steps x {args.rounds} rounds, fastest round",
+        single,
+        rng.integers(0, 6, size=args.steps),
+        args.rounds,
+    )
+    if args.num_envs > 0:
+        n = args.num_envs
+        cfg = EnvConfig(id=args.game, num_envs=n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vector = {
+                name: make_vector_env(cfg, 0, None if wrap is None else (lambda env, i, wrap=wrap: wrap(env)))
+                for name, wrap in wrappers(args.game, n).items()
+            }
+        table(
+            f"MinAtar {args.game}, make_vector_env with {n} sub-envs: per env step",
+            vector,
+            rng.integers(0, 6, size=(args.steps // n, n)),
+            args.rounds,
+        )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Contains:
     ENV_ALIASES: short names users may type (``breakout`` → ``MinAtar/Breakout-v0``).
     resolve_env_id: alias / id validation with close-match suggestions.
     make_env: one environment, MinAtar converted to channel-first float32, time limit applied.
+    NonStationaryConfig: the ``nonstationary.*`` config section (what changes, when, how).
     make_vector_env: ``num_envs`` copies in a ``SyncVectorEnv`` (same-step autoreset) with episode
-        statistics, seeded per sub-env.
+        statistics, seeded per sub-env, each wrapped by ``NonStationary`` when configured.
     MinAtarObservation: the (10, 10, C) bool → (C, 10, 10) float32 observation wrapper.
     final_observations: the true next observation of each sub-env under same-step autoreset.
 
@@ -23,17 +24,22 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 
+from envs.nonstationary import CHANGES, NonStationary, TaskSet
+from envs.schedules import SCHEDULES, Schedule
 from plasticity.registry import close_matches, resolve_import
 
 __all__ = [
     "EnvConfig",
+    "NonStationaryConfig",
+    "make_schedule",
+    "make_change",
     "ENV_ALIASES",
     "MINATAR_GAMES",
     "MINATAR_TIME_LIMIT",
@@ -70,6 +76,86 @@ class EnvConfig:
             raise ValueError(f"env.num_envs must be >= 1, got {self.num_envs}")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ValueError(f"env.max_episode_steps must be >= 1 or null, got {self.max_episode_steps}")
+
+
+@dataclass(frozen=True)
+class NonStationaryConfig:
+    """The ``nonstationary`` section: what changes (``kind``), when (one schedule key) and how (``on``).
+
+    Exactly one schedule key is set when ``kind`` is: ``every``, ``at``, ``random`` or
+    ``geometric``. Steps are global env steps (summed over sub-envs); every sub-env changes at the
+    same global step (see :mod:`envs.nonstationary`, Note [Lifetime clock]).
+    """
+
+    kind: str | None = None
+    """None (stationary) or a change kind: switch, permute_obs, permute_actions, reward_scale."""
+    every: int | None = None
+    """Change every N env steps."""
+    at: tuple[int, ...] = ()
+    """Change at these env steps (strictly increasing)."""
+    random: tuple[int, int] | None = None
+    """Change after intervals drawn uniformly from [low, high] env steps (seeded)."""
+    geometric: float | None = None
+    """Change after memoryless intervals of this mean length (seeded)."""
+    on: Literal["episode", "step"] = "episode"
+    """Apply a due change at the next episode boundary, or at once (truncating the episode)."""
+    tasks: tuple[str, ...] = ()
+    """switch: the env ids (or aliases) visited; ``env.id`` must be the first."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Options of the change kind: switch {order}, permute_obs {mode, layout},
+    reward_scale {scales, order} (see ``envs.nonstationary``)."""
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            return
+        set_keys = [k for k in ("every", "at", "random", "geometric") if getattr(self, k)]
+        if len(set_keys) != 1:
+            raise ValueError(
+                f"nonstationary.kind={self.kind!r} needs exactly one schedule key of "
+                f"every, at, random, geometric; got {set_keys or 'none'}"
+            )
+        if self.kind == "switch" and len(self.tasks) < 2:
+            raise ValueError(f"nonstationary.kind=switch needs at least two nonstationary.tasks, got {list(self.tasks)}")
+        if self.kind != "switch" and self.tasks:
+            raise ValueError(f"nonstationary.tasks is only for kind=switch, not {self.kind!r}")
+
+
+def make_schedule(cfg: NonStationaryConfig) -> Schedule:
+    """The schedule object of ``cfg`` (raises ValueError on bad values)."""
+    if cfg.every:
+        return SCHEDULES.get("every")(cfg.every)
+    if cfg.at:
+        return SCHEDULES.get("at")(list(cfg.at))
+    if cfg.random:
+        return SCHEDULES.get("random")(*cfg.random)
+    if cfg.geometric:
+        return SCHEDULES.get("geometric")(cfg.geometric)
+    raise ValueError("nonstationary: no schedule key set (every, at, random, geometric)")
+
+
+def make_change(cfg: NonStationaryConfig) -> Any:
+    """The change-kind object of ``cfg`` (raises ValueError naming bad options)."""
+    assert cfg.kind is not None
+    change_cls = CHANGES.get(cfg.kind)
+    try:
+        return change_cls(**dict(cfg.options))
+    except TypeError as exc:
+        raise ValueError(f"nonstationary.options {dict(cfg.options)} rejected by kind {cfg.kind!r}: {exc}") from None
+
+
+def check_nonstationary(env_cfg: EnvConfig, cfg: NonStationaryConfig) -> None:
+    """Validate names, options and tasks of ``cfg`` before anything is built."""
+    if cfg.kind is None:
+        return
+    CHANGES.check(cfg.kind)
+    make_change(cfg)
+    make_schedule(cfg)
+    if cfg.kind == "switch":
+        ids = [resolve_env_id(t) for t in cfg.tasks]
+        if ids[0] != resolve_env_id(env_cfg.id):
+            raise ValueError(
+                f"nonstationary.tasks must start with env.id ({env_cfg.id!r}), got {list(cfg.tasks)}"
+            )
 
 
 def _register_minatar() -> None:
@@ -152,33 +238,37 @@ def make_env(cfg: EnvConfig, env_id: str | None = None) -> gym.Env:
         raise ValueError(f"env.kwargs {kwargs} rejected by {env_id!r}: {exc}") from None
 
 
-def _build_sub_env(
-    cfg: EnvConfig, seed: int, index: int, wrap: Callable[[gym.Env, int], gym.Env] | None
-) -> gym.Env:
+def _build_sub_env(cfg: EnvConfig, seed: int, index: int, nonstationary: NonStationaryConfig | None) -> gym.Env:
     # Module-level (not a closure) so that the vector env pickles: checkpoints store it whole.
-    env = make_env(cfg)
-    if wrap is not None:
-        env = wrap(env, index)
+    ns = nonstationary if nonstationary is not None and nonstationary.kind is not None else None
+    if ns is not None and ns.kind == "switch":
+        env: gym.Env = TaskSet(list(ns.tasks), make_task=functools.partial(make_env, cfg))
+    else:
+        env = make_env(cfg)
+    if ns is not None:
+        env = NonStationary(
+            env, make_change(ns), make_schedule(ns), on=ns.on, seed=seed,
+            clock_scale=cfg.num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
     env.action_space.seed(seed + index)
     return env
 
 
 def make_vector_env(
-    cfg: EnvConfig,
-    seed: int,
-    wrap: Callable[[gym.Env, int], gym.Env] | None = None,
+    cfg: EnvConfig, seed: int, nonstationary: NonStationaryConfig | None = None
 ) -> gym.vector.VectorEnv:
     """``cfg.num_envs`` sub-envs in a same-step-autoreset ``SyncVectorEnv`` with episode statistics.
 
     Args:
         cfg: the env section.
         seed: the run seed; the action spaces are seeded with ``seed + i``. The caller seeds the
-            observations with ``envs.reset(seed=seed)`` (sub-env i gets ``seed + i``).
-        wrap: optional ``(env, index) -> env`` applied to each sub-env (the non-stationary
-            wrapper goes here).
+            observations with ``envs.reset(seed=seed)`` (sub-env i gets ``seed + i``). The
+            non-stationary wrappers all get ``seed`` itself, so every sub-env sees the same task
+            sequence, and ``clock_scale=num_envs``, so every sub-env changes at the same global step.
+        nonstationary: the ``nonstationary`` section; None or ``kind: null`` is stationary.
     """
     envs = gym.vector.SyncVectorEnv(
-        [functools.partial(_build_sub_env, cfg, seed, i, wrap) for i in range(cfg.num_envs)],
+        [functools.partial(_build_sub_env, cfg, seed, i, nonstationary) for i in range(cfg.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)

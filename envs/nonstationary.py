@@ -19,8 +19,9 @@ Note [Lifetime clock]
     the global step (``n`` × vector steps) after every vector step. Gymnasium's default
     ``AutoresetMode.NEXT_STEP`` replaces the step of a finished sub-env by a ``reset()``; pass
     ``autoreset_mode=NEXT_STEP`` so that such a reset (one that follows a terminated or truncated
-    step) advances the clock like the step it replaces. With ``SAME_STEP`` or ``DISABLED`` every
-    sub-env is stepped on every vector step and resets never count.
+    step) advances the clock like the step it replaces. With ``SAME_STEP`` (what
+    ``envs.make.make_vector_env`` builds) or ``DISABLED`` every sub-env is stepped on every vector
+    step and resets never count.
 
 Note [Task randomness]
     Every random choice about tasks (permutations, random task order, random intervals) is drawn
@@ -604,21 +605,25 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
     ``schedule`` (:data:`envs.schedules.SCHEDULES`: ``every``, ``at``, ``random``, ``geometric``),
     counted in lifetime steps (Note [Lifetime clock]). A change applies at the next episode
     boundary (``on="episode"``) or truncates the running episode (``on="step"``); see
-    Note [Changes at episode boundaries]. ``info["task_id"]`` (int) and ``info["task_switched"]``
-    (bool) come with every ``reset`` and ``step``.
+    Note [Changes at episode boundaries].
+
+    Announcements: ``info["task_id"]`` (int, the task the step or episode runs) comes with every
+    ``reset`` and ``step``; ``info["task_switched"]`` (bool) with every ``reset`` only — a task can
+    change only there, and in a ``SyncVectorEnv`` each info key costs about 1 µs per sub-env step.
+    It is True when the new episode's ``task_id`` differs from the previous episode's (several
+    changes due within one episode can lead back to the same task).
 
     Unlike most wrappers this one has **lifetime state** that survives ``reset()``: the step
     count, the change count, the current task's parameters and the task generator
-    (Note [Task randomness]). ``get_state()``/``set_state()`` save and restore it for checkpoints.
-    ``info["task_switched"]`` is True on a ``reset`` whose ``task_id`` differs from the previous
-    episode's (several changes due within one episode can lead back to the same task).
+    (Note [Task randomness]). The wrapper pickles whole, mid-episode state included (plasticrl's
+    checkpoints pickle the vector env); ``get_state()``/``set_state()`` save and restore just the
+    lifetime state as plain data, for checkpoints that rebuild the env and ``reset()`` it.
 
     No vector version exists: in a vector env give every sub-env its own wrapper with the same
     ``seed``, ``clock_scale=num_envs`` and the vector env's ``autoreset_mode``; every sub-env then
     sees every change at the same global step (Note [Lifetime clock]).
 
     Example:
-        >>> import gymnasium as gym
         >>> from envs.schedules import Every
         >>> env = NonStationary(TaskSet(["CartPole-v1", "Acrobot-v1"]), Switch(), Every(5), on="step", seed=0)
         >>> env.observation_space.shape, env.action_space
@@ -802,7 +807,6 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         if terminated or truncated:
             self._episode_over = True
         info["task_id"] = self._task_id
-        info["task_switched"] = False
         return obs, reward, terminated, truncated, info
 
     # -- lifetime state --------------------------------------------------------------------

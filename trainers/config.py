@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import inspect
 import types
 import typing
@@ -34,7 +35,7 @@ import yaml
 from agents import AGENTS, AgentConfig
 from agents.dqn import DQNConfig
 from agents.networks import NetworkConfig
-from envs.make import EnvConfig
+from envs.make import EnvConfig, NonStationaryConfig
 from plasticity.optimizers import OptimizerConfig
 from plasticity.registry import close_matches
 from plasticity.regularizers import RegularizerConfig
@@ -51,6 +52,28 @@ __all__ = [
     "parse_override",
     "describe_config",
 ]
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false.
+
+    YAML 1.1 (PyYAML's default) reads ``on``, ``off``, ``yes``, ``no`` as booleans — even as keys,
+    so ``nonstationary: {on: step}`` would arrive as ``{True: 'step'}``.
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML with YAML 1.2 booleans (see ``_Yaml12Loader``)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class ConfigError(ValueError):
@@ -113,6 +136,8 @@ class ExperimentConfig:
     """Ask torch for deterministic algorithms (CUDA); CPU runs are deterministic regardless."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """Environment section."""
+    nonstationary: NonStationaryConfig = field(default_factory=NonStationaryConfig)
+    """Non-stationarity section (stationary unless ``nonstationary.kind`` is set)."""
     agent: AgentConfig = field(default_factory=DQNConfig)
     """Agent section; ``agent.name`` picks its schema."""
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -302,7 +327,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"bad override {text!r}; expected key=value, e.g. optimizer.lr=3e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: cannot parse the value: {exc}".splitlines()[0]) from None
     return key.split("."), value
@@ -345,7 +370,7 @@ def read_yaml_preset(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any
     if resolved in _chain:
         raise ConfigError(f"{path}: 'base' chain loops: {' -> '.join(str(p) for p in (*_chain, resolved))}")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}".splitlines()[0]) from None
     if loaded is None:

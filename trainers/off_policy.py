@@ -54,7 +54,7 @@ def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
     agent_cfg = cfg.agent
     assert isinstance(agent_cfg, DQNConfig)
     device = torch.device(cfg.device)
-    envs = make_vector_env(cfg.env, cfg.seed)
+    envs = make_vector_env(cfg.env, cfg.seed, cfg.nonstationary)
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     if not isinstance(act_space, gym.spaces.Discrete):
         raise ValueError(f"DQN needs a Discrete action space; {cfg.env.id!r} has {act_space}")
@@ -134,6 +134,7 @@ def train_off_policy(
     t_start = time.perf_counter()
     start_step = global_step
     learning_clock: tuple[float, int] | None = None  # (time, step) when this process first updated
+    task_id: int | None = None  # sub-env 0's current task, when the env is non-stationary
     interrupt = GracefulInterrupt()
     try:
         with interrupt:
@@ -149,6 +150,8 @@ def train_off_policy(
                 if "episode" in infos:
                     for scalars in _episode_scalars(infos, recent_returns):
                         logger.log(scalars, global_step)
+                if "task_id" in infos:
+                    task_id = int(infos["task_id"][0])
                 # ---- learn
                 if global_step >= agent_cfg.learning_starts:
                     if learning_clock is None:
@@ -166,12 +169,13 @@ def train_off_policy(
                     sps = (global_step - start_step) / max(time.perf_counter() - t_start, 1e-9)
                     scalars = {f"losses/{k}": float(v) for k, v in metrics.items()}
                     scalars |= {
+                        **({"env/task_id": task_id} if task_id is not None else {}),
                         "charts/SPS": sps,
                         "charts/epsilon": agent.epsilon(global_step),
                         "charts/learning_rate": agent.optimizer.param_groups[0]["lr"],
                     }
                     logger.log(scalars, global_step)
-                progress.update(global_step, _mean(recent_returns))
+                progress.update(global_step, _mean(recent_returns), _task_text(task_id))
                 if next_ckpt and global_step >= next_ckpt:
                     next_ckpt = _next_multiple(global_step, cfg.checkpoint.every)
                     save_checkpoint(checkpoint_state(), run_dir / CHECKPOINT_NAME)
@@ -205,14 +209,29 @@ def train_off_policy(
 
 
 def _episode_scalars(infos: dict[str, Any], recent_returns: collections.deque[float]) -> list[dict[str, float]]:
-    """One ``charts/episodic_*`` dict per sub-env whose episode ended this step."""
+    """One dict of ``charts/episodic_*`` (and per-task return, ``env/task_id``) per finished episode.
+
+    Under same-step autoreset the step's ``infos`` already describe the next episode; the finished
+    episode's task is in ``infos["final_info"]["task_id"]``.
+    """
     episode = infos["episode"]
+    final_info = infos.get("final_info", {})
+    tasks = final_info.get("task_id") if "task_id" in final_info else None
     out = []
     for i in np.flatnonzero(infos["_episode"]):
         ret = float(episode["r"][i])
         recent_returns.append(ret)
-        out.append({"charts/episodic_return": ret, "charts/episodic_length": float(episode["l"][i])})
+        scalars = {"charts/episodic_return": ret, "charts/episodic_length": float(episode["l"][i])}
+        if tasks is not None:
+            task = int(tasks[i])
+            scalars[f"charts/episodic_return/task_{task}"] = ret
+            scalars["env/task_id"] = float(task)
+        out.append(scalars)
     return out
+
+
+def _task_text(task_id: int | None) -> str:
+    return "" if task_id is None else f"task {task_id}"
 
 
 def _next_multiple(step: int, every: int) -> int:

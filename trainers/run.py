@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from agents.networks import NETWORKS
-from envs.make import resolve_env_id
+from envs.make import check_nonstationary, resolve_env_id
 from plasticity.optimizers import OPTIMIZERS, OptimizerConfig
 from plasticity.regularizers import REGULARIZERS
 from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -42,8 +42,13 @@ TrainResult = dict[str, Any]
 
 
 def check_names(cfg: ExperimentConfig) -> None:
-    """Resolve env id, network, optimizer and regularizer names; raise ValueError on any unknown."""
+    """Resolve env id, non-stationarity, network, optimizer and regularizer names.
+
+    Raises:
+        ValueError: naming the unknown or invalid value and the valid choices.
+    """
     resolve_env_id(cfg.env.id)
+    check_nonstationary(cfg.env, cfg.nonstationary)
     NETWORKS.check(cfg.network.name)
     OPTIMIZERS.check(cfg.optimizer.name)
     for reg in cfg.regularizers:
