@@ -68,7 +68,7 @@ class ReplayBuffer:
         capacity: int,
         observation_space: gym.Space,
         storage: ObsStorage = "auto",
-        seed: int = 0,
+        seed: int | np.random.SeedSequence = 0,
         device: torch.device | str = "cpu",
     ) -> None:
         if capacity < 1:
@@ -106,8 +106,9 @@ class ReplayBuffer:
         flat = obs.reshape(n, self.obs_size)
         bits = flat != 0
         if not np.array_equal(flat, bits):
-            raise ValueError("observations are not all 0/1, cannot bit-pack them; "
-                             "set agent.obs_storage=float32")
+            raise ValueError(
+                "observations are not all 0/1, cannot bit-pack them; set agent.obs_storage=float32"
+            )
         return np.packbits(bits, axis=1)
 
     def _decode(self, stored: np.ndarray) -> np.ndarray:

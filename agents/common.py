@@ -23,5 +23,7 @@ def linear_schedule(start: float, end: float, duration: int, step: int) -> float
     """
     if duration <= 0:
         return end
-    frac = min(max(step, 0) / duration, 1.0)
+    if step >= duration:
+        return end
+    frac = max(step, 0) / duration
     return start + frac * (end - start)

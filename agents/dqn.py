@@ -140,7 +140,7 @@ class DQNAgent:
         *,
         regularizers: Sequence[Regularizer] = (),
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        seed: int = 0,
+        seed: int | np.random.SeedSequence = 0,
         device: torch.device | str = "cpu",
     ) -> None:
         self.cfg = cfg
@@ -184,8 +184,12 @@ class DQNAgent:
             NonFiniteLossError: the loss is NaN/inf; no parameter was changed.
         """
         loss, metrics = dqn_loss(
-            self.q_net, self.target_net, batch, self.cfg.gamma,
-            double_dqn=self.cfg.double_dqn, loss=self.cfg.loss,
+            self.q_net,
+            self.target_net,
+            batch,
+            self.cfg.gamma,
+            double_dqn=self.cfg.double_dqn,
+            loss=self.cfg.loss,
         )
         for reg in self.regularizers:
             penalty = reg()

@@ -84,7 +84,9 @@ def measure_loop(cfg, n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--steps", type=int, default=3000, help="learning-phase env steps measured")
     parser.add_argument("overrides", nargs="*")
@@ -93,8 +95,10 @@ def main() -> None:
     parts = measure_parts(cfg, args.steps)
     bound = 1e3 / sum(parts.values())
     sps = measure_loop(cfg, args.steps)
-    print(f"config: {args.config} {' '.join(args.overrides)} | torch threads {cfg.torch_threads} | "
-          f"optimizer {cfg.optimizer.name}")
+    print(
+        f"config: {args.config} {' '.join(args.overrides)} | torch threads {cfg.torch_threads} | "
+        f"optimizer {cfg.optimizer.name}"
+    )
     print("  ".join(f"{k}={v:.3f} ms" for k, v in parts.items()))
     print(f"bound 1/(t_env+t_act+t_update) = {bound:.0f} env steps/s")
     print(f"learning loop                  = {sps:.0f} env steps/s  ({sps / bound:.1%} of the bound)")

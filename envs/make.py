@@ -51,9 +51,7 @@ __all__ = [
 ]
 
 MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
-ENV_ALIASES: dict[str, str] = {
-    game: f"MinAtar/{game.title().replace('_', '')}-v0" for game in MINATAR_GAMES
-}
+ENV_ALIASES: dict[str, str] = {game: f"MinAtar/{game.title().replace('_', '')}-v0" for game in MINATAR_GAMES}
 MINATAR_TIME_LIMIT = 10_000
 """Default episode cap for MinAtar [ours]: the games set no ``truncated`` themselves."""
 
@@ -115,7 +113,9 @@ class NonStationaryConfig:
                 f"every, at, random, geometric; got {set_keys or 'none'}"
             )
         if self.kind == "switch" and len(self.tasks) < 2:
-            raise ValueError(f"nonstationary.kind=switch needs at least two nonstationary.tasks, got {list(self.tasks)}")
+            raise ValueError(
+                f"nonstationary.kind=switch needs at least two nonstationary.tasks, got {list(self.tasks)}"
+            )
         if self.kind != "switch" and self.tasks:
             raise ValueError(f"nonstationary.tasks is only for kind=switch, not {self.kind!r}")
 
@@ -140,7 +140,9 @@ def make_change(cfg: NonStationaryConfig) -> Any:
     try:
         return change_cls(**dict(cfg.options))
     except TypeError as exc:
-        raise ValueError(f"nonstationary.options {dict(cfg.options)} rejected by kind {cfg.kind!r}: {exc}") from None
+        raise ValueError(
+            f"nonstationary.options {dict(cfg.options)} rejected by kind {cfg.kind!r}: {exc}"
+        ) from None
 
 
 def check_nonstationary(env_cfg: EnvConfig, cfg: NonStationaryConfig) -> None:
@@ -238,7 +240,9 @@ def make_env(cfg: EnvConfig, env_id: str | None = None) -> gym.Env:
         raise ValueError(f"env.kwargs {kwargs} rejected by {env_id!r}: {exc}") from None
 
 
-def _build_sub_env(cfg: EnvConfig, seed: int, index: int, nonstationary: NonStationaryConfig | None) -> gym.Env:
+def _build_sub_env(
+    cfg: EnvConfig, seed: int, index: int, nonstationary: NonStationaryConfig | None
+) -> gym.Env:
     # Module-level (not a closure) so that the vector env pickles: checkpoints store it whole.
     ns = nonstationary if nonstationary is not None and nonstationary.kind is not None else None
     if ns is not None and ns.kind == "switch":
@@ -247,8 +251,13 @@ def _build_sub_env(cfg: EnvConfig, seed: int, index: int, nonstationary: NonStat
         env = make_env(cfg)
     if ns is not None:
         env = NonStationary(
-            env, make_change(ns), make_schedule(ns), on=ns.on, seed=seed,
-            clock_scale=cfg.num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+            env,
+            make_change(ns),
+            make_schedule(ns),
+            on=ns.on,
+            seed=seed,
+            clock_scale=cfg.num_envs,
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
         )
     env.action_space.seed(seed + index)
     return env

@@ -251,12 +251,13 @@ class TaskSet(gym.Env[np.ndarray, int]):
         # Per task: the slice its observation fills (None when it needs no padding) and its
         # action table (None when it has every action).
         self._pads = [
-            None if e.observation_space.shape == shape else _region(e.observation_space.shape)
-            for e in envs
+            None if e.observation_space.shape == shape else _region(e.observation_space.shape) for e in envs
         ]
         self._luts = [
-            None if e.action_space.n == self.action_space.n
-            else tuple(range(start)) + tuple(
+            None
+            if e.action_space.n == self.action_space.n
+            else tuple(range(start))
+            + tuple(
                 int(start + (a - start) % e.action_space.n) for a in range(start, start + self.action_space.n)
             )
             for e in envs
@@ -738,8 +739,10 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         if nxt is None:
             return _NEVER
         if not _is_int(nxt) or nxt <= step:
-            raise ValueError(f"schedule {self._schedule!r} returned {nxt!r} after step {step}; "
-                             "expected None or an integer > step")
+            raise ValueError(
+                f"schedule {self._schedule!r} returned {nxt!r} after step {step}; "
+                "expected None or an integer > step"
+            )
         return int(nxt)
 
     def _advance(self) -> None:
@@ -867,8 +870,10 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             got = sorted(state) if isinstance(state, Mapping) else state
             raise ValueError(f"NonStationary state must have keys {sorted(keys)}, got {got!r:.200}")
         if state["format"] != _STATE_FORMAT or state["change"] != self._change.name:
-            raise ValueError(f"state of format {state['format']!r} for change {state['change']!r} cannot be "
-                             f"loaded into format {_STATE_FORMAT} for change {self._change.name!r}")
+            raise ValueError(
+                f"state of format {state['format']!r} for change {state['change']!r} cannot be "
+                f"loaded into format {_STATE_FORMAT} for change {self._change.name!r}"
+            )
         counts = [state[k] for k in ("lifetime_step", "num_changes", "task_id")]
         next_change = state["next_change"]
         if not all(_is_int(c) and c >= 0 for c in counts) or not (

@@ -36,6 +36,7 @@ from plasticity.registry import Registry
 
 __all__ = ["Schedule", "Every", "At", "RandomIntervals", "GeometricIntervals", "SCHEDULES"]
 
+
 @runtime_checkable
 class Schedule(Protocol):
     """The protocol of task-change schedules."""

@@ -140,9 +140,7 @@ def param_groups(model: nn.Module, *, iso_head: bool = False) -> list[dict[str, 
         ``params``, ``kind`` and ``isometry``. Every trainable parameter appears exactly once.
     """
     heads = head_module_names(model)
-    buckets: dict[GroupKind, list[nn.Parameter]] = {
-        "matrix": [], "head": [], "vector": [], "constrained": []
-    }
+    buckets: dict[GroupKind, list[nn.Parameter]] = {"matrix": [], "head": [], "vector": [], "constrained": []}
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
         in_head = any(mod_name == h or mod_name.startswith(h + ".") for h in heads)
@@ -161,11 +159,7 @@ def param_groups(model: nn.Module, *, iso_head: bool = False) -> list[dict[str, 
                 kind = "matrix"
             buckets[kind].append(p)
     isometry = {"matrix": True, "head": iso_head, "vector": False, "constrained": False}
-    return [
-        {"params": ps, "kind": kind, "isometry": isometry[kind]}
-        for kind, ps in buckets.items()
-        if ps
-    ]
+    return [{"params": ps, "kind": kind, "isometry": isometry[kind]} for kind, ps in buckets.items() if ps]
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -197,37 +191,62 @@ def _fused(cfg: OptimizerConfig, groups: list[dict[str, Any]]) -> bool | None:
         return None
     devices = {p.device.type for g in groups for p in g["params"]}
     dtypes = {p.dtype for g in groups for p in g["params"]}
-    ok = devices <= {"cpu", "cuda"} and dtypes <= {torch.float32, torch.float64, torch.float16, torch.bfloat16}
+    ok = devices <= {"cpu", "cuda"} and dtypes <= {
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+    }
     return True if ok else None
 
 
 @OPTIMIZERS.register("adam")
 def _adam(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(
-        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-        foreach=cfg.foreach, fused=_fused(cfg, groups),
+        groups,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        foreach=cfg.foreach,
+        fused=_fused(cfg, groups),
     )
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-        foreach=cfg.foreach, fused=_fused(cfg, groups),
+        groups,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        foreach=cfg.foreach,
+        fused=_fused(cfg, groups),
     )
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay, foreach=cfg.foreach,
+        groups,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        foreach=cfg.foreach,
     )
 
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(
-        groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum,
-        centered=cfg.centered, weight_decay=cfg.weight_decay, foreach=cfg.foreach,
+        groups,
+        lr=cfg.lr,
+        alpha=cfg.alpha,
+        eps=cfg.eps,
+        momentum=cfg.momentum,
+        centered=cfg.centered,
+        weight_decay=cfg.weight_decay,
+        foreach=cfg.foreach,
     )

@@ -107,8 +107,7 @@ or 'package.module:attr'
         hint = close_matches(name, self.names())
         did_you_mean = f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ";"
         raise ValueError(
-            f"unknown {self.kind} {name!r}{did_you_mean} valid: {self.names()} "
-            "or 'package.module:attr'"
+            f"unknown {self.kind} {name!r}{did_you_mean} valid: {self.names()} or 'package.module:attr'"
         )
 
     def names(self) -> list[str]:

@@ -25,8 +25,7 @@ from torch import Tensor, nn
 
 from plasticity.registry import Registry
 
-__all__ = ["RegularizerConfig", "Regularizer", "RegularizerFactory", "REGULARIZERS",
-           "make_regularizers"]
+__all__ = ["RegularizerConfig", "Regularizer", "RegularizerFactory", "REGULARIZERS", "make_regularizers"]
 
 
 @dataclass(frozen=True)
@@ -41,9 +40,12 @@ class RegularizerConfig:
     """Regularizer-specific keyword options (every other key of the entry)."""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.coef, int | float) and math.isfinite(self.coef) and self.coef >= 0):
-            raise ValueError(f"regularizers[{self.name}].coef must be a finite number >= 0, "
-                             f"got {self.coef!r}")
+        if isinstance(self.coef, bool) or not (
+            isinstance(self.coef, int | float) and math.isfinite(self.coef) and self.coef >= 0
+        ):
+            raise ValueError(
+                f"regularizers[{self.name}].coef must be a finite number >= 0, got {self.coef!r}"
+            )
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any]) -> RegularizerConfig:
@@ -98,6 +100,5 @@ def make_regularizers(
         try:
             out.append(factory(model, groups, cfg))
         except TypeError as exc:
-            raise ValueError(f"regularizer {cfg.name!r}: bad options {dict(cfg.options)}: {exc}"
-                             ) from None
+            raise ValueError(f"regularizer {cfg.name!r}: bad options {dict(cfg.options)}: {exc}") from None
     return out

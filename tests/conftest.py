@@ -40,11 +40,14 @@ TINY_MINATAR_OVERRIDES: tuple[str, ...] = (
 
 @pytest.fixture(autouse=True)
 def _restore_global_state() -> Iterator[None]:
-    """The trainer sets torch's thread count and seeds the global generators; undo both after each test."""
+    """The trainer sets torch's threads and determinism flag and seeds the global generators; undo that."""
     threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     yield
     torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     random.setstate(py_state)
     np.random.set_state(np_state)
     torch.set_rng_state(torch_state)
@@ -120,7 +123,9 @@ def register_regularizer() -> Iterator[Callable[[str, Callable[..., Any]], None]
 def nan_regularizer(register_regularizer: Callable[[str, Callable[..., Any]], None]) -> str:
     """A regularizer ``test_nan`` that returns 0 for ``options.good_calls`` calls and NaN afterwards."""
 
-    def factory(model: torch.nn.Module, groups: list[dict[str, Any]], cfg: RegularizerConfig) -> ConstantPenalty:
+    def factory(
+        model: torch.nn.Module, groups: list[dict[str, Any]], cfg: RegularizerConfig
+    ) -> ConstantPenalty:
         good = int(cfg.options.get("good_calls", 0))
         return ConstantPenalty(model, [0.0] * good + [float("nan")], "test_nan")
 

@@ -7,7 +7,8 @@ Commands:
     plasticrl config [CONFIG] [key=value ...]   every key with its value and meaning
 
 Bad input (missing file, bad override, unknown name) prints one line on stderr and exits with 2,
-never a traceback (set PLASTICRL_DEBUG=1 for one). Ctrl-C during training writes a checkpoint and exits with 130.
+never a traceback (set PLASTICRL_DEBUG=1 for one). Ctrl-C during training writes a checkpoint
+and exits with 130.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+
+import gymnasium as gym
 
 __all__ = ["main", "build_parser"]
 
@@ -47,18 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
-    sub.add_parser("list", help="list registered agents, networks, optimizers, regularizers and envs",
-                   description="List every registered name a config can use.")
+    sub.add_parser(
+        "list",
+        help="list registered agents, networks, optimizers, regularizers and envs",
+        description="List every registered name a config can use.",
+    )
 
-    config = sub.add_parser("config", help="show every config key with its value and meaning",
-                            description="Print the resolved config (defaults, or CONFIG with overrides).")
+    config = sub.add_parser(
+        "config",
+        help="show every config key with its value and meaning",
+        description="Print the resolved config (defaults, or CONFIG with overrides).",
+    )
     config.add_argument("config", nargs="?", help="YAML preset")
     config.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
 
 
 def _split_positionals(args: argparse.Namespace) -> tuple[str | None, list[str]]:
-    """argparse puts a leading ``key=value`` into ``config``; move it back to the overrides."""
+    """Argparse puts a leading ``key=value`` into ``config``; move it back to the overrides."""
     overrides = list(args.overrides)
     config = args.config
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
@@ -78,7 +87,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, overrides, quiet=args.quiet)
     else:
         if config is None:
-            raise ValueError("missing CONFIG (a YAML preset, e.g. configs/cartpole/dqn.yaml) or --resume RUN_DIR")
+            raise ValueError(
+                "missing CONFIG (a YAML preset, e.g. configs/cartpole/dqn.yaml) or --resume RUN_DIR"
+            )
         result = train(load_config(config, overrides), quiet=args.quiet)
     status = result["status"]
     print(f"{status}: {result['global_step']} steps, {result['updates']} updates -> {result['run_dir']}")
@@ -86,7 +97,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"resume with: plasticrl train --resume {result['run_dir']}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if status.startswith("stopped"):
-        print(f"plasticrl: {status}; last good checkpoint kept in {result['run_dir']}", file=sys.stderr)
+        print(
+            f"plasticrl: {status}; checkpoint.pt (if one was written) is untouched, "
+            f"the state at the stop is in {result['run_dir']}/nonfinite_stop.pt",
+            file=sys.stderr,
+        )
         return EXIT_NONFINITE
     return 0
 
@@ -127,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"train": _cmd_train, "list": _cmd_list, "config": _cmd_config}
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
+    except (ValueError, OSError, gym.error.Error) as exc:  # ConfigError is a ValueError
         if os.environ.get("PLASTICRL_DEBUG"):
             raise
         print(f"plasticrl: error: {exc}", file=sys.stderr)

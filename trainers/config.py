@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import re
 import inspect
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import torch
 import yaml
 
 from agents import AGENTS, AgentConfig
@@ -158,12 +159,19 @@ class ExperimentConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1 or null, got {self.torch_threads}")
-        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
-            raise ValueError(f"device must be 'cpu', 'cuda[:i]' or 'mps', got {self.device!r}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'mps', got {self.device!r}")
 
 
 # --------------------------------------------------------------------------------------------
 # Strict conversion dict -> dataclass
+
+
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _type_name(tp: Any) -> str:
@@ -187,8 +195,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}", key=key)
+        raise ConfigError(
+            errors[0]
+            if len(errors) == 1
+            else f"{key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}",
+            key=key,
+        )
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: invalid value {value!r}; valid choices: {list(args)}", key=key)
@@ -217,14 +229,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)  # 1e5 written as a float
-            if isinstance(value, str):
-                try:
-                    as_float = float(value)
-                except ValueError:
-                    pass
-                else:
-                    if as_float.is_integer():
-                        return int(as_float)
+            if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML reads 1e5 as a string
+                as_float = float(value)
+                if as_float.is_integer():
+                    return int(as_float)
             raise ConfigError(f"{key}: expected an integer, got {value!r}", key=key)
         return value
     if tp is float:
@@ -232,11 +240,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}", key=key)
         if isinstance(value, int | float):
             return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML 1.1 reads 1e-3 as a string
+            return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}", key=key)
     if tp is str:
         if not isinstance(value, str):
@@ -253,6 +258,8 @@ def _schema_for(cls: type) -> dict[str, Any]:
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     """Build dataclass ``cls`` from ``data`` strictly; ``prefix`` is the dotted path for messages."""
     if cls is RegularizerConfig:
+        if isinstance(data, Mapping) and "coef" in data:  # same number rules as every float key
+            data = {**data, "coef": _convert(data["coef"], float, f"{prefix}.coef")}
         try:
             return RegularizerConfig.from_dict(data)
         except ValueError as exc:
@@ -264,13 +271,17 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if name not in schema:
             hint = close_matches(str(name), list(schema))
             did_you_mean = f" did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
-            raise ConfigError(f"unknown key {key!r};{did_you_mean} valid keys here: {sorted(schema)}", key=key)
+            raise ConfigError(
+                f"unknown key {key!r};{did_you_mean} valid keys here: {sorted(schema)}", key=key
+            )
         tp = schema[name]
         if name == "agent" and cls is ExperimentConfig:
             kwargs[name] = _build_agent(value, key)
         elif typing.get_origin(tp) is tuple and typing.get_args(tp)[:1] == (RegularizerConfig,):
             if not isinstance(value, list | tuple):
-                raise ConfigError(f"{key}: expected a list of {{name, coef, ...}} entries, got {value!r}", key=key)
+                raise ConfigError(
+                    f"{key}: expected a list of {{name, coef, ...}} entries, got {value!r}", key=key
+                )
             kwargs[name] = tuple(_build(RegularizerConfig, v, f"{key}[{i}]") for i, v in enumerate(value))
         else:
             kwargs[name] = _convert(value, tp, key)
@@ -284,7 +295,7 @@ def _build_agent(value: Any, key: str) -> AgentConfig:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: expected a mapping, got {value!r}", key=key)
     name = value.get("name", "dqn")
-    if name not in AGENTS:
+    if not isinstance(name, str) or name not in AGENTS:
         raise ConfigError(f"unknown agent.name {name!r}; valid choices: {AGENTS.names()}", key=f"{key}.name")
     return _build(AGENTS.get(name), value, key)
 
@@ -453,9 +464,13 @@ def _field_docs(cls: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
     for node, nxt in zip(body, body[1:], strict=False):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 

@@ -32,7 +32,9 @@ class GracefulInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        sys.stderr.write("\nInterrupt: finishing this step and writing a checkpoint (Ctrl-C again to abort)\n")
+        sys.stderr.write(
+            "\nInterrupt: finishing this step and writing a checkpoint (Ctrl-C again to abort)\n"
+        )
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():

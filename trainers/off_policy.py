@@ -34,7 +34,7 @@ from trainers.config import ExperimentConfig, config_to_dict
 from trainers.interrupt import GracefulInterrupt
 from trainers.logging import TensorBoardLogger, config_markdown
 from trainers.progress import Progress
-from trainers.run import TrainResult, make_lr_scheduler
+from trainers.run import TrainResult, make_lr_scheduler, make_run_dir
 from trainers.seeding import rng_state, seed_everything, set_rng_state
 
 __all__ = ["DQNSetup", "build_dqn", "train_off_policy"]
@@ -64,18 +64,36 @@ def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
     regularizers = make_regularizers(q_net, groups, cfg.regularizers)
     total_updates = math.ceil(max(cfg.total_steps - agent_cfg.learning_starts, 0) * agent_cfg.replay_ratio)
     scheduler = make_lr_scheduler(optimizer, cfg.optimizer, total_updates)
+    # Independent streams for exploration and replay sampling, both fixed by the run seed.
+    explore_seed, replay_seed = np.random.SeedSequence(cfg.seed).spawn(2)
     agent = DQNAgent(
-        q_net, optimizer, agent_cfg, int(act_space.n),
-        regularizers=regularizers, scheduler=scheduler, seed=cfg.seed, device=device,
+        q_net,
+        optimizer,
+        agent_cfg,
+        int(act_space.n),
+        regularizers=regularizers,
+        scheduler=scheduler,
+        seed=explore_seed,
+        device=device,
     )
-    buffer = ReplayBuffer(agent_cfg.buffer_size, obs_space, agent_cfg.obs_storage, seed=cfg.seed, device=device)
+    buffer = ReplayBuffer(
+        agent_cfg.buffer_size, obs_space, agent_cfg.obs_storage, seed=replay_seed, device=device
+    )
     return DQNSetup(envs, agent, buffer)
 
 
 def train_off_policy(
-    cfg: ExperimentConfig, run_dir: Path, resume_state: dict[str, Any] | None, *, quiet: bool = False
+    cfg: ExperimentConfig, run_dir: Path | None, resume_state: dict[str, Any] | None, *, quiet: bool = False
 ) -> TrainResult:
-    """Train a DQN agent for ``cfg.total_steps`` env steps, from scratch or from ``resume_state``."""
+    """Train a DQN agent for ``cfg.total_steps`` env steps, from scratch or from ``resume_state``.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: the run folder; None creates a fresh one once everything is built (so a start-up
+            error leaves no folder behind).
+        resume_state: a checkpoint of this run to continue from.
+        quiet: no progress line.
+    """
     agent_cfg = cfg.agent
     assert isinstance(agent_cfg, DQNConfig)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
@@ -83,6 +101,8 @@ def train_off_policy(
         torch.set_num_threads(cfg.torch_threads)
     setup = build_dqn(cfg)
     envs, agent, buffer = setup.envs, setup.agent, setup.buffer
+    if run_dir is None:
+        run_dir = make_run_dir(cfg)
     num_envs = cfg.env.num_envs
 
     # Loop state; everything here goes into the checkpoint.
@@ -122,7 +142,8 @@ def train_off_policy(
             "rng": rng_state(),
         }
 
-    logger = TensorBoardLogger(run_dir, purge_step=global_step if resume_state is not None else None)
+    # Hide what a crashed run logged after its checkpoint; the checkpoint's own step stays.
+    logger = TensorBoardLogger(run_dir, purge_step=global_step + 1 if resume_state is not None else None)
     if resume_state is None:
         flat = {key: value for key, value in _flatten(config_to_dict(cfg))}
         logger.text("hyperparameters", config_markdown(flat))
@@ -208,7 +229,9 @@ def train_off_policy(
     }
 
 
-def _episode_scalars(infos: dict[str, Any], recent_returns: collections.deque[float]) -> list[dict[str, float]]:
+def _episode_scalars(
+    infos: dict[str, Any], recent_returns: collections.deque[float]
+) -> list[dict[str, float]]:
     """One dict of ``charts/episodic_*`` (and per-task return, ``env/task_id``) per finished episode.
 
     Under same-step autoreset the step's ``infos`` already describe the next episode; the finished
@@ -244,7 +267,7 @@ def _mean(values: collections.deque[float]) -> float | None:
 
 
 def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(tree, dict):
+    if isinstance(tree, dict) and tree:
         out: list[tuple[str, Any]] = []
         for key, value in tree.items():
             out.extend(_flatten(value, f"{prefix}{key}."))

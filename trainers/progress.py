@@ -24,7 +24,9 @@ class Progress:
         stream: where to write (stderr by default, so stdout stays clean for scripts).
     """
 
-    def __init__(self, total: int, start: int = 0, *, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, start: int = 0, *, enabled: bool = True, stream: TextIO | None = None
+    ) -> None:
         self.total, self.start = total, start
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
@@ -66,5 +68,7 @@ class Progress:
         """Print the final line."""
         if self.enabled and (self.tty or step != self._last_printed):
             prefix = "\r" if self.tty else ""
-            self.stream.write(prefix + self.line(step, recent_return, extra) + ("\x1b[K\n" if self.tty else "\n"))
+            self.stream.write(
+                prefix + self.line(step, recent_return, extra) + ("\x1b[K\n" if self.tty else "\n")
+            )
             self.stream.flush()

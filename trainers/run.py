@@ -47,6 +47,8 @@ def check_names(cfg: ExperimentConfig) -> None:
     Raises:
         ValueError: naming the unknown or invalid value and the valid choices.
     """
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device!r} but this torch has no CUDA device; use device=cpu")
     resolve_env_id(cfg.env.id)
     check_nonstationary(cfg.env, cfg.nonstationary)
     NETWORKS.check(cfg.network.name)
@@ -69,12 +71,18 @@ def run_name(cfg: ExperimentConfig) -> str:
 
 
 def make_run_dir(cfg: ExperimentConfig) -> Path:
-    """Create a fresh run folder; a clash (same second) gets a numeric suffix. Writes config.yaml."""
+    """Create a fresh run folder and write config.yaml into it.
+
+    A generated name that clashes (same second) gets a numeric suffix; a ``logging.name`` whose
+    folder already holds files is an error, never silently mixed with another run.
+    """
     base = Path(cfg.logging.dir) / run_name(cfg)
+    if cfg.logging.name is not None and base.exists() and any(base.iterdir()):
+        raise ConfigError(
+            f"run folder {str(base)!r} already holds a run; use --resume or another logging.name"
+        )
     run_dir, i = base, 1
-    while run_dir.exists() and (cfg.logging.name is None or (run_dir / CHECKPOINT_NAME).exists()):
-        if cfg.logging.name is not None:
-            raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; use --resume or another logging.name")
+    while cfg.logging.name is None and run_dir.exists():
         run_dir, i = base.with_name(f"{base.name}_{i}"), i + 1
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
@@ -114,8 +122,7 @@ def _loop_for(cfg: ExperimentConfig) -> Any:
 def train(cfg: ExperimentConfig, *, quiet: bool = False) -> TrainResult:
     """Start a new run of ``cfg``; returns the loop's summary (``run_dir``, ``global_step``, ...)."""
     check_names(cfg)
-    run_dir = make_run_dir(cfg)
-    return _loop_for(cfg)(cfg, run_dir, None, quiet=quiet)
+    return _loop_for(cfg)(cfg, None, None, quiet=quiet)
 
 
 def resume(run_dir: str | Path, overrides: list[str] = (), *, quiet: bool = False) -> TrainResult:  # type: ignore[assignment]
@@ -134,8 +141,8 @@ def resume(run_dir: str | Path, overrides: list[str] = (), *, quiet: bool = Fals
     cfg = config_from_dict(apply_overrides(state["config"], overrides))
     if cfg.total_steps <= state["global_step"]:
         raise ConfigError(
-            f"run {str(run_dir)!r} is already at step {state['global_step']} of total_steps={cfg.total_steps}; "
-            "pass a larger total_steps=N to extend it"
+            f"run {str(run_dir)!r} is already at step {state['global_step']} of "
+            f"total_steps={cfg.total_steps}; pass a larger total_steps=N to extend it"
         )
     check_names(cfg)
     write_config(cfg, run_dir)

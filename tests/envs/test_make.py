@@ -1,0 +1,320 @@
+"""Env construction: ids, aliases, MinAtar, ``module:Factory``, autoreset and pickling (envs/make.py)."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from envs.make import (
+    ENV_ALIASES,
+    MINATAR_TIME_LIMIT,
+    EnvConfig,
+    final_observations,
+    make_env,
+    make_vector_env,
+    resolve_env_id,
+)
+
+
+class TinyEnv(gym.Env[np.ndarray, int]):
+    """Observation ``[t, episode]``; terminates after ``length`` steps (``length + seed`` if seeded).
+
+    The reset observation is ``[0, episode]`` and the terminal one ``[length, episode]``, so a
+    stored transition shows whether its next observation is the terminal or the reset one.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, length: int = 3, reward: float = 1.0) -> None:
+        self.length = length
+        self.reward = reward
+        self.observation_space = gym.spaces.Box(0.0, 1000.0, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t = 0
+        self.episode = -1
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.t, self.episode], dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.length += seed  # sub-env i of a vector env gets seed + i: different lengths
+        self.t = 0
+        self.episode += 1
+        return self._obs(), {}
+
+    def step(self, action: int):
+        self.t += 1
+        return self._obs(), self.reward * (1 + action), self.t >= self.length, False, {}
+
+
+def tiny_factory(**kwargs: Any) -> TinyEnv:
+    return TinyEnv(**kwargs)
+
+
+def not_an_env(**kwargs: Any) -> str:
+    return "nope"
+
+
+NOT_CALLABLE = 3
+
+MINATAR_CHANNELS = {"asterix": 4, "breakout": 4, "freeway": 7, "seaquest": 10, "space_invaders": 6}
+
+
+# ---------------------------------------------------------------------------------------------
+# ids and aliases
+
+
+def test_aliases_cover_every_minatar_game() -> None:
+    assert ENV_ALIASES == {
+        "asterix": "MinAtar/Asterix-v0",
+        "breakout": "MinAtar/Breakout-v0",
+        "freeway": "MinAtar/Freeway-v0",
+        "seaquest": "MinAtar/Seaquest-v0",
+        "space_invaders": "MinAtar/SpaceInvaders-v0",
+    }
+
+
+@pytest.mark.parametrize(
+    ("given", "resolved"),
+    [
+        ("breakout", "MinAtar/Breakout-v0"),
+        ("MinAtar/Breakout-v0", "MinAtar/Breakout-v0"),
+        ("MinAtar/Freeway-v1", "MinAtar/Freeway-v1"),
+        ("CartPole-v1", "CartPole-v1"),
+        ("tests.envs.test_make:TinyEnv", "tests.envs.test_make:TinyEnv"),
+    ],
+)
+def test_resolve_env_id(given: str, resolved: str) -> None:
+    assert resolve_env_id(given) == resolved
+
+
+@pytest.mark.parametrize(
+    ("bad", "suggestion"),
+    [
+        ("CartPol-v1", "'CartPole-v1'"),
+        ("brekout", "'breakout'"),
+        ("MinAtar/Breakot-v0", "'MinAtar/Breakout-v0'"),
+    ],
+)
+def test_unknown_ids_suggest_close_matches(bad: str, suggestion: str) -> None:
+    with pytest.raises(ValueError) as info:
+        resolve_env_id(bad)
+    msg = str(info.value)
+    assert msg.startswith(f"unknown env id {bad!r}; did you mean ")
+    assert suggestion in msg
+    assert "package.module:ClassOrFactory" in msg and "\n" not in msg
+
+
+def test_unknown_id_without_close_match() -> None:
+    with pytest.raises(ValueError, match=r"unknown env id 'zzzzqqqq'; use a gymnasium id"):
+        make_env(EnvConfig(id="zzzzqqqq"))
+
+
+# ---------------------------------------------------------------------------------------------
+# MinAtar
+
+
+@pytest.mark.parametrize("game", sorted(MINATAR_CHANNELS))
+def test_minatar_spaces_and_default_time_limit(game: str) -> None:
+    channels = MINATAR_CHANNELS[game]
+    for env_id in (game, ENV_ALIASES[game]):
+        env = make_env(EnvConfig(id=env_id))
+        assert env.observation_space == gym.spaces.Box(0.0, 1.0, (channels, 10, 10), np.float32)
+        assert env.action_space == gym.spaces.Discrete(6)
+        assert env.spec is not None and env.spec.max_episode_steps == MINATAR_TIME_LIMIT
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (channels, 10, 10) and obs.dtype == np.float32
+        assert set(np.unique(obs)) <= {0.0, 1.0}
+        # channel-first view of the game's (10, 10, C) bool state
+        np.testing.assert_array_equal(obs, env.unwrapped.game.state().transpose(2, 0, 1).astype(np.float32))
+        env.close()
+
+
+def test_minatar_time_limit_from_config() -> None:
+    env = make_env(EnvConfig(id="freeway", max_episode_steps=5))  # Freeway never terminates early
+    assert env.spec is not None and env.spec.max_episode_steps == 5
+    env.reset(seed=0)
+    flags = [env.step(0)[2:4] for _ in range(5)]
+    assert flags == [(False, False)] * 4 + [(False, True)]  # truncated, not terminated, at step 5
+
+
+def test_minatar_kwargs_pass_through() -> None:
+    assert make_env(EnvConfig(id="breakout")).unwrapped.game.sticky_action_prob == 0.1  # MinAtar's default
+    env = make_env(EnvConfig(id="breakout", kwargs={"sticky_action_prob": 0.0}))
+    assert env.unwrapped.game.sticky_action_prob == 0.0
+    env = make_env(EnvConfig(id="asterix", kwargs={"sticky_action_prob": 0.25, "difficulty_ramping": False}))
+    assert env.unwrapped.game.sticky_action_prob == 0.25
+    assert env.unwrapped.game.env.ramping is False
+
+
+def test_rejected_kwargs_raise_value_error() -> None:
+    with pytest.raises(ValueError, match=r"env.kwargs \{'bogus': 1\} rejected by 'MinAtar/Breakout-v0'"):
+        make_env(EnvConfig(id="breakout", kwargs={"bogus": 1}))
+
+
+def test_gymnasium_id_with_time_limit() -> None:
+    env = make_env(EnvConfig(id="CartPole-v1"))
+    assert env.spec.max_episode_steps == 500
+    env = make_env(EnvConfig(id="CartPole-v1", max_episode_steps=4))
+    assert env.spec.max_episode_steps == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# module:Factory
+
+
+@pytest.mark.parametrize("spec", ["tests.envs.test_make:TinyEnv", "tests.envs.test_make:tiny_factory"])
+def test_module_factory_env(spec: str) -> None:
+    env = make_env(EnvConfig(id=spec, kwargs={"length": 2, "reward": 0.5}))
+    assert isinstance(env, TinyEnv)
+    obs, _ = env.reset()
+    assert obs.tolist() == [0.0, 0.0]
+    assert env.step(1)[1:3] == (1.0, False)
+    assert env.step(0)[1:3] == (0.5, True)
+
+
+def test_module_factory_env_with_time_limit() -> None:
+    env = make_env(EnvConfig(id="tests.envs.test_make:TinyEnv", kwargs={"length": 100}, max_episode_steps=2))
+    assert isinstance(env, gym.wrappers.TimeLimit)
+    env.reset()
+    assert env.step(0)[2:4] == (False, False)
+    assert env.step(0)[2:4] == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("tests.envs.test_make:not_an_env", "returned str, not a gymnasium.Env"),
+        ("tests.envs.test_make:NOT_CALLABLE", "is not callable"),
+        ("tests.envs.test_make:Missing", "has no attribute 'Missing'"),
+        ("tests.envs.no_such_module:Env", "cannot import module"),
+    ],
+)
+def test_bad_module_factories(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_env(EnvConfig(id=spec))
+
+
+# ---------------------------------------------------------------------------------------------
+# Vector envs: seeding, autoreset, pickling
+
+
+def rollout(envs: gym.vector.VectorEnv, actions: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    out = []
+    for a in actions:
+        obs, rew, term, trunc, _ = envs.step(a)
+        out.append((obs.copy(), rew.copy(), term.copy(), trunc.copy()))
+    return out
+
+
+def assert_same(a: list[tuple[np.ndarray, ...]], b: list[tuple[np.ndarray, ...]]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        for u, v in zip(x, y, strict=True):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_vector_env_spaces_and_autoreset_mode() -> None:
+    envs = make_vector_env(EnvConfig(id="breakout", num_envs=3), seed=0)
+    assert envs.num_envs == 3
+    assert envs.single_observation_space == gym.spaces.Box(0.0, 1.0, (4, 10, 10), np.float32)
+    assert envs.observation_space.shape == (3, 4, 10, 10)
+    assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    envs.close()
+
+
+def test_same_seed_same_observation_stream_and_other_seed_differs() -> None:
+    cfg = EnvConfig(id="breakout", num_envs=2)
+    actions = np.random.default_rng(0).integers(0, 6, (150, 2))
+    streams = []
+    for seed in (4, 4, 5):
+        envs = make_vector_env(cfg, seed)
+        obs, _ = envs.reset(seed=seed)
+        streams.append([(obs.copy(),)] + [(o,) for o, *_ in rollout(envs, actions)])
+        envs.close()
+    assert_same(streams[0], streams[1])
+    assert any(not np.array_equal(x[0], y[0]) for x, y in zip(streams[0], streams[2], strict=True))
+
+
+def test_action_spaces_are_seeded_per_sub_env() -> None:
+    envs = make_vector_env(EnvConfig(id="breakout", num_envs=2), seed=10)
+    samples = [[sub.action_space.sample() for _ in range(20)] for sub in envs.unwrapped.envs]
+    expected = []
+    for i in range(2):
+        space = gym.spaces.Discrete(6)
+        space.seed(10 + i)
+        expected.append([space.sample() for _ in range(20)])
+    assert samples == expected
+
+
+def test_final_observations_unit() -> None:
+    next_obs = np.array([[0.0], [5.0], [0.0]])
+    infos = {"final_obs": np.array([np.array([9.0]), None, np.array([7.0])], dtype=object)}
+    done = np.array([True, False, True])
+    real = final_observations(next_obs, infos, done)
+    assert real.tolist() == [[9.0], [5.0], [7.0]]
+    assert next_obs.tolist() == [[0.0], [5.0], [0.0]]  # not modified in place
+    none_done = np.zeros(3, bool)
+    assert final_observations(next_obs, {}, none_done) is next_obs
+
+
+def test_final_observations_under_same_step_autoreset() -> None:
+    from agents.buffers import ReplayBuffer
+
+    envs = make_vector_env(EnvConfig(id="tests.envs.test_make:TinyEnv", num_envs=2), seed=0)
+    obs, _ = envs.reset(seed=0)  # sub-env 0: episodes of 3 steps, sub-env 1: of 4 steps
+    buffer = ReplayBuffer(100, envs.single_observation_space)
+    assert buffer.storage == "float32"
+    for _ in range(12):
+        next_obs, rewards, term, trunc, infos = envs.step(np.zeros(2, np.int64))
+        done = term | trunc
+        real = final_observations(next_obs, infos, done)
+        for i in np.flatnonzero(done):
+            assert next_obs[i][0] == 0.0  # already the reset observation of the next episode
+        buffer.add(obs, real, np.zeros(2, np.int64), rewards, term)
+        obs = next_obs
+    batch = buffer.get(np.arange(len(buffer)))
+    t, ep = batch.obs[:, 0], batch.obs[:, 1]
+    t2, ep2 = batch.next_obs[:, 0], batch.next_obs[:, 1]
+    # every stored transition is a real one: t → t + 1 in the same episode, never t → 0 (the reset obs)
+    assert (t2 == t + 1).all() and (ep2 == ep).all()
+    lengths = np.tile([3.0, 4.0], 12)
+    assert batch.terminated.tolist() == (t2.numpy() == lengths).astype(float).tolist()
+    assert batch.terminated.sum().item() == 12 // 3 + 12 // 4
+    envs.close()
+
+
+def test_episode_statistics_count_every_step_under_same_step_autoreset() -> None:
+    envs = make_vector_env(EnvConfig(id="tests.envs.test_make:TinyEnv", num_envs=1), seed=0)
+    envs.reset(seed=0)
+    returns, lengths = [], []
+    for _ in range(9):
+        *_, infos = envs.step(np.array([1]))
+        if "episode" in infos:
+            returns += infos["episode"]["r"][infos["_episode"]].tolist()
+            lengths += infos["episode"]["l"][infos["_episode"]].tolist()
+    assert lengths == [3, 3, 3]
+    assert returns == [6.0, 6.0, 6.0]  # reward 2 per step (action 1), the first step of each episode included
+
+
+@pytest.mark.parametrize("env_id", ["breakout", "tests.envs.test_make:TinyEnv", "CartPole-v1"])
+def test_vector_env_pickles_and_continues_identically(env_id: str) -> None:
+    envs = make_vector_env(EnvConfig(id=env_id, num_envs=2), seed=1)
+    envs.reset(seed=1)
+    n_actions = int(envs.single_action_space.n)
+    rng = np.random.default_rng(0)
+    rollout(envs, rng.integers(0, n_actions, (30, 2)))
+    copy = pickle.loads(pickle.dumps(envs))
+    actions = rng.integers(0, n_actions, (100, 2))
+    assert_same(rollout(envs, actions), rollout(copy, actions))
+    # the episode statistics wrapper continued too
+    np.testing.assert_array_equal(envs.episode_returns, copy.episode_returns)
+    np.testing.assert_array_equal(envs.episode_lengths, copy.episode_lengths)
+    envs.close()
+    copy.close()
