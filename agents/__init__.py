@@ -7,6 +7,7 @@ Contains:
 ``agents`` never imports a logger: agents return metric dicts and trainers log them.
 """
 
+import agents.isometric  # noqa: F401  (registers isometric_mlp, isometric_minatar_cnn)
 from agents.dqn import DQNAgent, DQNConfig
 from agents.networks import NETWORKS, NetworkConfig, make_network
 from plasticity.registry import Registry

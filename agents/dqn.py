@@ -11,6 +11,7 @@ Contains:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from agents.buffers import Batch, ObsStorage
 from agents.common import NonFiniteLossError, linear_schedule
+from plasticity.layers import acting_cache, has_orthogonal_layers, retract_
 from plasticity.regularizers import Regularizer
 
 __all__ = ["DQNConfig", "dqn_loss", "DQNAgent"]
@@ -153,6 +155,9 @@ class DQNAgent:
         self.n_actions = n_actions
         self.rng = np.random.default_rng(seed)
         self.updates = 0  # gradient steps taken
+        # Constrained (orthogonal) layers: reuse their weights across gradient-free forwards and
+        # retract their unconstrained tensors at target syncs (plasticity.layers). Checked once.
+        self._constrained = has_orthogonal_layers(self.q_net)
 
     def epsilon(self, step: int) -> float:
         """ε at env step ``step`` (linear decay)."""
@@ -171,10 +176,14 @@ class DQNAgent:
             actions = np.where(explore, actions, self.greedy(obs))
         return actions
 
+    def _cache(self, net: nn.Module) -> contextlib.AbstractContextManager[None]:
+        return acting_cache(net) if self._constrained else contextlib.nullcontext()
+
     @torch.no_grad()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(obs, a) for a batch of observations."""
-        q_values = self.q_net(torch.as_tensor(obs, device=self.device, dtype=torch.float32))
+        with self._cache(self.q_net):
+            q_values = self.q_net(torch.as_tensor(obs, device=self.device, dtype=torch.float32))
         return q_values.argmax(1).cpu().numpy()
 
     def update(self, batch: Batch) -> dict[str, Tensor]:
@@ -183,14 +192,15 @@ class DQNAgent:
         Raises:
             NonFiniteLossError: the loss is NaN/inf; no parameter was changed.
         """
-        loss, metrics = dqn_loss(
-            self.q_net,
-            self.target_net,
-            batch,
-            self.cfg.gamma,
-            double_dqn=self.cfg.double_dqn,
-            loss=self.cfg.loss,
-        )
+        with self._cache(self.target_net):  # the target's weights change only at syncs
+            loss, metrics = dqn_loss(
+                self.q_net,
+                self.target_net,
+                batch,
+                self.cfg.gamma,
+                double_dqn=self.cfg.double_dqn,
+                loss=self.cfg.loss,
+            )
         for reg in self.regularizers:
             penalty = reg()
             metrics[f"reg_{reg.name}"] = penalty.detach()
@@ -209,7 +219,13 @@ class DQNAgent:
 
     @torch.no_grad()
     def update_target(self) -> None:
-        """θ⁻ ← τθ + (1−τ)θ⁻ (a hard copy when τ = 1)."""
+        """θ⁻ ← τθ + (1−τ)θ⁻ (a hard copy when τ = 1).
+
+        Orthogonal layers are retracted first (``plasticity.layers.retract_``): their weights are
+        unchanged, the length of their unconstrained tensors is reset.
+        """
+        if self._constrained:
+            retract_(self.q_net)
         online = list(self.q_net.state_dict().values())
         target = list(self.target_net.state_dict().values())
         if self.cfg.tau >= 1.0:

@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 from torch import Tensor, nn
 
+from plasticity.layers import ORTHOGONAL_MAPS
 from plasticity.registry import Registry
 
 __all__ = [
@@ -52,6 +53,11 @@ class NetworkConfig:
     """Weight initialisation: torch's default, or orthogonal init (gain √2 hidden, 1 head)."""
     group_size: int = 2
     """GroupSort group size for isometric networks (2 = MaxMin)."""
+    orthogonal_map: str | None = None
+    """Isometric networks: the orthogonal constraint's map (plasticity.layers.ORTHOGONAL_MAPS);
+    None = its default (qr)."""
+    orthogonal_head: bool = False
+    """Isometric networks: also constrain the output head (off: a free head keeps Q-value scale)."""
 
     def __post_init__(self) -> None:
         if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
@@ -60,6 +66,10 @@ class NetworkConfig:
             raise ValueError(f"network.channels must be > 0, got {self.channels}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown network.activation {self.activation!r}; valid: {sorted(ACTIVATIONS)}")
+        if self.orthogonal_map is not None and self.orthogonal_map not in ORTHOGONAL_MAPS:
+            raise ValueError(
+                f"unknown network.orthogonal_map {self.orthogonal_map!r}; valid: {sorted(ORTHOGONAL_MAPS)}"
+            )
         if self.group_size < 2:
             raise ValueError(f"network.group_size must be >= 2, got {self.group_size}")
 

@@ -3,10 +3,15 @@
 Nothing here imports from ``agents``, ``envs`` or ``trainers``.
 """
 
+import plasticity.adamo  # noqa: F401  (registers the adamo optimizer)
+import plasticity.isometry  # noqa: F401  (registers the isometry regularizer)
+import plasticity.spectral  # noqa: F401  (registers the spectral regularizer)
+from plasticity.adamo import AdamO
 from plasticity.optimizers import OPTIMIZERS, OptimizerConfig, make_optimizer, param_groups
 from plasticity.regularizers import REGULARIZERS, RegularizerConfig, make_regularizers
 
 __all__ = [
+    "AdamO",
     "OPTIMIZERS",
     "OptimizerConfig",
     "make_optimizer",

@@ -14,7 +14,8 @@ Note [Parameter groups]
     ``kind``      ``"matrix"`` (hidden weight matrices and conv kernels), ``"head"`` (output-layer
                   weights), ``"vector"`` (biases, normalisation parameters, every 0/1-d tensor),
                   ``"constrained"`` (unconstrained tensors of a parametrization, e.g. the
-                  ``original`` of an orthogonal constraint).
+                  ``original`` of an orthogonal constraint); this group also sets
+                  ``weight_decay=0`` (decay cannot act on the constrained weight).
     ``isometry``  whether the ≥2-d tensors of the group take AdamO's isometry step and the coupled
                   isometry penalty. True for ``matrix``; for ``head`` only when asked; never for
                   ``vector`` or ``constrained`` (a constrained layer is isometric by construction,
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from plasticity.registry import Registry
+from plasticity.rmsprop import RMSprop
 
 __all__ = [
     "OptimizerConfig",
@@ -240,7 +242,8 @@ def _sgd(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Opti
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(
+    # Ours, not torch's: torch's centred RMSprop can write NaN (plasticity.rmsprop).
+    return RMSprop(
         groups,
         lr=cfg.lr,
         alpha=cfg.alpha,
@@ -248,5 +251,4 @@ def _rmsprop(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.
         momentum=cfg.momentum,
         centered=cfg.centered,
         weight_decay=cfg.weight_decay,
-        foreach=cfg.foreach,
     )

@@ -138,7 +138,15 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``plasticrl`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Flags may sit among the key=value overrides (``train c.yaml -q seed=3``): argparse stops
+    # the positional list at the flag, so collect the overrides that come after it here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     commands = {"train": _cmd_train, "list": _cmd_list, "config": _cmd_config}
     try:
         return commands[args.command](args)

@@ -17,6 +17,7 @@ import torch
 from tests.conftest import TINY_MINATAR_OVERRIDES
 from trainers import checkpoint as checkpoint_module
 from trainers import off_policy
+from trainers import session as session_module
 from trainers.checkpoint import CHECKPOINT_NAME, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from trainers.config import ConfigError, ExperimentConfig, config_to_dict, load_config
 from trainers.run import make_lr_scheduler, make_run_dir, resume, run_name, train
@@ -159,7 +160,7 @@ def test_interrupted_run_resumes_identically_with_lr_schedule(
     a = train(make_tiny_config(*extra, "logging.name=full"))
     with monkeypatch.context() as m:
         _InterruptAfter.limit = 250
-        m.setattr(off_policy, "GracefulInterrupt", _InterruptAfter)
+        m.setattr(session_module, "GracefulInterrupt", _InterruptAfter)
         b1 = train(make_tiny_config(*extra, "logging.name=cut"))
     assert b1["status"] == "interrupted"
     assert b1["global_step"] == 250

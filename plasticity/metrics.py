@@ -1,0 +1,1096 @@
+r"""Plasticity metrics (METHODS.md §3): pure functions returning ``dict[str, float]``, and one collector.
+
+Contains:
+    MetricsConfig: the ``metrics.*`` config section.
+    unit_activity: E|h_i| per unit of one hidden layer (the numerator of the ReDo score).
+    dormant_masks / dormant_fraction: dormant units per layer and the unit-weighted total, per τ.
+    persistent_dormant: the fraction of units dormant at two consecutive measurements.
+    feature_rank: srank_δ, effective rank and mean row norm of the penultimate features.
+    measured_weights / weight_stats: per-layer Frobenius norm, distance to init, σ_max, σ_min,
+        stable rank and isometry gap.
+    relu_linear_jacobian / relu_linear_jacobian_sv2: the closed-form Jacobian of Linear → ReLU.
+    layer_jacobian / jacobian_sv2: per-sample layer Jacobians by ``torch.func`` and their σ² moments.
+    empirical_ntk / ntk_stats: Θ = J_θ J_θᵀ on a small probe; its condition number and effective rank.
+    grad_norm, param_rms, optimizer_stats: global gradient norm, parameter RMS, √v̂ statistics.
+    PlasticityProbe: hooks found through ``named_modules()`` + one probe forward → every metric.
+    custom_scalars_layout: the TensorBoard custom-scalars layout of the per-layer charts (pure data).
+    ACTIVATION_TYPES, TAG_PREFIX, tau_tag: what counts as an activation; how tags are spelled.
+
+Each metric has one definition, written in the docstring of the function that computes it; those
+docstrings are the reference. Choices METHODS.md leaves open are marked **[ours]**.
+
+Note [Tags]
+    The pure functions return keys *relative* to ``plasticity/`` (``"srank"``,
+    ``"dormant_fraction/tau_0.025/fc_act"``) so they compose. :class:`PlasticityProbe` returns
+    *full* TensorBoard tags (``TAG_PREFIX`` prepended: ``"plasticity/srank"``), so a trainer logs
+    its result as it is. Per-layer keys end in the module's name from ``named_modules()``, joined
+    with ``/``; names are never edited. τ is spelled by :func:`tau_tag` (``tau_0``, ``tau_0.025``).
+
+Note [Hidden layers]
+    *Units* are the outputs of activation modules (``isinstance`` of :data:`ACTIVATION_TYPES`:
+    torch's elementwise activations and GroupSort) that do not lie inside the head; their tags
+    carry the activation module's name (MinAtarCNN: ``conv_act``, ``fc_act``; ``mlp``: ``2``,
+    ``4``). Networks that apply activations functionally inside ``forward`` (``F.relu``) have no
+    such module: the fallback hooks every non-head module owning a ``weight`` of ≥ 2 dims and
+    reports on its **output, the pre-activation** (dormancy of pre-activations is rarely exact;
+    pass ``layers=[...]`` to name the right modules instead). The unit axis is dim 1 (features of
+    ``(B, F)``, channels of ``(B, C, ...)``). A module called several times in one forward (a
+    shared ``self.act``) gives one layer per call: ``<name>/call_<k>``.
+
+    A *hidden layer* for the Jacobian is a pair (weight module, activation) in which the
+    activation's input **is** the weight module's output tensor (found by forward hooks in the
+    probe forward, so ``Linear → ReLU`` pairs in forward order, whatever the module names); it is
+    named after the weight module (``conv``, ``fc``, like ``isometry_gap/<layer>``). Weights are
+    named after their owning module (a tensor not called ``weight`` is ``<module>.<name>``).
+
+Note [Layer Jacobian]
+    For a layer ℓ = (weight module L, activation φ), ``f_ℓ(x) = φ(L(x))`` on **one** sample, and
+    ``J_ℓ(x) = ∂ vec f_ℓ(x) / ∂ vec x``, an ``m × n`` matrix with m, n the numbers of output and
+    input entries. For a convolution this is the Jacobian of the whole feature map,
+    ``(C_out·H'·W') × (C_in·H·W)`` with the layer's own stride and padding — *not* the flattened
+    kernel (whose σ are ``weight_sv_*``). We report the moments of the k = min(m, n) squared
+    singular values (the smaller side, as the isometry gap), pooled over samples:
+    mean σ² = ‖J‖²_F / k, mean σ⁴ = ‖J Jᵀ‖²_F / k (no SVD), variance = mean σ⁴ − (mean σ²)².
+    An isometric layer gives 1 and 0. In the fallback of Note [Hidden layers] the layer is L alone.
+
+    How it is computed:
+
+    * **Closed form, every probe sample** — L affine (``Linear``, ``Conv1d/2d/3d``, plain or
+      parametrized) and φ elementwise (every type of :data:`ACTIVATION_TYPES` but GroupSort):
+      ``J_n = diag(φ'(z_n)) T`` with z_n = L(x_n) and T = ∂L/∂x the same for every sample
+      (``W`` for a Linear; for a conv, ``jacfwd`` of L at one sample). With G = T Tᵀ:
+      ‖J_n‖²_F = Σ_i φ'(z_ni)² G_ii and ‖J_n J_nᵀ‖²_F = Σ_ij φ'(z_ni)² φ'(z_nj)² G_ij². For
+      ``Linear → ReLU`` this is ``diag(1[z > 0]) W`` (METHODS.md §3). Used while m ≤ 4096 (G is
+      m × m).
+    * **torch.func, the first ``metrics.jacobian_samples`` samples** — every other layer
+      (GroupSort, custom modules, very wide convs): exact per-sample Jacobians from
+      ``vmap(jacfwd)`` (or ``jacrev`` when m < n), see :func:`layer_jacobian`.
+
+    Both are exact (no estimator). Their cost grows with m·n per layer, so for Atari-sized
+    convolutions set ``metrics.jacobian=false``.
+
+Note [Probe forward]
+    The probe runs under ``torch.no_grad()`` in eval mode (training flags restored afterwards), so
+    it never records a graph, touches ``.grad``, updates BatchNorm statistics or draws dropout
+    noise from the global generator. ``torch.func`` transforms still differentiate inside it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacfwd, jacrev, jvp, vmap
+from torch.nn.utils import parametrize
+
+from plasticity.isometry import isometry_gap
+from plasticity.layers import GroupSort
+from plasticity.optimizers import head_module_names, param_groups
+
+__all__ = [
+    "MetricsConfig",
+    "ACTIVATION_TYPES",
+    "TAG_PREFIX",
+    "tau_tag",
+    "unit_activity",
+    "dormant_masks",
+    "dormant_fraction",
+    "persistent_dormant",
+    "feature_rank",
+    "measured_weights",
+    "weight_stats",
+    "relu_linear_jacobian",
+    "relu_linear_jacobian_sv2",
+    "layer_jacobian",
+    "jacobian_sv2",
+    "empirical_ntk",
+    "ntk_stats",
+    "grad_norm",
+    "param_rms",
+    "optimizer_stats",
+    "PlasticityProbe",
+    "custom_scalars_layout",
+]
+
+TAG_PREFIX = "plasticity/"
+"""Prefix of every tag :class:`PlasticityProbe` returns (Note [Tags])."""
+
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Threshold,
+    GroupSort,
+)
+"""Module types whose outputs are hidden units (Note [Hidden layers])."""
+
+NTK_EIG_RTOL = 1e-6
+"""Eigenvalues of Θ at or below this fraction of λ_max are numerically zero (METHODS.md §3)."""
+
+_ELEMENTWISE: tuple[type[nn.Module], ...] = tuple(t for t in ACTIVATION_TYPES if t is not GroupSort)
+_AFFINE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_MAX_CLOSED_FORM_OUTPUTS = 4096  # the closed form builds an m × m Gram
+_GRAM_COLUMNS = 16384  # columns of J_θ per float64 block when accumulating Θ (bounds memory)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The ``metrics`` section: when and how the plasticity metrics are measured."""
+
+    every: int = 5000
+    """Gradient updates between measurements; 0 turns the metrics off."""
+    probe_size: int = 256
+    """Observations in the probe batch (dormancy, feature rank, closed-form Jacobians)."""
+    taus: tuple[float, ...] = (0.0, 0.025, 0.1)
+    """Dormancy thresholds τ on the ReDo score (0 = exactly zero activity)."""
+    srank_delta: float = 0.01
+    """δ of srank_δ (Kumar et al. 2020)."""
+    jacobian: bool = True
+    """Measure layer-Jacobian σ² moments (Note [Layer Jacobian])."""
+    jacobian_samples: int = 8
+    """Probe samples for the torch.func layer Jacobians (layers without a closed form). [ours]"""
+    ntk_every: int = 50000
+    """Gradient updates between empirical-NTK measurements; a multiple of ``every``; 0 = off."""
+    ntk_probe_size: int = 64
+    """Observations (the first of the probe batch) for the NTK; Θ is (n·|A|)², keep n·|A| ≲ 2000."""
+    iso_target: float = 1.0
+    """s of the isometry gap ‖G − sI‖_F/√dim (2 is the natural target for ReLU layers)."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "every": self.every >= 0,
+            "probe_size": self.probe_size >= 1,
+            "taus": all(math.isfinite(t) and t >= 0 for t in self.taus)
+            and len({tau_tag(t) for t in self.taus}) == len(self.taus),
+            "srank_delta": 0.0 <= self.srank_delta < 1.0,
+            "jacobian_samples": self.jacobian_samples >= 1,
+            "ntk_every": self.ntk_every >= 0
+            and (self.ntk_every == 0 or self.every == 0 or self.ntk_every % self.every == 0),
+            "ntk_probe_size": 1 <= self.ntk_probe_size <= self.probe_size,
+            "iso_target": math.isfinite(self.iso_target) and self.iso_target >= 0,
+        }
+        hints = {
+            "taus": "finite, >= 0 and distinct",
+            "srank_delta": "in [0, 1)",
+            "ntk_every": ">= 0 and a multiple of metrics.every",
+            "ntk_probe_size": "in [1, metrics.probe_size]",
+        }
+        for key, ok in checks.items():
+            if not ok:
+                hint = hints.get(key, "out of range")
+                raise ValueError(f"invalid metrics.{key}: {getattr(self, key)!r} ({hint})")
+
+
+def tau_tag(tau: float) -> str:
+    """``tau_<τ>`` with τ in its shortest form.
+
+    Example:
+        >>> tau_tag(0.0), tau_tag(0.025), tau_tag(0.1)
+        ('tau_0', 'tau_0.025', 'tau_0.1')
+    """
+    return f"tau_{tau:g}"
+
+
+# ----------------------------------------------------------------------------- dormant units
+
+
+def unit_activity(activation: Tensor) -> Tensor:
+    """E|h_i| for every unit i of one layer: the mean of |h| over every axis but dim 1 (float64).
+
+    Dim 1 is the unit axis: the features of ``(B, F)``, the channels of ``(B, C, H, W)`` (a conv
+    channel is one unit, averaged over batch and space).
+
+    Example:
+        >>> unit_activity(torch.tensor([[1.0, 0.0, -2.0], [3.0, 0.0, 0.0]]))
+        tensor([2., 0., 1.], dtype=torch.float64)
+    """
+    if activation.dim() < 2:
+        raise ValueError(f"activations need a batch and a unit axis, got shape {tuple(activation.shape)}")
+    dims = [d for d in range(activation.dim()) if d != 1]
+    return activation.detach().abs().mean(dim=dims, dtype=torch.float64)
+
+
+def _masks_from_activity(
+    activity: Mapping[str, Tensor], taus: Sequence[float]
+) -> dict[str, dict[str, Tensor]]:
+    masks: dict[str, dict[str, Tensor]] = {tau_tag(t): {} for t in taus}
+    for layer, e in activity.items():
+        layer_mean = e.mean() if e.numel() else e.new_zeros(())
+        for t in taus:
+            # s_i ≤ τ  ⇔  E|h_i| ≤ τ · mean_k E|h_k|: no division, exact for τ = 0, and a layer
+            # with zero mean activity has every unit dormant (all E|h_i| are 0).
+            masks[tau_tag(t)][layer] = e <= t * layer_mean
+    return masks
+
+
+def dormant_masks(
+    acts: Mapping[str, Tensor], taus: Sequence[float] = (0.0, 0.025, 0.1)
+) -> dict[str, dict[str, Tensor]]:
+    """Dormant masks ``{tau_tag(τ): {layer: (units,) bool}}``; the definition is :func:`dormant_fraction`."""
+    return _masks_from_activity({layer: unit_activity(a) for layer, a in acts.items()}, taus)
+
+
+def _fractions(metric: str, masks: Mapping[str, Mapping[str, Tensor]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for tau, per_layer in masks.items():
+        dormant = units = 0
+        for layer, mask in per_layer.items():
+            n, d = mask.numel(), int(mask.sum())
+            out[f"{metric}/{tau}/{layer}"] = d / n if n else 0.0
+            dormant, units = dormant + d, units + n
+        if per_layer:
+            out[f"{metric}/{tau}"] = dormant / units if units else 0.0
+    return out
+
+
+def dormant_fraction(
+    acts: Mapping[str, Tensor], taus: Sequence[float] = (0.0, 0.025, 0.1)
+) -> dict[str, float]:
+    """Fraction of dormant units per layer and over all layers, for each τ (Sokar et al. 2023).
+
+    Definition: for unit i of a hidden layer with post-activation h (a conv channel is a unit),
+    the score is ``s_i = E|h_i| / mean_k E|h_k|`` with E the mean over the batch (and space);
+    unit i is dormant iff ``s_i ≤ τ``. τ = 0 means exactly zero activity on the whole batch. A
+    layer whose mean activity is 0 has all its units dormant, for every τ **[ours]** (s is 0/0
+    there; every unit is silent, so this is the only sensible value). The total is
+    **unit-weighted**: dormant units over all layers / units over all layers **[ours]**, not the
+    mean of the layer fractions.
+
+    Args:
+        acts: layer name → post-activation ``(B, units, ...)``.
+        taus: thresholds τ ≥ 0.
+
+    Returns:
+        ``dormant_fraction/tau_<τ>/<layer>`` and ``dormant_fraction/tau_<τ>`` (the total).
+
+    Example:
+        >>> acts = {"a": torch.tensor([[1.0, 0.0], [1.0, 0.0]]), "b": torch.ones(2, 6)}
+        >>> dormant_fraction(acts, taus=[0.0])
+        {'dormant_fraction/tau_0/a': 0.5, 'dormant_fraction/tau_0/b': 0.0, 'dormant_fraction/tau_0': 0.125}
+    """
+    return _fractions("dormant_fraction", dormant_masks(acts, taus))
+
+
+def persistent_dormant(
+    previous: Mapping[str, Mapping[str, Tensor]], current: Mapping[str, Mapping[str, Tensor]]
+) -> dict[str, float]:
+    """Fraction of units dormant at both of two consecutive measurements, per layer and in total.
+
+    Definition **[ours]**: with the masks of :func:`dormant_masks`, unit i of a layer is
+    persistently dormant iff it is dormant now *and* was dormant at the previous measurement
+    (Dopamine's ReDo bookkeeping counts the same units). Fractions use the same denominators as
+    :func:`dormant_fraction` (count = fraction × units). Layers or τ missing from ``previous``, or
+    whose size changed, are left out.
+
+    Returns:
+        ``dormant_persistent/tau_<τ>/<layer>`` and ``dormant_persistent/tau_<τ>`` (unit-weighted).
+
+    Example:
+        >>> before = {"tau_0": {"a": torch.tensor([True, True, False])}}
+        >>> now = {"tau_0": {"a": torch.tensor([True, False, False])}}
+        >>> persistent_dormant(before, now)["dormant_persistent/tau_0"]
+        0.3333333333333333
+    """
+    both: dict[str, dict[str, Tensor]] = {}
+    for tau, per_layer in current.items():
+        old = previous.get(tau, {})
+        both[tau] = {
+            layer: mask & old[layer].to(mask.device)
+            for layer, mask in per_layer.items()
+            if layer in old and old[layer].shape == mask.shape
+        }
+    return _fractions("dormant_persistent", both)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def _entropy_rank(values: Tensor) -> float:
+    """exp(H(p)) with p = values / Σ values (0 log 0 = 0); 0 for an all-zero vector."""
+    total = values.sum()
+    if total <= 0:
+        return 0.0
+    p = values[values > 0] / total
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def feature_rank(features: Tensor, delta: float = 0.01) -> dict[str, float]:
+    """Rank measures of the penultimate features Φ (N × d, the input of the head).
+
+    Definitions, with σ_1 ≥ σ_2 ≥ … the singular values of Φ (uncentred, as Kumar et al.):
+
+    * ``srank`` = min k such that Σ_{i≤k} σ_i / Σ_i σ_i ≥ 1 − δ (Kumar et al., arXiv 2010.14498);
+    * ``effective_rank`` = exp(H(p)), p_i = σ_i / Σ σ (Roy & Vetterli 2007);
+    * ``feature_norm`` = mean over rows of ‖φ_n‖₂ **[ours]** (collapse shows as rank falling while
+      the norm grows).
+
+    Both ranks are 0 for an all-zero Φ **[ours]**. Computed in float64; ties at exactly 1 − δ are
+    resolved with a 1e-12 tolerance so that a spectrum built to sit on the threshold counts.
+
+    Example:
+        >>> phi = torch.diag(torch.tensor([3.0, 1.0, 0.0]))
+        >>> feature_rank(phi, delta=0.3)["srank"], feature_rank(phi)["srank"]
+        (1.0, 2.0)
+    """
+    phi = features.detach().reshape(features.shape[0], -1).to(torch.float64)
+    norm = float(phi.norm(dim=1).mean()) if phi.shape[0] else 0.0
+    sv = torch.linalg.svdvals(phi)
+    total = sv.sum()
+    if sv.numel() == 0 or total <= 0:
+        return {"srank": 0.0, "effective_rank": 0.0, "feature_norm": norm}
+    cumulative = sv.cumsum(0) / total
+    srank = min(int((cumulative < 1.0 - delta - 1e-12).sum()) + 1, sv.numel())
+    return {"srank": float(srank), "effective_rank": _entropy_rank(sv), "feature_norm": norm}
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def _layer_key(module_name: str, tensor_name: str) -> str:
+    if not module_name:
+        return tensor_name
+    return module_name if tensor_name == "weight" else f"{module_name}.{tensor_name}"
+
+
+def measured_weights(
+    model: nn.Module, groups: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, Tensor]:
+    """The weight matrices that :func:`weight_stats` measures, by layer name (detached).
+
+    Which: every parameter of ≥ 2 dims in a group of kind ``matrix`` or ``head`` (hidden weights,
+    conv kernels, output head; Note [Parameter groups] in :mod:`plasticity.optimizers`), and the
+    **constrained** weight of every parametrized tensor of ≥ 2 dims (``module.weight`` of an
+    orthogonal layer, not its unconstrained ``original``). A layer is named after the module
+    owning the tensor (Note [Hidden layers]).
+
+    Args:
+        model: the network.
+        groups: its tagged parameter groups; ``None`` builds them with ``param_groups(model)``.
+    """
+    if groups is None:
+        groups = param_groups(model)
+    kinds = {id(p): g.get("kind", "matrix") for g in groups for p in g["params"]}
+    out: dict[str, Tensor] = {}
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for tensor_name in module.parametrizations:  # type: ignore[union-attr]
+                value = getattr(module, tensor_name)
+                if value.dim() >= 2:
+                    out[_layer_key(name, tensor_name)] = value.detach()
+        for p_name, p in module.named_parameters(recurse=False):
+            if p.dim() >= 2 and kinds.get(id(p)) in ("matrix", "head"):
+                out[_layer_key(name, p_name)] = p.detach()
+    return out
+
+
+def weight_stats(
+    model: nn.Module,
+    groups: Sequence[Mapping[str, Any]] | None = None,
+    target: float = 1.0,
+    init: Mapping[str, Tensor] | None = None,
+) -> dict[str, float]:
+    """Per-layer weight statistics of the matrices of :func:`measured_weights`.
+
+    Definitions, for the matrix view W (a conv kernel ``(C_out, C_in, kh, kw)`` read as
+    ``(C_out, C_in·kh·kw)``) with singular values σ_1 ≥ … ≥ σ_k, k = min(out, in):
+
+    * ``weight_norm`` = ‖W‖_F;
+    * ``weight_dist_init`` = ‖W − W₀‖_F, W₀ the weight at initialisation (only with ``init``);
+    * ``weight_sv_max`` = σ_1; ``weight_sv_min`` = σ_k (the smaller side: a wide matrix's zero
+      singular values of its null space are not counted);
+    * ``stable_rank`` = ‖W‖²_F / σ_1² (0 for a zero matrix);
+    * ``isometry_gap`` = ‖G − sI‖_F / √dim, G the Gram on the smaller side
+      (:func:`plasticity.isometry.isometry_gap`; METHODS.md §1.1).
+
+    Args:
+        model: the network.
+        groups: its tagged parameter groups (``None``: ``param_groups(model)``).
+        target: s of the isometry gap.
+        init: layer name → initial weight (see :meth:`PlasticityProbe.state_dict`).
+
+    Returns:
+        ``<stat>/<layer>`` for every stat above and every measured layer.
+
+    Example:
+        >>> stats = weight_stats(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)))
+        >>> sorted(k for k in stats if k.endswith("/0"))
+        ['isometry_gap/0', 'stable_rank/0', 'weight_norm/0', 'weight_sv_max/0', 'weight_sv_min/0']
+    """
+    out: dict[str, float] = {}
+    for layer, weight in measured_weights(model, groups).items():
+        if weight.numel() == 0:
+            continue
+        matrix = weight.reshape(weight.shape[0], -1).to(torch.float64)
+        sv = torch.linalg.svdvals(matrix)
+        fro = float(matrix.norm())
+        out[f"weight_norm/{layer}"] = fro
+        if init is not None and layer in init:
+            w0 = init[layer].to(matrix.device, torch.float64).reshape(matrix.shape)
+            out[f"weight_dist_init/{layer}"] = float((matrix - w0).norm())
+        out[f"weight_sv_max/{layer}"] = float(sv[0])
+        out[f"weight_sv_min/{layer}"] = float(sv[-1])
+        out[f"stable_rank/{layer}"] = fro**2 / float(sv[0]) ** 2 if sv[0] > 0 else 0.0
+        out[f"isometry_gap/{layer}"] = float(isometry_gap(weight, target))
+    return out
+
+
+# ----------------------------------------------------------------------------- layer Jacobians
+
+
+class _Moments(NamedTuple):
+    """Pooled moments of the squared singular values of one layer's Jacobians."""
+
+    sv2: float  # mean σ²
+    sv4: float  # mean σ⁴
+    k: int  # singular values per sample, min(m, n)
+
+
+def _moment_dict(moments: _Moments) -> dict[str, float]:
+    return {"jacobian_sv2_mean": moments.sv2, "jacobian_sv2_var": max(moments.sv4 - moments.sv2**2, 0.0)}
+
+
+def relu_linear_jacobian(weight: Tensor, pre_activation: Tensor) -> Tensor:
+    """The Jacobian of x ↦ ReLU(Wx + b) at every sample: ``J_n = diag(1[z_n > 0]) W``, shape (N, out, in).
+
+    ``1[z > 0]`` is the derivative autograd uses for ReLU (0 at z = 0).
+
+    Args:
+        weight: W, ``(out, in)``.
+        pre_activation: z = Wx + b, ``(N, out)``.
+    """
+    return (pre_activation > 0).to(weight.dtype).unsqueeze(-1) * weight
+
+
+def _diag_scaled_moments(transfer: Tensor, derivative: Tensor) -> _Moments:
+    """σ² moments of J_n = diag(d_n) T for every row d_n of ``derivative`` (Note [Layer Jacobian])."""
+    t = transfer.detach()
+    m, n = t.shape
+    k = min(m, n)
+    d2 = derivative.detach().reshape(-1, m).to(t.dtype).square()  # (N, m)
+    if k == 0 or d2.shape[0] == 0:
+        return _Moments(0.0, 0.0, k)
+    gram = t @ t.T
+    # Sums of non-negative terms: float32 loses nothing that matters (relative error ~1e-6).
+    sv2 = (d2 @ gram.diagonal()).to(torch.float64) / k
+    sv4 = ((d2 @ gram.square()) * d2).sum(1, dtype=torch.float64) / k
+    return _Moments(float(sv2.mean()), float(sv4.mean()), k)
+
+
+def relu_linear_jacobian_sv2(weight: Tensor, pre_activation: Tensor) -> dict[str, float]:
+    """σ² moments of :func:`relu_linear_jacobian`, in closed form without forming J or an SVD.
+
+    With D = diag(1[z > 0]) and G = W Wᵀ: Σσ² = Σ_{i active} G_ii and Σσ⁴ = Σ_{i,j active} G_ij²
+    per sample; definitions as in :func:`jacobian_sv2`. Computed in float64.
+
+    Example:
+        >>> w = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+        >>> relu_linear_jacobian_sv2(w, torch.tensor([[1.0, -1.0]]))  # J = diag(2, 0)
+        {'jacobian_sv2_mean': 2.0, 'jacobian_sv2_var': 4.0}
+    """
+    w = weight.detach().to(torch.float64)
+    return _moment_dict(_diag_scaled_moments(w, (pre_activation.reshape(-1, w.shape[0]) > 0).to(w.dtype)))
+
+
+def layer_jacobian(layer: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
+    """Per-sample Jacobians of a batched layer function, ``(N, m, n)`` (Note [Layer Jacobian]).
+
+    ``layer`` maps a batch ``(B, *in_shape)`` to ``(B, *out_shape)`` and treats samples
+    independently; J_n = ∂ vec layer(x_n) / ∂ vec x_n with m, n the numbers of output and input
+    entries. Forward mode (n JVPs) when n ≤ m, reverse mode (m VJPs) otherwise, vectorised over
+    samples with ``torch.func.vmap``; exact, no estimator. Works under ``torch.no_grad()``.
+
+    Example:
+        >>> w = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+        >>> layer_jacobian(lambda x: x @ w.T, torch.ones(2, 2)).shape
+        torch.Size([2, 3, 2])
+    """
+
+    def single(x: Tensor) -> Tensor:
+        return layer(x.unsqueeze(0)).squeeze(0)
+
+    n_in = inputs[0].numel()
+    n_out = single(inputs[0]).numel()
+    transform = jacfwd if n_in <= n_out else jacrev
+    jac = vmap(transform(single))(inputs)
+    return jac.reshape(inputs.shape[0], n_out, n_in)
+
+
+def _jacobian_moments(jacobians: Tensor) -> _Moments:
+    j = jacobians.detach()
+    _, m, n = j.shape
+    k = min(m, n)
+    if k == 0 or j.shape[0] == 0:
+        return _Moments(0.0, 0.0, k)
+    # The Gram is the costly part (N·k²·max(m, n)); it stays in J's dtype, and only the sums of
+    # its non-negative squares are accumulated in float64 (2× faster than a float64 Gram; the
+    # relative error of σ⁴ sums of float32 Grams is ~1e-7).
+    gram = j @ j.mT if m <= n else j.mT @ j
+    sv2 = j.square().sum((1, 2), dtype=torch.float64) / k
+    sv4 = gram.square().sum((1, 2), dtype=torch.float64) / k
+    return _Moments(float(sv2.mean()), float(sv4.mean()), k)
+
+
+def jacobian_sv2(jacobians: Tensor) -> dict[str, float]:
+    """Mean and variance of the squared singular values of per-sample Jacobians ``(N, m, n)``.
+
+    Definition: each J_n has k = min(m, n) singular values (the smaller side); σ² is pooled over
+    the N samples and the k values: ``jacobian_sv2_mean`` = E σ² = mean_n ‖J_n‖²_F / k,
+    ``jacobian_sv2_var`` = E σ⁴ − (E σ²)² with E σ⁴ = mean_n ‖J_n J_nᵀ‖²_F / k (no SVD). An
+    isometry gives 1 and 0.
+
+    Example:
+        >>> jacobian_sv2(torch.eye(3).expand(2, 3, 3))
+        {'jacobian_sv2_mean': 1.0, 'jacobian_sv2_var': 0.0}
+    """
+    return _moment_dict(_jacobian_moments(jacobians))
+
+
+# ----------------------------------------------------------------------------- NTK
+
+
+def empirical_ntk(model: nn.Module, inputs: Tensor) -> Tensor:
+    """The empirical NTK Θ = J_θ J_θᵀ of ``model`` on ``inputs``, float64 ``(N·A, N·A)``.
+
+    J_θ is the Jacobian of the flattened outputs (row ``n·A + a`` = output a of sample n) with
+    respect to every trainable parameter (for a parametrized layer, its unconstrained tensor: the
+    one gradient descent moves). Per-sample Jacobians come from ``vmap(jacrev)`` over
+    ``functional_call``; Θ is accumulated per parameter tensor in float64 blocks, so the condition
+    number is not limited by float32 rounding. Memory: N·A·P floats for J_θ (P parameters); time:
+    (N·A)²·P multiply-adds in float64 — about 1.1 s for the MinAtar network (P = 133k) at N = 64,
+    A = 6 on one core, 90 % of it in the Gram (``benchmarks/bench_metrics.py``). Works under
+    ``torch.no_grad()``.
+
+    Example:
+        >>> lin = nn.Linear(2, 1)
+        >>> empirical_ntk(lin, torch.tensor([[1.0, 2.0], [3.0, 0.0]]))  # xᵀx' + 1
+        tensor([[ 6.,  4.],
+                [ 4., 10.]], dtype=torch.float64)
+    """
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def outputs(theta: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, (theta, buffers), (x.unsqueeze(0),)).reshape(-1)
+
+    jac = vmap(jacrev(outputs), in_dims=(None, 0))(params, inputs)
+    rows = inputs.shape[0] * (next(iter(jac.values())).shape[1] if jac else 0)
+    theta = torch.zeros(rows, rows, dtype=torch.float64, device=inputs.device)
+    for j in jac.values():
+        j = j.reshape(rows, -1)
+        for start in range(0, j.shape[1], _GRAM_COLUMNS):
+            block = j[:, start : start + _GRAM_COLUMNS].to(torch.float64)
+            theta.addmm_(block, block.T)
+    return theta
+
+
+def ntk_stats(ntk: Tensor) -> dict[str, float]:
+    """Conditioning of an empirical NTK Θ (symmetric PSD).
+
+    Definitions, with λ the eigenvalues of Θ (negatives from rounding clamped to 0):
+
+    * ``ntk_condition_number`` = λ_max / λ_min⁺, λ_min⁺ the smallest eigenvalue above
+      1e-6·λ_max (METHODS.md §3); infinite for Θ = 0;
+    * ``ntk_rank`` = the number of eigenvalues above 1e-6·λ_max;
+    * ``ntk_effective_rank`` = exp(H(λ/Σλ)) (the effective rank of the features, applied to Θ);
+    * ``ntk_lambda_max`` = λ_max (the scale; METHODS.md: plasticity is about the conditioning).
+
+    Example:
+        >>> ntk_stats(torch.diag(torch.tensor([4.0, 1.0, 0.0])))["ntk_condition_number"]
+        4.0
+    """
+    eig = torch.linalg.eigvalsh(ntk.detach().to(torch.float64)).clamp_min(0.0)
+    lam_max = float(eig[-1]) if eig.numel() else 0.0
+    if lam_max <= 0:
+        return {
+            "ntk_condition_number": math.inf,
+            "ntk_rank": 0.0,
+            "ntk_effective_rank": 0.0,
+            "ntk_lambda_max": 0.0,
+        }
+    kept = eig[eig > NTK_EIG_RTOL * lam_max]
+    return {
+        "ntk_condition_number": lam_max / float(kept[0]),
+        "ntk_rank": float(kept.numel()),
+        "ntk_effective_rank": _entropy_rank(eig),
+        "ntk_lambda_max": lam_max,
+    }
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def grad_norm(model: nn.Module) -> float | None:
+    """Global L2 norm of the current ``.grad`` of every parameter; None when no parameter has one.
+
+    Call it between ``backward`` and any clipping (clipping rewrites ``.grad``). After an update
+    without clipping the gradients are still there, so calling it after the update is equivalent.
+    """
+    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])
+    return float(torch.linalg.vector_norm(norms))
+
+
+def param_rms(model: nn.Module) -> float:
+    """Root mean square of every trainable parameter entry: sqrt(Σ θ² / #θ) (0 for no parameters)."""
+    params = [p.detach() for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in params)
+    if count == 0:
+        return 0.0
+    total = sum(p.to(torch.float64).square().sum() for p in params)
+    return math.sqrt(float(total) / count)
+
+
+def optimizer_stats(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Statistics of the second-moment denominator √v̂ per parameter-group kind.
+
+    Definition **[ours]**: for every parameter with optimizer state, √v̂ elementwise, where
+    v̂ = ``exp_avg_sq`` / (1 − β₂^t) for Adam-family optimizers (Adam, AdamW, AdamO, fused or not;
+    any optimizer with ``exp_avg_sq`` state, bias-corrected when its group has ``betas``), and
+    v̂ = ``square_avg`` (minus ``grad_avg``² when centred) for RMSprop. This is the per-coordinate
+    scale the step divides by; a dead unit's rows have √v̂ → 0. Entries are pooled over the
+    groups of one kind (``kind`` tag, or ``group_<i>`` for untagged groups). Optimizers without
+    such state (SGD) give an empty dict.
+
+    Returns:
+        ``sqrt_v_mean/<kind>``, ``sqrt_v_max/<kind>``, ``sqrt_v_min/<kind>``.
+    """
+    pooled: dict[str, list[Tensor]] = {}
+    for i, group in enumerate(optimizer.param_groups):
+        kind = str(group.get("kind", f"group_{i}"))
+        betas = group.get("betas")
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "exp_avg_sq" in state:
+                v = state["exp_avg_sq"].detach().to(torch.float64)
+                step = float(state.get("step", 0.0))
+                if betas is not None and step > 0:
+                    v = v / (1.0 - float(betas[1]) ** step)
+            elif "square_avg" in state:
+                v = state["square_avg"].detach().to(torch.float64)
+                if "grad_avg" in state:
+                    v = v - state["grad_avg"].detach().to(torch.float64).square()
+            else:
+                continue
+            pooled.setdefault(kind, []).append(v.clamp_min(0.0).sqrt().flatten())
+    out: dict[str, float] = {}
+    for kind, parts in pooled.items():
+        flat = torch.cat(parts)
+        if flat.numel():
+            out[f"sqrt_v_mean/{kind}"] = float(flat.mean())
+            out[f"sqrt_v_max/{kind}"] = float(flat.max())
+            out[f"sqrt_v_min/{kind}"] = float(flat.min())
+    return out
+
+
+# ----------------------------------------------------------------------------- collector
+
+
+class _Call(NamedTuple):
+    """One forward call of a hooked module during the probe forward."""
+
+    module: nn.Module
+    output: Tensor  # kept alive during the probe, so object identity pairs calls unambiguously
+    input_id: int  # id() of the first positional input
+    inputs: Tensor | None = None  # weight modules: the first rows of the input, cloned
+    pre_activation: Tensor | None = None  # weight modules: the output, cloned before in-place activations
+    activity: Tensor | None = None  # unit modules: E|h_i| (reduced in the hook, before later in-place ops)
+
+
+class PlasticityProbe:
+    """Measures every plasticity metric of one network on a probe batch, as TensorBoard tags.
+
+    Construct it right after the network (before the first update): it snapshots the initial
+    weights for ``weight_dist_init``. Each call runs **one** forward on the probe batch under
+    ``torch.no_grad()`` with forward hooks (Note [Probe forward]), then computes from the captured
+    tensors: dormant fractions and their persistence, feature rank of the head's input, layer
+    Jacobian σ² moments, weight statistics, parameter RMS, gradient norm, √v̂ statistics and, when
+    asked, the empirical NTK. Layers are found through ``named_modules()`` (Note [Hidden layers]).
+
+    Tags (full, Note [Tags]): ``plasticity/dormant_fraction/tau_<τ>`` and ``…/<layer>``,
+    ``plasticity/dormant_persistent/tau_<τ>[/<layer>]`` (from the second call on),
+    ``plasticity/srank``, ``plasticity/effective_rank``, ``plasticity/feature_norm`` (with several
+    heads fed different features: ``plasticity/srank/<head>``…),
+    ``plasticity/jacobian_sv2_mean`` / ``_var`` (pooled over layers, each layer weighted by its
+    k = min(m, n) singular values **[ours]**) and ``…/<layer>``, ``plasticity/weight_norm/<layer>``,
+    ``weight_dist_init``, ``weight_sv_max``, ``weight_sv_min``, ``stable_rank``,
+    ``isometry_gap/<layer>``, ``plasticity/param_rms``, ``plasticity/grad_norm``,
+    ``plasticity/sqrt_v_{mean,max,min}/<kind>``, ``plasticity/ntk_{condition_number,rank,
+    effective_rank,lambda_max}``.
+
+    Use in a trainer (after each gradient update)::
+
+        probe = PlasticityProbe(q_net, cfg.metrics)        # before the first update
+        if probe.due(agent.updates) or probe.ntk_due(agent.updates):
+            scalars = probe(probe_obs, ntk=probe.ntk_due(agent.updates),
+                            optimizer=agent.optimizer, grad_norm_value=update_metrics.get("grad_norm"))
+            logger.log(scalars, global_step)
+        checkpoint["metrics"] = probe.state_dict()         # probe.load_state_dict(...) on resume
+
+    Args:
+        model: the online network (any ``nn.Module`` mapping a batch to ``(B, outputs)``).
+        cfg: the ``metrics`` section.
+        layers: module names whose outputs are the hidden units, overriding the discovery of
+            Note [Hidden layers] (e.g. for a network with functional activations).
+        activation_types: module types treated as activations.
+
+    Attributes:
+        unit_layers: names of the modules whose outputs are the hidden units.
+        weight_layers: names of the layers of the weight statistics.
+        measurements: calls so far (restored by :meth:`load_state_dict`).
+
+    Raises:
+        ValueError: a name in ``layers`` is not a module of ``model``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)  # (an init whose ReLUs are not all dead on this input)
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> probe = PlasticityProbe(net, MetricsConfig(probe_size=8, ntk_probe_size=2))
+        >>> probe.unit_layers, probe.weight_layers
+        (('1',), ('0', '2'))
+        >>> scalars = probe(torch.ones(8, 3), ntk=True)
+        >>> scalars["plasticity/srank"]  # eight identical observations: rank 1
+        1.0
+        >>> scalars["plasticity/ntk_rank"]  # two outputs; the second, identical sample adds none
+        2.0
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: MetricsConfig | None = None,
+        *,
+        layers: Sequence[str] | None = None,
+        activation_types: tuple[type[nn.Module], ...] = ACTIVATION_TYPES,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg if cfg is not None else MetricsConfig()
+        self.groups = param_groups(model)
+        self.heads = head_module_names(model)
+        modules = dict(model.named_modules())
+        in_head = {n for n in modules for h in self.heads if n == h or n.startswith(h + ".")}
+        # Modules owning a weight of >= 2 dims (parametrized or plain), outside the head.
+        self._weight_modules = {
+            name: m
+            for name, m in modules.items()
+            if name not in in_head and not isinstance(m, parametrize.ParametrizationList) and _owns_matrix(m)
+        }
+        if layers is not None:
+            missing = [n for n in layers if n not in modules]
+            if missing:
+                raise ValueError(f"metrics layers {missing} are not modules of {type(model).__name__}")
+            unit_names = list(layers)
+        else:
+            unit_names = [
+                n for n, m in modules.items() if isinstance(m, activation_types) and n not in in_head
+            ]
+            if not unit_names:  # functional activations: report on the pre-activations
+                unit_names = list(self._weight_modules)
+        self._unit_modules = {name: modules[name] for name in unit_names}
+        self.unit_layers: tuple[str, ...] = tuple(unit_names)
+        self._init = {k: w.clone() for k, w in measured_weights(model, self.groups).items()}
+        self.weight_layers: tuple[str, ...] = tuple(self._init)
+        self._previous: dict[str, dict[str, Tensor]] = {}
+        self.measurements = 0
+
+    def due(self, updates: int) -> bool:
+        """Whether a measurement is due after ``updates`` gradient updates (``metrics.every``).
+
+        ``ntk_every`` is a multiple of ``every``, so an NTK measurement always falls on a due
+        update (unless ``every`` is 0: then measure when :meth:`ntk_due` alone).
+        """
+        return self.cfg.every > 0 and updates > 0 and updates % self.cfg.every == 0
+
+    def ntk_due(self, updates: int) -> bool:
+        """Whether the NTK is due after ``updates`` updates (``metrics.ntk_every``)."""
+        return self.cfg.ntk_every > 0 and updates > 0 and updates % self.cfg.ntk_every == 0
+
+    def layout(self) -> dict[str, dict[str, list[Any]]]:
+        """The custom-scalars layout of this network's charts (:func:`custom_scalars_layout`)."""
+        return custom_scalars_layout(self.unit_layers, self.cfg.taus, self.weight_layers)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        obs: Tensor,
+        *,
+        ntk: bool = False,
+        optimizer: torch.optim.Optimizer | None = None,
+        grad_norm_value: float | None = None,
+    ) -> dict[str, float]:
+        """Measure on the probe batch ``obs`` and return ``{tag: value}`` (full tags).
+
+        Args:
+            obs: the probe batch ``(probe_size, *obs_shape)``, on the model's device.
+            ntk: also compute the empirical NTK on the first ``ntk_probe_size`` observations.
+            optimizer: read √v̂ statistics from its state.
+            grad_norm_value: the pre-clipping gradient norm if the caller has it (the agent's
+                clipped update reports it); otherwise it is read from the model's ``.grad``.
+        """
+        cfg = self.cfg
+        flags = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        try:
+            unit_calls, weight_calls, head_inputs = self._probe_forward(obs)
+            out: dict[str, float] = {}
+            activity = {site: call.activity for site, call in unit_calls if call.activity is not None}
+            masks = _masks_from_activity(activity, cfg.taus)
+            out |= _fractions("dormant_fraction", masks)
+            if self._previous:
+                out |= persistent_dormant(self._previous, masks)
+            self._previous = masks
+            out |= self._feature_metrics(head_inputs)
+            if cfg.jacobian:
+                out |= self._jacobian_metrics(unit_calls, weight_calls)
+            out |= weight_stats(self.model, self.groups, cfg.iso_target, self._init)
+            out["param_rms"] = param_rms(self.model)
+            norm = grad_norm_value if grad_norm_value is not None else grad_norm(self.model)
+            if norm is not None:
+                out["grad_norm"] = float(norm)
+            if optimizer is not None:
+                out |= optimizer_stats(optimizer)
+            if ntk:
+                out |= ntk_stats(empirical_ntk(self.model, obs[: cfg.ntk_probe_size]))
+        finally:
+            for module, training in flags.items():
+                module.training = training
+        self.measurements += 1
+        return {TAG_PREFIX + key: value for key, value in out.items()}
+
+    def _probe_forward(
+        self, obs: Tensor
+    ) -> tuple[list[tuple[str, _Call]], dict[int, tuple[str, _Call]], list[tuple[str, Tensor]]]:
+        """One hooked forward: (unit calls, weight calls by id of their output, head inputs)."""
+        raw_units: dict[str, list[_Call]] = {n: [] for n in self._unit_modules}
+        raw_weights: dict[str, list[_Call]] = {n: [] for n in self._weight_modules}
+        head_inputs: list[tuple[str, Tensor]] = []
+        keep = self.cfg.jacobian_samples if self.cfg.jacobian else 0
+
+        def unit_hook(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+                if isinstance(output, Tensor) and output.dim() >= 2:
+                    first = args[0] if args else None
+                    raw_units[name].append(_Call(module, output, id(first), activity=unit_activity(output)))
+
+            return hook
+
+        def weight_hook(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+                if isinstance(output, Tensor) and args and isinstance(args[0], Tensor):
+                    x = args[0][:keep].clone() if keep else None
+                    z = output.clone() if keep else None
+                    raw_weights[name].append(_Call(module, output, id(args[0]), inputs=x, pre_activation=z))
+
+            return hook
+
+        def head_hook(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+                if args and isinstance(args[0], Tensor):
+                    head_inputs.append((name, args[0]))
+
+            return hook
+
+        modules = dict(self.model.named_modules())
+        handles = []
+        try:
+            for name, module in self._unit_modules.items():
+                handles.append(module.register_forward_hook(unit_hook(name)))
+            for name, module in self._weight_modules.items():
+                handles.append(module.register_forward_hook(weight_hook(name)))
+            for name in self.heads:
+                handles.append(modules[name].register_forward_pre_hook(head_hook(name)))
+            self.model(obs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        unit_calls = [
+            (_site(name, k, len(calls)), call)
+            for name, calls in raw_units.items()
+            for k, call in enumerate(calls)
+        ]
+        weight_calls = {
+            id(call.output): (_site(name, k, len(calls)), call)
+            for name, calls in raw_weights.items()
+            for k, call in enumerate(calls)
+        }
+        return unit_calls, weight_calls, head_inputs
+
+    def _feature_metrics(self, head_inputs: Sequence[tuple[str, Tensor]]) -> dict[str, float]:
+        """Feature rank of the head's input; per head only when several heads see different features."""
+        distinct: dict[str, Tensor] = {}
+        for name, x in head_inputs:
+            if name not in distinct and all(x is not y for y in distinct.values()):
+                distinct[name] = x
+        if len(distinct) == 1:
+            return feature_rank(next(iter(distinct.values())), self.cfg.srank_delta)
+        out: dict[str, float] = {}
+        for name, x in distinct.items():
+            out |= {f"{key}/{name}": v for key, v in feature_rank(x, self.cfg.srank_delta).items()}
+        return out
+
+    def _jacobian_metrics(
+        self, unit_calls: Sequence[tuple[str, _Call]], weight_calls: Mapping[int, tuple[str, _Call]]
+    ) -> dict[str, float]:
+        """σ² moments of every hidden layer's Jacobian (Note [Layer Jacobian]) and their pooled total."""
+        weight_module_ids = {id(m) for m in self._weight_modules.values()}
+        layers: list[tuple[str, _Call, nn.Module | None]] = []  # (layer name, weight call, activation)
+        for _, call in unit_calls:
+            if id(call.module) in weight_module_ids and id(call.output) in weight_calls:
+                site, wcall = weight_calls[id(call.output)]
+                layers.append((site, wcall, None))  # the unit is a weight module's output: L alone
+            elif call.input_id in weight_calls:
+                site, wcall = weight_calls[call.input_id]
+                layers.append((site, wcall, call.module))
+        out: dict[str, float] = {}
+        total = _Moments(0.0, 0.0, 0)
+        for site, wcall, act in layers:
+            if wcall.inputs is None or wcall.pre_activation is None or wcall.inputs.shape[0] == 0:
+                continue
+            module, z = wcall.module, wcall.pre_activation
+            closed_form = (
+                isinstance(module, _AFFINE)
+                and (act is None or isinstance(act, _ELEMENTWISE))
+                and z[0].numel() <= _MAX_CLOSED_FORM_OUTPUTS
+            )
+            if closed_form:  # every probe sample
+                ones = torch.ones_like(z)
+                derivative = ones if act is None else jvp(act, (z.clone(),), (ones,))[1]
+                moments = _diag_scaled_moments(_transfer_matrix(module, wcall.inputs[:1]), derivative)
+            else:  # the first jacobian_samples samples
+                fn = module if act is None else nn.Sequential(module, act)
+                moments = _jacobian_moments(layer_jacobian(fn, wcall.inputs))
+            out |= {f"{key}/{site}": v for key, v in _moment_dict(moments).items()}
+            k = total.k + moments.k
+            if k:  # pool: each layer weighs by its number of singular values per sample
+                sv2 = (total.sv2 * total.k + moments.sv2 * moments.k) / k
+                total = _Moments(sv2, (total.sv4 * total.k + moments.sv4 * moments.k) / k, k)
+        if total.k:
+            out |= _moment_dict(total)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Initial weights, the previous dormant masks and the call count (for exact resume)."""
+        return {
+            "init_weights": {k: w.clone() for k, w in self._init.items()},
+            "dormant_masks": {
+                tau: {k: m.clone() for k, m in per.items()} for tau, per in self._previous.items()
+            },
+            "measurements": self.measurements,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            ValueError: missing keys, or initial weights that do not match the model's layers.
+        """
+        missing = {"init_weights", "dormant_masks", "measurements"} - set(state)
+        if missing:
+            raise ValueError(f"metrics state lacks {sorted(missing)}")
+        init = state["init_weights"]
+        if set(init) != set(self._init) or any(init[k].shape != self._init[k].shape for k in init):
+            raise ValueError(
+                f"metrics state holds initial weights of layers {sorted(init)}, "
+                f"the model has {sorted(self._init)}"
+            )
+        self._init = {k: init[k].to(self._init[k].device).clone() for k in self._init}
+        self._previous = {
+            tau: {k: m.clone() for k, m in per.items()} for tau, per in state["dormant_masks"].items()
+        }
+        self.measurements = int(state["measurements"])
+
+
+def _site(name: str, call: int, calls: int) -> str:
+    """A module's name, or ``<name>/call_<k>`` when it ran several times in one forward."""
+    return name if calls == 1 else f"{name}/call_{call}"
+
+
+def _transfer_matrix(module: nn.Module, sample: Tensor) -> Tensor:
+    """T = ∂L/∂x of an affine module, ``(m, n)``: its weight for a Linear on ``(B, F)``, else jacfwd."""
+    if isinstance(module, nn.Linear) and sample.dim() == 2:
+        return module.weight.detach()
+    return layer_jacobian(module, sample)[0]
+
+
+def _owns_matrix(module: nn.Module) -> bool:
+    """Whether ``module`` has a ``weight`` of >= 2 dims (plain parameter or parametrized)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return True
+    weight = dict(module.named_parameters(recurse=False)).get("weight")
+    return weight is not None and weight.dim() >= 2
+
+
+# ----------------------------------------------------------------------------- TensorBoard layout
+
+
+def custom_scalars_layout(
+    layer_names: Sequence[str], taus: Sequence[float], weight_names: Sequence[str] = ()
+) -> dict[str, dict[str, list[Any]]]:
+    """The TensorBoard custom-scalars layout for the per-layer plasticity curves (pure data).
+
+    One chart per τ with the total and every layer's dormant fraction, one chart of isometry
+    gaps, one of Jacobian σ² means and one of feature ranks. Entries are anchored regular
+    expressions (``Multiline`` charts match tags by regex); a layer also matches its
+    ``/call_<k>`` sites. Without ``weight_names`` the weight charts match every layer. The
+    trainers' logger passes the result to ``SummaryWriter.add_custom_scalars``.
+
+    Args:
+        layer_names: unit layers (:attr:`PlasticityProbe.unit_layers`).
+        taus: the dormancy thresholds.
+        weight_names: weight layers (:attr:`PlasticityProbe.weight_layers`).
+
+    Returns:
+        ``{category: {chart title: ["Multiline", [regex, ...]]}}``.
+
+    Example:
+        >>> layout = custom_scalars_layout(["fc_act"], [0.1])
+        >>> chart = layout["plasticity/dormant"]["dormant fraction, tau_0.1"]
+        >>> chart[0], [bool(re.match(r, "plasticity/dormant_fraction/tau_0.1/fc_act")) for r in chart[1]]
+        ('Multiline', [False, True])
+    """
+
+    def per_layer(metric: str, names: Sequence[str]) -> list[str]:
+        base = re.escape(f"{TAG_PREFIX}{metric}/")
+        if not names:
+            return [f"^{base}"]
+        return [f"^{base}{re.escape(n)}(/call_\\d+)?$" for n in names]
+
+    dormant = {}
+    for tau in taus:
+        total = re.escape(f"{TAG_PREFIX}dormant_fraction/{tau_tag(tau)}")
+        dormant[f"dormant fraction, {tau_tag(tau)}"] = [
+            "Multiline",
+            [f"^{total}$", *per_layer(f"dormant_fraction/{tau_tag(tau)}", layer_names)],
+        ]
+    rank = re.escape(TAG_PREFIX)
+    return {
+        "plasticity/dormant": dormant,
+        "plasticity/isometry": {
+            "isometry gap": ["Multiline", per_layer("isometry_gap", weight_names)],
+            "Jacobian mean sigma^2": ["Multiline", [f"^{rank}jacobian_sv2_mean(/.*)?$"]],
+        },
+        "plasticity/features": {
+            "feature rank": ["Multiline", [f"^{rank}srank(/.*)?$", f"^{rank}effective_rank(/.*)?$"]],
+        },
+    }

@@ -1,0 +1,136 @@
+"""RMSprop whose centred variance can never go negative.
+
+Contains:
+    RMSprop: drop-in for ``torch.optim.RMSprop`` (same hyperparameters, same state keys), with the
+        centred variance clamped at zero; registered as optimizer ``rmsprop``.
+
+Note [Centred RMSprop and NaN]
+    Centred RMSprop divides by √(E[g²] − E[g]²) + ε. When a tensor's gradient is (nearly) constant
+    across steps, the two running averages agree to the last bit and their difference is rounding
+    noise of either sign; ``torch.optim.RMSprop(centered=True)`` takes the square root of a
+    negative number and writes NaN into the weights. In plasticity experiments this is the common
+    case, not a corner: a dead ReLU unit gets no task gradient, so a regularizer's smooth,
+    data-independent gradient is all it sees (measured: MinAtar Breakout, the reference centred
+    RMSprop + the spectral regularizer, NaN weights after ~270 updates). The variance is a
+    variance: clamping it at zero is exact arithmetic, and where it is positive this optimizer
+    equals torch's to float tolerance (tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["RMSprop"]
+
+
+class RMSprop(torch.optim.Optimizer):
+    r"""RMSprop (Hinton's lecture 6e), optionally centred (Graves 2013), with momentum and L2 decay.
+
+    .. math::
+        v \leftarrow \alpha v + (1-\alpha) g^2, \quad
+        \bar g \leftarrow \alpha \bar g + (1-\alpha) g \ (\text{centred}), \quad
+        d = \sqrt{\max(v - \bar g^2, 0)} + \epsilon \ \text{or} \ \sqrt{v} + \epsilon, \\
+        b \leftarrow \mu b + g / d, \quad \theta \leftarrow \theta - \eta b
+        \ (\text{or } \theta - \eta g / d \text{ without momentum}).
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate η.
+        alpha: smoothing constant α.
+        eps: added to the denominator.
+        weight_decay: L2 penalty added to the gradient (torch's coupled semantics).
+        momentum: momentum μ.
+        centered: divide by the centred second moment (Note [Centred RMSprop and NaN]).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+    ) -> None:
+        for name, value, ok in [
+            ("lr", lr, lr >= 0.0),
+            ("alpha", alpha, 0.0 <= alpha <= 1.0),
+            ("eps", eps, eps >= 0.0),
+            ("weight_decay", weight_decay, weight_decay >= 0.0),
+            ("momentum", momentum, momentum >= 0.0),
+        ]:
+            if not ok:
+                raise ValueError(f"Invalid {name}: {value}")
+        defaults = dict(
+            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one update; returns the closure's loss if one is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, square_avgs, grad_avgs, bufs = [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("RMSprop does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if group["momentum"] > 0:
+                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if group["centered"]:
+                        state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                params.append(p)
+                grads.append(p.grad)
+                square_avgs.append(state["square_avg"])
+                if group["centered"]:
+                    grad_avgs.append(state["grad_avg"])
+                if group["momentum"] > 0:
+                    bufs.append(state["momentum_buffer"])
+            if params:
+                _rmsprop(params, grads, square_avgs, grad_avgs, bufs, group)
+        return loss
+
+
+def _rmsprop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    grad_avgs: list[Tensor],
+    bufs: list[Tensor],
+    group: dict[str, Any],
+) -> None:
+    """The multi-tensor update of one group (foreach ops: one C++ loop per operation)."""
+    alpha, eps, lr = group["alpha"], group["eps"], group["lr"]
+    if group["weight_decay"]:
+        grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+    torch._foreach_mul_(square_avgs, alpha)
+    torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
+    if group["centered"]:
+        torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
+        denom = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
+        torch._foreach_clamp_min_(denom, 0.0)  # Note [Centred RMSprop and NaN]
+        torch._foreach_sqrt_(denom)
+    else:
+        denom = torch._foreach_sqrt(square_avgs)
+    torch._foreach_add_(denom, eps)
+    if group["momentum"] > 0:
+        torch._foreach_mul_(bufs, group["momentum"])
+        torch._foreach_addcdiv_(bufs, grads, denom)
+        torch._foreach_add_(params, bufs, alpha=-lr)
+    else:
+        torch._foreach_addcdiv_(params, grads, denom, value=-lr)

@@ -1,0 +1,199 @@
+"""What every training loop shares, so that a loop keeps only its algorithm.
+
+Set-up, logging cadence, episode statistics, Ctrl-C, NaN stops and checkpoints live here; the
+loops (``off_policy``, ``on_policy``) call them.
+
+Contains:
+    prepare_process: seed everything and set torch's thread count, once per run.
+    EpisodeStats: recent returns, per-task returns and the current task, from vector-env infos.
+    Cadence: "every N steps" bookkeeping that survives resume.
+    Session: the run's logger, progress line, interrupt handler and checkpoint writer; its
+        ``run`` method drives a loop body and turns Ctrl-C and NaN losses into statuses.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.common import NonFiniteLossError
+from trainers.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from trainers.config import ExperimentConfig, config_to_dict
+from trainers.interrupt import GracefulInterrupt
+from trainers.logging import TensorBoardLogger, config_markdown
+from trainers.progress import Progress
+from trainers.seeding import seed_everything
+
+__all__ = ["prepare_process", "EpisodeStats", "Cadence", "Session", "NONFINITE_NAME"]
+
+NONFINITE_NAME = "nonfinite_stop.pt"
+
+
+def prepare_process(cfg: ExperimentConfig) -> None:
+    """Seed python/numpy/torch and set torch's intra-op threads (before anything is built)."""
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
+
+
+class EpisodeStats:
+    """Episode returns and tasks seen in a vector env's infos (same-step autoreset).
+
+    ``record(infos)`` returns one scalar dict per finished episode: ``charts/episodic_return``,
+    ``charts/episodic_length`` and, in a non-stationary env, ``charts/episodic_return/task_<i>`` and
+    ``env/task_id`` (the finished episode's task, from ``infos["final_info"]``).
+    """
+
+    def __init__(self, window: int = 20) -> None:
+        self.recent: collections.deque[float] = collections.deque(maxlen=window)
+        self.task_id: int | None = None  # sub-env 0's current task
+
+    def record(self, infos: Mapping[str, Any]) -> list[dict[str, float]]:
+        """Update from one step's infos; return the scalars of the episodes that ended."""
+        if "task_id" in infos:
+            self.task_id = int(infos["task_id"][0])
+        if "episode" not in infos:
+            return []
+        episode = infos["episode"]
+        final_info = infos.get("final_info", {})
+        tasks = final_info["task_id"] if "task_id" in final_info else None
+        out = []
+        for i in np.flatnonzero(infos["_episode"]):
+            ret = float(episode["r"][i])
+            self.recent.append(ret)
+            scalars = {"charts/episodic_return": ret, "charts/episodic_length": float(episode["l"][i])}
+            if tasks is not None:
+                task = int(tasks[i])
+                scalars[f"charts/episodic_return/task_{task}"] = ret
+                scalars["env/task_id"] = float(task)
+            out.append(scalars)
+        return out
+
+    def mean_return(self) -> float | None:
+        """Mean of the recent episode returns (None before the first episode ends)."""
+        return sum(self.recent) / len(self.recent) if self.recent else None
+
+    def scalars(self) -> dict[str, float]:
+        """``env/task_id`` of the current task, if the env is non-stationary."""
+        return {} if self.task_id is None else {"env/task_id": float(self.task_id)}
+
+    def progress_text(self) -> str:
+        """The task part of the progress line."""
+        return "" if self.task_id is None else f"task {self.task_id}"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Recent returns and current task."""
+        return {"recent": list(self.recent), "task_id": self.task_id}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.recent.clear()
+        self.recent.extend(state["recent"])
+        self.task_id = state["task_id"]
+
+
+class Cadence:
+    """Fires once each time the step crosses a multiple of ``every``; ``every=0`` never fires.
+
+    Example:
+        >>> c = Cadence(100, step=0)
+        >>> [s for s in (50, 100, 150, 260, 300) if c.due(s)]
+        [100, 260, 300]
+    """
+
+    def __init__(self, every: int, step: int = 0) -> None:
+        self.every = every
+        self.next = (step // every + 1) * every if every else 0
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` reached the next multiple; if so, schedule the one after ``step``."""
+        if not self.every or step < self.next:
+            return False
+        self.next = (step // self.every + 1) * self.every
+        return True
+
+
+StateFn = Callable[[], dict[str, Any]]
+
+
+class Session:
+    """A run's shared machinery around a loop: run folder, logger, progress, Ctrl-C, checkpoints.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: the run folder (created by the caller once everything is built).
+        start_step: the global step the loop starts from (non-zero on resume).
+        resumed: whether this continues a checkpoint (hides events logged after it).
+        quiet: no progress line.
+    """
+
+    def __init__(
+        self, cfg: ExperimentConfig, run_dir: Path, start_step: int, *, resumed: bool, quiet: bool
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        # Hide what a crashed run logged after its checkpoint; the checkpoint's own step stays.
+        self.logger = TensorBoardLogger(run_dir, purge_step=start_step + 1 if resumed else None)
+        if not resumed:
+            flat = dict(_flatten(config_to_dict(cfg)))
+            self.logger.text("hyperparameters", config_markdown(flat))
+        self.progress = Progress(cfg.total_steps, start_step, enabled=cfg.logging.progress and not quiet)
+        self.log_cadence = Cadence(cfg.logging.every, start_step)
+        self.checkpoint_cadence = Cadence(cfg.checkpoint.every, start_step)
+        self.interrupt = GracefulInterrupt()
+        self.start_step = start_step
+        self.t_start = time.perf_counter()
+        self.t_end = self.t_start
+
+    def sps(self, step: int) -> float:
+        """Env steps per second of this process so far."""
+        return (step - self.start_step) / max(time.perf_counter() - self.t_start, 1e-9)
+
+    @property
+    def stop_requested(self) -> bool:
+        """Ctrl-C was pressed: the loop should finish its iteration and return."""
+        return self.interrupt.requested
+
+    def save(self, state: StateFn, name: str = CHECKPOINT_NAME) -> Path:
+        """Write ``state()`` atomically into the run folder."""
+        return save_checkpoint(state(), self.run_dir / name)
+
+    def run(self, loop: Callable[[], int], state: StateFn) -> tuple[str, int]:
+        """Drive ``loop`` (which returns the final global step) and write the final checkpoint.
+
+        Returns:
+            (status, global step): status is ``finished``, ``interrupted`` (Ctrl-C; checkpoint
+            written at a consistent point) or ``stopped: <reason>`` (a NaN/inf loss; the state,
+            still the last good one, goes to ``nonfinite_stop.pt`` and ``checkpoint.pt`` is kept).
+        """
+        status = "finished"
+        step = self.start_step
+        try:
+            with self.interrupt:
+                step = loop()
+            if self.interrupt.requested:
+                status = "interrupted"
+        except NonFiniteLossError as exc:
+            status = f"stopped: {exc}"
+            self.save(state, NONFINITE_NAME)
+        finally:
+            self.t_end = time.perf_counter()
+            self.logger.close()
+        if not status.startswith("stopped"):
+            self.save(state)
+        return status, step
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(tree, dict) and tree:
+        out: list[tuple[str, Any]] = []
+        for key, value in tree.items():
+            out.extend(_flatten(value, f"{prefix}{key}."))
+        return out
+    return [(prefix[:-1], tree)]
