@@ -37,6 +37,7 @@ from agents import AGENTS, AgentConfig
 from agents.dqn import DQNConfig
 from agents.networks import NetworkConfig
 from envs.make import EnvConfig, NonStationaryConfig
+from plasticity.metrics import MetricsConfig
 from plasticity.optimizers import OptimizerConfig
 from plasticity.registry import close_matches
 from plasticity.regularizers import RegularizerConfig
@@ -147,6 +148,8 @@ class ExperimentConfig:
     """Optimizer section."""
     regularizers: tuple[RegularizerConfig, ...] = ()
     """Loss regularizers: a list of ``{name, coef, ...options}``."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Plasticity metrics section (cadence in updates, probe size, thresholds)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logging section."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -28,6 +28,10 @@ class MetricLogger(Protocol):
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """Record a text blob (the config)."""
+        ...
+
+    def layout(self, layout: Mapping[str, Any]) -> None:
+        """Record a chart layout (TensorBoard custom scalars: category → chart → spec)."""
         ...
 
     def close(self) -> None:
@@ -55,6 +59,10 @@ class TensorBoardLogger:
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """Write a markdown text blob."""
         self.writer.add_text(tag, text, step)
+
+    def layout(self, layout: Mapping[str, Any]) -> None:
+        """Write a custom-scalars layout (e.g. every layer's dormant curve in one chart)."""
+        self.writer.add_custom_scalars(dict(layout))
 
     def close(self) -> None:
         """Flush and close the event file."""

@@ -27,6 +27,7 @@ from agents.buffers import ReplayBuffer
 from agents.dqn import DQNAgent, DQNConfig
 from agents.networks import make_network
 from envs.make import final_observations, make_vector_env
+from plasticity.metrics import PlasticityProbe
 from plasticity.optimizers import make_optimizer, param_groups
 from plasticity.regularizers import make_regularizers
 from trainers.config import ExperimentConfig, config_to_dict
@@ -44,6 +45,8 @@ class DQNSetup:
     envs: gym.vector.VectorEnv
     agent: DQNAgent
     buffer: ReplayBuffer
+    probe: PlasticityProbe | None
+    """Plasticity metrics of the online network; None when ``metrics.every`` and ``ntk_every`` are 0."""
 
 
 def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
@@ -56,6 +59,9 @@ def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
     if not isinstance(act_space, gym.spaces.Discrete):
         raise ValueError(f"DQN needs a Discrete action space; {cfg.env.id!r} has {act_space}")
     q_net = make_network(obs_space, act_space, cfg.network).to(device)
+    # Built before any update: the probe keeps the initial weights (distance-to-init metrics).
+    measuring = cfg.metrics.every > 0 or cfg.metrics.ntk_every > 0
+    probe = PlasticityProbe(q_net, cfg.metrics) if measuring else None
     groups = param_groups(q_net, iso_head=cfg.optimizer.iso_head)
     optimizer = make_optimizer(groups, cfg.optimizer)
     regularizers = make_regularizers(q_net, groups, cfg.regularizers)
@@ -76,7 +82,7 @@ def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
     buffer = ReplayBuffer(
         agent_cfg.buffer_size, obs_space, agent_cfg.obs_storage, seed=replay_seed, device=device
     )
-    return DQNSetup(envs, agent, buffer)
+    return DQNSetup(envs, agent, buffer, probe)
 
 
 def train_off_policy(
@@ -95,7 +101,9 @@ def train_off_policy(
     assert isinstance(agent_cfg, DQNConfig)
     prepare_process(cfg)
     setup = build_dqn(cfg)
-    envs, agent, buffer = setup.envs, setup.agent, setup.buffer
+    envs, agent, buffer, probe = setup.envs, setup.agent, setup.buffer, setup.probe
+    # Probe batches come from their own generator, so metrics never change the replay stream.
+    probe_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[2])
     if run_dir is None:
         run_dir = make_run_dir(cfg)
     num_envs = cfg.env.num_envs
@@ -114,6 +122,9 @@ def train_off_policy(
             buffer.load_state_dict(resume_state["buffer"])
         loop = _LoopState(**resume_state["loop"])
         episodes.load_state_dict(resume_state["episodes"])
+        if probe is not None and resume_state["probe"] is not None:
+            probe.load_state_dict(resume_state["probe"])
+        probe_rng.bit_generator.state = resume_state["probe_rng"]
         set_rng_state(resume_state["rng"])
 
     def checkpoint_state() -> dict[str, Any]:
@@ -126,11 +137,27 @@ def train_off_policy(
             "obs": obs,
             "loop": dataclasses.asdict(loop),
             "episodes": episodes.state_dict(),
+            "probe": None if probe is None else probe.state_dict(),
+            "probe_rng": probe_rng.bit_generator.state,
             "rng": rng_state(),
         }
 
     session = Session(cfg, run_dir, loop.global_step, resumed=resume_state is not None, quiet=quiet)
     logger, progress = session.logger, session.progress
+    if probe is not None and resume_state is None:
+        logger.layout(probe.layout())
+
+    def measure(update_metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+        assert probe is not None
+        idx = probe_rng.integers(0, len(buffer), size=cfg.metrics.probe_size)
+        grad_norm = update_metrics.get("grad_norm")  # pre-clipping norm, when clipping is on
+        return probe(
+            buffer.get(idx).obs,
+            ntk=probe.ntk_due(agent.updates),
+            optimizer=agent.optimizer,
+            grad_norm_value=None if grad_norm is None else float(grad_norm),
+        )
+
     metrics: dict[str, torch.Tensor] = {}
     learning_clock: tuple[float, int] | None = None  # (time, step) when this process first updated
 
@@ -156,6 +183,8 @@ def train_off_policy(
                 while loop.update_credit >= 1.0:
                     loop.update_credit -= 1.0
                     metrics = agent.update(buffer.sample(agent_cfg.batch_size))
+                    if probe is not None and (probe.due(agent.updates) or probe.ntk_due(agent.updates)):
+                        logger.log(measure(metrics), step)
                 if step >= loop.next_target_update:
                     agent.update_target()
                     loop.next_target_update += agent_cfg.target_update_every
