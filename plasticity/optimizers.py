@@ -202,10 +202,9 @@ def _fused(cfg: OptimizerConfig, groups: list[dict[str, Any]]) -> bool | None:
     return True if ok else None
 
 
-@OPTIMIZERS.register("adam")
-def _adam(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(
-        groups,
+def _adam_kwargs(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> dict[str, Any]:
+    """The keyword arguments torch's Adam and AdamW share."""
+    return dict(
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
@@ -213,19 +212,16 @@ def _adam(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Opt
         foreach=cfg.foreach,
         fused=_fused(cfg, groups),
     )
+
+
+@OPTIMIZERS.register("adam")
+def _adam(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, **_adam_kwargs(groups, cfg))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        groups,
-        lr=cfg.lr,
-        betas=cfg.betas,
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        foreach=cfg.foreach,
-        fused=_fused(cfg, groups),
-    )
+    return torch.optim.AdamW(groups, **_adam_kwargs(groups, cfg))
 
 
 @OPTIMIZERS.register("sgd")

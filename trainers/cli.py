@@ -5,6 +5,7 @@ Commands:
     plasticrl train --resume RUN_DIR [total_steps=N ...] [--quiet]
     plasticrl list                      registered agents, networks, optimizers, regularizers, envs
     plasticrl config [CONFIG] [key=value ...]   every key with its value and meaning
+    plasticrl plot RUN_DIR [RUN_DIR ...] [--out DIR]   PNGs of returns and plasticity curves
 
 Bad input (missing file, bad override, unknown name) prints one line on stderr and exits with 2,
 never a traceback (set PLASTICRL_DEBUG=1 for one). Ctrl-C during training writes a checkpoint
@@ -19,6 +20,8 @@ import sys
 from collections.abc import Sequence
 
 import gymnasium as gym
+
+from trainers.plot import register_plot_command, run_plot_command
 
 __all__ = ["main", "build_parser"]
 
@@ -63,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("config", nargs="?", help="YAML preset")
     config.add_argument("overrides", nargs="*", metavar="key=value")
+    register_plot_command(sub)
     return parser
 
 
@@ -147,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    commands = {"train": _cmd_train, "list": _cmd_list, "config": _cmd_config}
+    commands = {"train": _cmd_train, "list": _cmd_list, "config": _cmd_config, "plot": run_plot_command}
     try:
         return commands[args.command](args)
     except (ValueError, OSError, gym.error.Error) as exc:  # ConfigError is a ValueError

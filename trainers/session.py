@@ -45,9 +45,11 @@ def prepare_process(cfg: ExperimentConfig) -> None:
 class EpisodeStats:
     """Episode returns and tasks seen in a vector env's infos (same-step autoreset).
 
-    ``record(infos)`` returns one scalar dict per finished episode: ``charts/episodic_return``,
-    ``charts/episodic_length`` and, in a non-stationary env, ``charts/episodic_return/task_<i>`` and
-    ``env/task_id`` (the finished episode's task, from ``infos["final_info"]``).
+    ``record(infos)`` returns scalar dicts: one per finished episode (``charts/episodic_return``,
+    ``charts/episodic_length`` and, in a non-stationary env, ``charts/episodic_return/task_<i>``
+    for the finished episode's task, from ``infos["final_info"]``), plus ``env/task_id`` at the
+    exact step where sub-env 0's active task changes. ``env/task_id`` has this one meaning, so
+    its steps are the task boundaries (``plasticrl plot`` draws them).
     """
 
     def __init__(self, window: int = 20) -> None:
@@ -56,22 +58,23 @@ class EpisodeStats:
 
     def record(self, infos: Mapping[str, Any]) -> list[dict[str, float]]:
         """Update from one step's infos; return the scalars of the episodes that ended."""
+        out: list[dict[str, float]] = []
         if "task_id" in infos:
-            self.task_id = int(infos["task_id"][0])
+            task_id = int(infos["task_id"][0])
+            if task_id != self.task_id:
+                out.append({"env/task_id": float(task_id)})
+            self.task_id = task_id
         if "episode" not in infos:
-            return []
+            return out
         episode = infos["episode"]
         final_info = infos.get("final_info", {})
         tasks = final_info["task_id"] if "task_id" in final_info else None
-        out = []
         for i in np.flatnonzero(infos["_episode"]):
             ret = float(episode["r"][i])
             self.recent.append(ret)
             scalars = {"charts/episodic_return": ret, "charts/episodic_length": float(episode["l"][i])}
             if tasks is not None:
-                task = int(tasks[i])
-                scalars[f"charts/episodic_return/task_{task}"] = ret
-                scalars["env/task_id"] = float(task)
+                scalars[f"charts/episodic_return/task_{int(tasks[i])}"] = ret
             out.append(scalars)
         return out
 

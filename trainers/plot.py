@@ -1,0 +1,397 @@
+"""Figures of runs from their TensorBoard event files (``plasticrl plot``).
+
+Contains:
+    DEFAULT_TAGS: the figures :func:`plot_runs` draws by default: PNG stem → tag pattern.
+    read_scalars: every scalar series of one run folder, every point kept.
+    task_boundaries: the steps at which a task-id series changes value (pure).
+    moving_average: the trailing mean of a series (pure).
+    run_labels: short legend labels from run folder names (pure).
+    plot_runs: the PNGs (returns, dormant fractions, srank, isometry gaps) of one or more runs.
+    register_plot_command / run_plot_command: the ``plot`` subcommand of :mod:`trainers.cli`.
+
+Every figure overlays the runs, one colour per run, with a legend of :func:`run_labels`; every
+subplot marks each run's task boundaries (changes of its ``env/task_id`` scalar) as light dashed
+vertical lines in the run's colour. A figure is written only when at least one run has one of its
+tags. Matplotlib (the Agg canvas, never a display) and TensorBoard are imported on first use, so
+importing this module (as the CLI does) costs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = [
+    "DEFAULT_TAGS",
+    "TASK_TAG",
+    "EVENT_GLOB",
+    "read_scalars",
+    "task_boundaries",
+    "moving_average",
+    "run_labels",
+    "plot_runs",
+    "register_plot_command",
+    "run_plot_command",
+]
+
+DEFAULT_TAGS: Mapping[str, str] = MappingProxyType(
+    {
+        "episodic_return": r"charts/episodic_return",
+        "dormant_fraction": r"plasticity/dormant_fraction/tau_[^/]+",
+        "srank": r"plasticity/srank(/[^/]+)?",
+        "isometry_gap": r"plasticity/isometry_gap/.+",
+    }
+)
+"""Figure name (the PNG is ``<name>.png``) → a regular expression that scalar tags must match in
+full; each matching tag is one subplot, in natural order (``tau_0 < tau_0.025 < tau_0.1``,
+``2 < 10``). The dormant totals (not their per-layer tags), the feature rank (per head when the
+network has several heads) and every layer's isometry gap."""
+
+TASK_TAG = "env/task_id"
+"""The scalar whose changes are the task boundaries."""
+
+EVENT_GLOB = "events.out.tfevents.*"
+"""TensorBoard event files in a run folder."""
+
+_SMOOTHED_PREFIX = "charts/episodic_"  # per-episode series: raw points faint plus a moving average
+_WORD = re.compile(r"\d{8}-\d{6}[_\-.]*|[^_\-.]+[_\-.]*|[_\-.]+")  # a timestamp is one word
+_TIMESTAMP = re.compile(r"(^|[_\-.]+)\d{8}-\d{6}(_\d+)?(?=$|[_\-.])")  # run_name's stamp (+ clash suffix)
+
+Series = tuple[list[int], list[float]]
+"""(steps, values) of one scalar tag, in step order."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _event_files(run_dir: Path) -> list[Path]:
+    """The event files of ``run_dir``; ValueError naming the folder when it has none."""
+    if not run_dir.is_dir():
+        raise ValueError(f"run folder {str(run_dir)!r} not found")
+    files = sorted(run_dir.glob(EVENT_GLOB))
+    if not files:
+        hint = ""
+        if any(run_dir.glob(f"*/{EVENT_GLOB}")):  # a folder of runs, such as runs/
+            hint = f"; its subfolders hold runs: pass them ({run_dir / '*'})"
+        raise ValueError(f"no TensorBoard event files ({EVENT_GLOB}) in {str(run_dir)!r}{hint}")
+    return files
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, Series]:
+    """Every scalar tag of a run folder with all its points (no reservoir sampling).
+
+    Several event files (a resumed run) are read as one run; points a crashed run logged after
+    its checkpoint are dropped by the resumed writer's purge step, as in TensorBoard.
+
+    Args:
+        run_dir: a run folder holding ``events.out.tfevents.*`` files.
+
+    Returns:
+        tag → (steps, values), stably sorted by step.
+
+    Raises:
+        ValueError: the folder does not exist or holds no event file (the message names it).
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = Path(run_dir)
+    _event_files(run_dir)
+    guidance = {"scalars": 0, "tensors": 1, "histograms": 1, "images": 1, "audio": 1, "distributions": 1}
+    acc = EventAccumulator(str(run_dir), size_guidance=guidance)
+    acc.Reload()
+    out: dict[str, Series] = {}
+    for tag in acc.Tags()["scalars"]:
+        points = sorted(((e.step, e.value) for e in acc.Scalars(tag)), key=lambda p: p[0])
+        out[tag] = ([int(s) for s, _ in points], [float(v) for _, v in points])
+    return out
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def task_boundaries(steps: Sequence[int], task_ids: Sequence[float]) -> list[int]:
+    """The steps at which the task id changes: each point whose id differs from the point before.
+
+    Points are taken in step order (stable for equal steps, so a finished episode's task logged
+    before the new task at the same step gives a boundary at that step). Non-finite ids are
+    skipped. A return to an earlier task (a cycle) is a boundary too.
+
+    Args:
+        steps: the steps of the ``env/task_id`` points.
+        task_ids: their values.
+
+    Returns:
+        The boundary steps, ascending (a step appears once even if the id changes twice there).
+
+    Example:
+        >>> task_boundaries([0, 10, 20, 30, 40, 50], [0, 0, 1, 1, 0, 2])
+        [20, 40, 50]
+        >>> task_boundaries([], [])
+        []
+    """
+    if len(steps) != len(task_ids):
+        raise ValueError(f"steps and task_ids differ in length: {len(steps)} != {len(task_ids)}")
+    points = sorted(
+        ((int(s), float(t)) for s, t in zip(steps, task_ids, strict=True) if math.isfinite(float(t))),
+        key=lambda p: p[0],
+    )
+    out: list[int] = []
+    for (_, before), (step, now) in zip(points, points[1:], strict=False):
+        if now != before and (not out or out[-1] != step):
+            out.append(step)
+    return out
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (fewer at the start); same length as ``values``.
+
+    Example:
+        >>> moving_average([1.0, 3.0, 5.0, 7.0], 2)
+        [1.0, 2.0, 4.0, 6.0]
+    """
+    if window < 1:
+        raise ValueError(f"moving-average window must be >= 1, got {window}")
+    out: list[float] = []
+    total = 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def run_labels(names: Sequence[str]) -> list[str]:
+    """Short, distinct legend labels: what differs between run folder names.
+
+    Names are split into words at ``_``, ``-`` and ``.`` (separators kept; a timestamp is one
+    word); the words every name
+    starts with and ends with are dropped, then ``run_name``'s timestamp (``20250101-120000``,
+    ``_1`` clash suffix included) if the labels stay distinct and non-empty without it. One name,
+    or names that would become empty or equal, are kept whole.
+
+    Example:
+        >>> run_labels([
+        ...     "CartPole-v1__dqn__adam__mlp__s0__20250101-120000",
+        ...     "CartPole-v1__dqn__adam__mlp__s1__20250101-120005",
+        ... ])
+        ['s0', 's1']
+        >>> run_labels(["breakout_adam", "breakout_sgd"]), run_labels(["only__one"])
+        (['adam', 'sgd'], ['only__one'])
+    """
+    names = list(names)
+    if len(names) < 2 or len(set(names)) < len(names):
+        return names
+    words = [re.findall(_WORD, n) for n in names]
+    shortest = min(len(w) for w in words)
+    head = 0
+    while head < shortest - 1 and all(w[head] == words[0][head] for w in words):
+        head += 1
+    tail = 0
+    while tail < shortest - head - 1 and all(w[-1 - tail] == words[0][-1 - tail] for w in words):
+        tail += 1
+    labels = ["".join(w[head : len(w) - tail]).strip("_-.") for w in words]
+    if any(not label for label in labels) or len(set(labels)) < len(labels):
+        return names
+    unstamped = [_TIMESTAMP.sub("", label).strip("_-.") for label in labels]
+    if all(unstamped) and len(set(unstamped)) == len(unstamped):
+        return unstamped
+    return labels
+
+
+def _natural_key(text: str) -> tuple[tuple[int, float | str], ...]:
+    """Sort key with numbers compared as numbers (``tau_0.025 < tau_0.1``, ``layer2 < layer10``)."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return tuple((0, float(p)) if i % 2 else (1, p) for i, p in enumerate(parts) if p)
+
+
+def _finite(series: Series) -> Series:
+    """The points of ``series`` with finite values (an infinite NTK condition number is a gap)."""
+    steps, values = series
+    kept = [(s, v) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
+    return [s for s, _ in kept], [v for _, v in kept]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _run_names(run_dirs: Sequence[Path]) -> list[str]:
+    """Folder names; ``parent/name`` where two runs share a folder name."""
+    names = [p.resolve().name for p in run_dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{p.resolve().parent.name}/{p.resolve().name}" for p in run_dirs]
+
+
+def _colours(n: int) -> list[Any]:
+    """``n`` distinct colours: tab10, tab20, then samples of viridis."""
+    from matplotlib import colormaps
+
+    if n <= 20:
+        cmap = colormaps["tab10" if n <= 10 else "tab20"]
+        return [cmap(i) for i in range(n)]
+    cmap = colormaps["viridis"]
+    return [cmap(i / (n - 1)) for i in range(n)]
+
+
+def _draw_series(ax: Axes, tag: str, series: Series, colour: Any, window: int) -> None:
+    steps, values = _finite(series)
+    if not steps:
+        return
+    if tag.startswith(_SMOOTHED_PREFIX):
+        ax.plot(steps, values, color=colour, alpha=0.2, linewidth=0.6, marker=".", markersize=2)
+        ax.plot(steps, moving_average(values, window), color=colour, linewidth=1.6)
+    else:
+        ax.plot(steps, values, color=colour, linewidth=1.4, marker="." if len(steps) <= 50 else None)
+
+
+def _write_figure(
+    path: Path,
+    title: str,
+    panels: Sequence[str],
+    runs: Sequence[Mapping[str, Series]],
+    labels: Sequence[str],
+    colours: Sequence[Any],
+    window: int,
+) -> Path:
+    """One PNG: a subplot per tag in ``panels``, every run that has the tag overlaid."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(5.0 * ncols, 3.4 * nrows + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg canvas: no display, whatever matplotlib's default backend
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    present = [i for i, run in enumerate(runs) if any(tag in run for tag in panels)]
+    boundaries = {i: task_boundaries(*runs[i][TASK_TAG]) if TASK_TAG in runs[i] else [] for i in present}
+    for ax, tag in zip(axes, panels, strict=False):
+        for i in present:
+            if tag in runs[i]:
+                _draw_series(ax, tag, runs[i][tag], colours[i], window)
+            for step in boundaries[i]:
+                ax.axvline(step, color=colours[i], linestyle="--", linewidth=0.8, alpha=0.4)
+        ax.set_title(tag, fontsize=9)
+        ax.set_xlabel("env step")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=colours[i], linewidth=1.6) for i in present]
+    fig.legend(handles, [labels[i] for i in present], loc="outside lower center", ncols=min(len(present), 4))
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_runs(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    tags: Mapping[str, str] = DEFAULT_TAGS,
+    window: int = 20,
+) -> list[Path]:
+    """Write one PNG per figure of ``tags`` that at least one run has data for.
+
+    With the default ``tags``: ``episodic_return.png`` (``charts/episodic_return`` against the
+    env step, raw points faint and their ``window``-episode moving average), ``dormant_fraction.png``
+    (the total of every τ, a subplot each), ``srank.png`` and ``isometry_gap.png`` (a subplot per
+    layer). Runs are overlaid, one colour each, with a legend of shortened folder names
+    (:func:`run_labels`); task boundaries (:func:`task_boundaries` of ``env/task_id``) are dashed
+    vertical lines in the run's colour on every subplot.
+
+    Args:
+        run_dirs: run folders (each holding TensorBoard event files).
+        out_dir: where the PNGs go (created if missing).
+        tags: figure name → regular expression a scalar tag must match in full; each matching tag
+            is a subplot. Per-episode tags (``charts/episodic_…``) are smoothed.
+        window: episodes in the moving average.
+
+    Returns:
+        The written paths, in the order of ``tags``.
+
+    Raises:
+        ValueError: no run folders, a folder missing or without event files (named), a bad
+            ``tags`` pattern or ``window < 1``.
+    """
+    dirs = [Path(p) for p in run_dirs]
+    if not dirs:
+        raise ValueError("plot needs at least one run folder")
+    if window < 1:
+        raise ValueError(f"moving-average window must be >= 1, got {window}")
+    patterns: dict[str, re.Pattern[str]] = {}
+    for name, pattern in tags.items():
+        try:
+            patterns[name] = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"figure {name!r}: bad tag pattern {pattern!r}: {exc}") from None
+    for run_dir in dirs:
+        _event_files(run_dir)  # fail on a bad folder before reading any
+    runs = [read_scalars(d) for d in dirs]
+    labels = run_labels(_run_names(dirs))
+    colours = _colours(len(dirs))
+    all_tags = {tag for run in runs for tag in run}
+    out = Path(out_dir)
+    written = []
+    for name, pattern in patterns.items():
+        panels = sorted((t for t in all_tags if pattern.fullmatch(t)), key=_natural_key)
+        if panels:
+            written.append(_write_figure(out / f"{name}.png", name, panels, runs, labels, colours, window))
+    return written
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def register_plot_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add ``plot RUN_DIR [RUN_DIR ...] [--out DIR] [--window N]`` to ``plasticrl``'s subparsers."""
+    parser = subparsers.add_parser(
+        "plot",
+        help="plot returns and plasticity metrics of one or more runs as PNGs",
+        description="Read the TensorBoard event files of each RUN_DIR and write\n"
+        f"{', '.join(f'{n}.png' for n in DEFAULT_TAGS)}\n"
+        "(those with data), runs overlaid, task boundaries dashed.",
+        epilog="examples:\n"
+        "  plasticrl plot runs/<run>                 PNGs into runs/<run>\n"
+        "  plasticrl plot runs/a runs/b --out cmp    overlay two runs into cmp/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders with event files")
+    parser.add_argument(
+        "--out", metavar="DIR", help="output folder (default: the run folder, or plots/ for several runs)"
+    )
+    parser.add_argument(
+        "--window", type=int, default=20, metavar="N", help="episodes in the return moving average (20)"
+    )
+    return parser
+
+
+def run_plot_command(args: argparse.Namespace) -> int:
+    """Run ``plasticrl plot``: write the figures and print their paths; returns the exit code 0.
+
+    Raises:
+        ValueError: a bad run folder, or no run has any of the plotted tags (the CLI prints it and
+            exits with its bad-input code).
+    """
+    run_dirs = [Path(p) for p in args.run_dirs]
+    out = Path(args.out) if args.out else (run_dirs[0] if len(run_dirs) == 1 else Path("plots"))
+    written = plot_runs(run_dirs, out, window=args.window)
+    if not written:
+        raise ValueError(
+            "nothing to plot: no run has any of the tags "
+            f"{', '.join(DEFAULT_TAGS.values())} in {', '.join(str(d) for d in run_dirs)}"
+        )
+    for path in written:
+        print(path)
+    return 0
