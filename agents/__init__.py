@@ -10,12 +10,24 @@ Contains:
 import agents.isometric  # noqa: F401  (registers isometric_mlp, isometric_minatar_cnn)
 from agents.dqn import DQNAgent, DQNConfig
 from agents.networks import NETWORKS, NetworkConfig, make_network
+from agents.ppo import PPOAgent, PPOConfig
 from plasticity.registry import Registry
 
-AgentConfig = DQNConfig
-"""Union of the agent config classes (PPO joins it)."""
+AgentConfig = DQNConfig | PPOConfig
+"""Union of the agent config classes."""
 
 AGENTS: Registry[type] = Registry("agent")
 AGENTS.register("dqn")(DQNConfig)
+AGENTS.register("ppo")(PPOConfig)
 
-__all__ = ["AGENTS", "AgentConfig", "DQNAgent", "DQNConfig", "NETWORKS", "NetworkConfig", "make_network"]
+__all__ = [
+    "AGENTS",
+    "AgentConfig",
+    "DQNAgent",
+    "DQNConfig",
+    "PPOAgent",
+    "PPOConfig",
+    "NETWORKS",
+    "NetworkConfig",
+    "make_network",
+]

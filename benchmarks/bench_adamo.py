@@ -45,8 +45,12 @@ BATCH, N_ACTIONS, GAMMA, LR = 32, 6, 0.99, 2.5e-4
 def make_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(4, 16, 3), nn.ReLU(), nn.Flatten(),
-        nn.Linear(1024, 128), nn.ReLU(), nn.Linear(128, N_ACTIONS),
+        nn.Conv2d(4, 16, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(1024, 128),
+        nn.ReLU(),
+        nn.Linear(128, N_ACTIONS),
     )
 
 
@@ -55,7 +59,9 @@ OptFactory = Callable[[list[dict]], torch.optim.Optimizer]
 VARIANTS: dict[str, tuple[OptFactory, str]] = {
     "adam": (lambda g: torch.optim.Adam(g, lr=LR, foreach=False), "adam"),
     "adam fused": (lambda g: torch.optim.Adam(g, lr=LR, fused=True), "adam fused"),
+    "adam foreach": (lambda g: torch.optim.Adam(g, lr=LR, foreach=True), "adam foreach"),
     "adamo single-tensor": (lambda g: AdamO(g, lr=LR, foreach=False), "adam"),
+    "adamo foreach": (lambda g: AdamO(g, lr=LR, foreach=True), "adam foreach"),
     "adamo fused": (lambda g: AdamO(g, lr=LR, fused=True), "adam fused"),
     "adamo fused iso_every=4 (≈)": (lambda g: AdamO(g, lr=LR, fused=True, iso_every=4), "adam fused"),
     "adamo fused prefetch": (lambda g: AdamO(g, lr=LR, fused=True, iso_prefetch=True), "adam fused"),
@@ -126,8 +132,11 @@ def bench_grad_variants(steps: int) -> None:
         gram[64:, :64] = gram[:64, 64:].T
         return torch.addmm(w, gram, w, beta=-4.0, alpha=4.0)
 
-    for name, fn in [("naive 4(WWᵀ−I)W", naive), ("isometry_grad (addmm)", lambda: isometry_grad(w)),
-                     ("symmetric Gram + addmm", symmetric_gram)]:
+    for name, fn in [
+        ("naive 4(WWᵀ−I)W", naive),
+        ("isometry_grad (addmm)", lambda: isometry_grad(w)),
+        ("symmetric Gram + addmm", symmetric_gram),
+    ]:
         print(f"  ∇R 128×1024  {name:<26} {time_it(fn, steps)[0] * 1e6:8.1f} µs")
 
 

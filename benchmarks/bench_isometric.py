@@ -109,8 +109,10 @@ def bench_update(rounds: int) -> None:
     nets = {
         "minatar_cnn+adam": (minatar_cnn(OBS, ACTIONS, NetworkConfig()), "adam"),
         "isometric(qr)+adamo": (IsometricMinAtarCNN((4, 10, 10), 6), "adamo"),
-        "isometric(householder)+adamo": (IsometricMinAtarCNN((4, 10, 10), 6, orthogonal_map="householder"),
-                                         "adamo"),
+        "isometric(householder)+adamo": (
+            IsometricMinAtarCNN((4, 10, 10), 6, orthogonal_map="householder"),
+            "adamo",
+        ),
     }
     print(f"{'variant':<30} {'ms/update':>10}")
     for name, (net, opt_name) in nets.items():

@@ -9,10 +9,11 @@ steps):
     permute_obs    NonStationary with an active (non-identity) permutation of all cells
     switch         NonStationary over TaskSet([game, other game]) while on the game: the TaskSet
                    layer plus zero-padding where the other game has more channels
-Two tables: one env stepped directly, and ``make_vector_env``'s SyncVectorEnv (same-step autoreset,
-episode statistics) of ``--num-envs`` sub-envs, each wrapped as the trainer wraps them. Variants are
-timed in interleaved rounds on one seeded action sequence; each table shows the fastest round per
-variant (the least disturbed by other processes) and the overhead relative to raw.
+Two tables: one env stepped directly, and ``envs.vector.make_vector_env``'s SyncVectorEnv
+(same-step autoreset, episode statistics) of ``--num-envs`` sub-envs, each wrapped as the trainer
+wraps them. Variants are timed in interleaved rounds on one seeded action sequence; each table
+shows the fastest round per variant (the least disturbed by other processes) and the overhead
+relative to raw.
 """
 
 from __future__ import annotations
@@ -26,11 +27,25 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-from envs.make import EnvConfig, make_env, make_vector_env
+from envs.make import EnvConfig, make_env
 from envs.nonstationary import NonStationary, PermuteObs, RewardScale, Switch, TaskSet
 from envs.schedules import At, Schedule
 
 NEVER = At([10**12])
+
+
+def vector_env(cfg: EnvConfig, wrap: Callable[[gym.Env], gym.Env] | None) -> gym.vector.VectorEnv:
+    """What ``envs.vector.make_vector_env`` builds, with ``wrap`` in place of the configured wrapper."""
+
+    def sub_env(index: int) -> gym.Env:
+        env = make_env(cfg)
+        env = env if wrap is None else wrap(env)
+        env.action_space.seed(index)
+        return env
+
+    fns = [functools.partial(sub_env, i) for i in range(cfg.num_envs)]
+    envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
 def wrappers(game: str, num_envs: int) -> dict[str, Callable[[gym.Env], gym.Env] | None]:
@@ -118,10 +133,7 @@ def main() -> None:
         cfg = EnvConfig(id=args.game, num_envs=n)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            vector = {
-                name: make_vector_env(cfg, 0, None if wrap is None else (lambda env, i, wrap=wrap: wrap(env)))
-                for name, wrap in wrappers(args.game, n).items()
-            }
+            vector = {name: vector_env(cfg, wrap) for name, wrap in wrappers(args.game, n).items()}
         table(
             f"MinAtar {args.game}, make_vector_env with {n} sub-envs: per env step",
             vector,

@@ -87,7 +87,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, (t_update, t_step) in best.items():
         print(
-            f"| {name} | {t_update:.3f} | {t_update / base_update:.2f} | {t_step:.3f} | {t_step / base_step:.2f} |"
+            f"| {name} | {t_update:.3f} | {t_update / base_update:.2f} "
+            f"| {t_step:.3f} | {t_step / base_step:.2f} |"
         )
 
 

@@ -6,18 +6,9 @@ Contains:
     resolve_env_id: alias / id validation with close-match suggestions.
     make_env: one environment, MinAtar converted to channel-first float32, time limit applied.
     NonStationaryConfig: the ``nonstationary.*`` config section (what changes, when, how).
-    make_vector_env: ``num_envs`` copies in a ``SyncVectorEnv`` (same-step autoreset) with episode
-        statistics, seeded per sub-env, each wrapped by ``NonStationary`` when configured.
+    build_sub_env: one seeded sub-env, wrapped by ``NonStationary`` when configured (vector
+        envs, sync or async, are made of these: :mod:`envs.vector`).
     MinAtarObservation: the (10, 10, C) bool → (C, 10, 10) float32 observation wrapper.
-    final_observations: the true next observation of each sub-env under same-step autoreset.
-
-Note [Autoreset]
-    Vector envs use gymnasium's ``AutoresetMode.SAME_STEP``: when a sub-env's episode ends, the
-    observation returned by ``step`` is already the first one of the next episode and the true last
-    observation is in ``info["final_obs"]``. So every ``step`` is one real transition of every
-    sub-env (no dummy reset steps to skip, the step counter counts real env steps) and the
-    bootstrap target of a truncated episode uses the real final observation. The one place that
-    reads ``final_obs`` is :func:`final_observations`.
 """
 
 from __future__ import annotations
@@ -45,9 +36,8 @@ __all__ = [
     "MINATAR_TIME_LIMIT",
     "resolve_env_id",
     "make_env",
-    "make_vector_env",
+    "build_sub_env",
     "MinAtarObservation",
-    "final_observations",
 ]
 
 MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
@@ -68,6 +58,8 @@ class EnvConfig:
     """Sub-environments stepped in lockstep; one global step advances every sub-env."""
     max_episode_steps: int | None = None
     """Episode time limit; None keeps the registered one (MinAtar: MINATAR_TIME_LIMIT)."""
+    vector: Literal["sync", "async"] = "sync"
+    """SyncVectorEnv (one process) or AsyncVectorEnv (one worker process per sub-env)."""
 
     def __post_init__(self) -> None:
         if self.num_envs < 1:
@@ -240,10 +232,15 @@ def make_env(cfg: EnvConfig, env_id: str | None = None) -> gym.Env:
         raise ValueError(f"env.kwargs {kwargs} rejected by {env_id!r}: {exc}") from None
 
 
-def _build_sub_env(
-    cfg: EnvConfig, seed: int, index: int, nonstationary: NonStationaryConfig | None
+def build_sub_env(
+    cfg: EnvConfig, seed: int, index: int, nonstationary: NonStationaryConfig | None = None
 ) -> gym.Env:
-    # Module-level (not a closure) so that the vector env pickles: checkpoints store it whole.
+    """Sub-env ``index`` of a run, as every vector env of plasticrl is made (:mod:`envs.vector`).
+
+    ``make_env`` (a ``TaskSet`` of the tasks for ``switch``), wrapped by ``NonStationary`` with the
+    run seed and ``clock_scale=num_envs`` when configured; its action space seeded ``seed + index``.
+    Module-level, not a closure, so that vector envs built from it pickle.
+    """
     ns = nonstationary if nonstationary is not None and nonstationary.kind is not None else None
     if ns is not None and ns.kind == "switch":
         env: gym.Env = TaskSet(list(ns.tasks), make_task=functools.partial(make_env, cfg))
@@ -261,39 +258,3 @@ def _build_sub_env(
         )
     env.action_space.seed(seed + index)
     return env
-
-
-def make_vector_env(
-    cfg: EnvConfig, seed: int, nonstationary: NonStationaryConfig | None = None
-) -> gym.vector.VectorEnv:
-    """``cfg.num_envs`` sub-envs in a same-step-autoreset ``SyncVectorEnv`` with episode statistics.
-
-    Args:
-        cfg: the env section.
-        seed: the run seed; the action spaces are seeded with ``seed + i``. The caller seeds the
-            observations with ``envs.reset(seed=seed)`` (sub-env i gets ``seed + i``). The
-            non-stationary wrappers all get ``seed`` itself, so every sub-env sees the same task
-            sequence, and ``clock_scale=num_envs``, so every sub-env changes at the same global step.
-        nonstationary: the ``nonstationary`` section; None or ``kind: null`` is stationary.
-    """
-    envs = gym.vector.SyncVectorEnv(
-        [functools.partial(_build_sub_env, cfg, seed, i, nonstationary) for i in range(cfg.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
-
-
-def final_observations(next_obs: np.ndarray, infos: Mapping[str, Any], done: np.ndarray) -> np.ndarray:
-    """The real next observation of every sub-env (Note [Autoreset]).
-
-    Where a sub-env's episode ended this step, ``next_obs`` already holds the reset observation;
-    its true final observation is taken from ``infos["final_obs"]``. Returns ``next_obs`` itself
-    when no episode ended (no copy).
-    """
-    if not done.any():
-        return next_obs
-    real = next_obs.copy()
-    final = infos["final_obs"]
-    for i in np.flatnonzero(done):
-        real[i] = final[i]
-    return real

@@ -20,7 +20,7 @@ Note [Lifetime clock]
     ``AutoresetMode.NEXT_STEP`` replaces the step of a finished sub-env by a ``reset()``; pass
     ``autoreset_mode=NEXT_STEP`` so that such a reset (one that follows a terminated or truncated
     step) advances the clock like the step it replaces. With ``SAME_STEP`` (what
-    ``envs.make.make_vector_env`` builds) or ``DISABLED`` every sub-env is stepped on every vector
+    ``envs.vector.make_vector_env`` builds) or ``DISABLED`` every sub-env is stepped on every vector
     step and resets never count.
 
 Note [Task randomness]

@@ -19,18 +19,25 @@ Note [Which tensors take the isometry step]
 
 Note [Isometry prefetch]
     ∇R(θ_t) depends only on the weights, which are final as soon as step t−1 returns. With
-    ``iso_prefetch=True`` the end of each ``step`` submits ∇R(θ_{t}) for the next step to one
-    background thread (matmuls release the GIL, so it runs on an otherwise idle core while the
-    trainer steps the env, acts and runs the forward/backward of update t); step t waits for it and
-    adds it. The result is exactly what the synchronous path would compute, provided the weights
-    did not change in between. Guard: each parameter's ``_version`` (bumped by every in-place op,
-    e.g. ``load_state_dict``, ``p.copy_``, ``p[idx] = ...`` and this optimizer's own updates) and
-    ``data_ptr`` are recorded at submission and compared at use; a mismatch, a changed
-    ``iso_target`` or a missing entry recomputes synchronously. Writes through ``p.data`` do not
-    bump ``_version``: code that edits weights that way must call :meth:`AdamO.discard_prefetch`.
-    Nothing thread-related is kept in ``state``/``param_groups``, so ``state_dict``, pickling and
-    ``copy.deepcopy`` are unaffected (a copy starts with no pending prefetch). It pays only when a
-    core is idle during the rest of the update (intra-op threads < cores); off by default.
+    ``iso_prefetch=True`` the end of each ``step`` submits ∇R for the next step to one background
+    thread; matmuls release the GIL, so it runs on an otherwise idle core while the trainer steps
+    the env, acts and runs the forward/backward of the next update, and the next ``step`` only
+    waits for it (normally already done) and adds it. The values are those the synchronous path
+    computes, provided the weights did not change in between. Guard: each parameter's
+    ``_version`` (bumped by every in-place op: ``load_state_dict``, ``p.copy_``, ``p[idx] = ...``,
+    this optimizer's own updates) and ``data_ptr`` are recorded at submission and compared at
+    use; a mismatch, a changed ``iso_target`` or a missing entry recomputes synchronously. Writes
+    through ``p.data`` bump no ``_version``: code that edits weights that way must call
+    :meth:`AdamO.discard_prefetch`. Nothing thread-related is kept in ``state`` or
+    ``param_groups``, so ``state_dict``, pickling and ``copy.deepcopy`` are unaffected (a copy
+    starts with no pending prefetch); a forked child starts its own worker.
+
+    CPU tensors only (on CUDA the kernels are asynchronous already). It pays when a core is idle
+    during the rest of the update: torch intra-op threads < cores and one run per machine. On the
+    MinAtar DQN with one intra-op thread it brings AdamO's cost on the trainer thread from ~1.5× to
+    ~1.02–1.08× that of fused Adam (``benchmarks/bench_adamo.py``); when every core is busy (two
+    seeds on two cores) it saves nothing and costs a thread hand-off per step. Hence off by
+    default, with the ``.data`` caveat as the second reason.
 
 Note [iso_every]
     ``iso_every = k > 1`` applies the isometry step only on a parameter's steps ``t ≡ 0 (mod k)``,
@@ -114,8 +121,8 @@ class AdamO(Optimizer):
         iso_lr: η_iso; ``None`` (default) reads the group's current ``lr`` so schedules apply.
         iso_every: k; apply the isometry step every k steps with k× its size (default 1 = exact;
             Note [iso_every]).
-        iso_prefetch: compute the next step's ∇R on a background thread (default False;
-            Note [Isometry prefetch]).
+        iso_prefetch: compute the next step's ∇R on a background thread, for CPU tensors
+            (default False; exact, see Note [Isometry prefetch] for when it pays).
         foreach: use the multi-tensor implementation (default None: see ``fused``).
         fused: run the Adam part with torch's fused AdamW kernel (one pass per tensor; ~4× faster
             than the loop on a small CPU network). ``None`` (default) picks fused when ``foreach``
@@ -327,7 +334,10 @@ class AdamO(Optimizer):
                 continue
             for p in group["params"]:
                 state = self.state.get(p)
-                if p.dim() >= 2 and state and self._iso_due(group, state["step"], 1):
+                # CPU only: on CUDA the matmuls are asynchronous kernels already, and a worker
+                # thread would not see the trainer's current stream.
+                if (p.dim() >= 2 and p.device.type == "cpu" and state
+                        and self._iso_due(group, state["step"], 1)):
                     params.append(p)
                     targets.append(group["iso_target"])
         if not params:
@@ -347,7 +357,7 @@ class AdamO(Optimizer):
             return {}
         try:
             grads = pending.future.result()
-        except Exception:  # noqa: BLE001 - the synchronous recomputation raises it properly
+        except Exception:  # the synchronous recomputation below raises it where it belongs
             return {}
         return {
             p: (target, grad)

@@ -22,8 +22,9 @@ Note [Gram on the smaller side]
 Note [Fast isometry gradient]
     For the MinAtar ``Linear(1024, 128)`` the gradient is two 128×128×1024 matmuls (~67 MFLOP,
     ~0.7 ms on one core). ``torch.addmm(W, G, W, beta=-4s, alpha=4)`` fuses ``−sW`` and the factor
-    4 into the second matmul, so no ``G − sI`` or scaled copies are made. Exploiting the symmetry
-    of ``G`` (computing only its upper blocks) saved about 5 % in ``benchmarks/bench_adamo.py`` and
+    4 into the second matmul, so no ``G − sI`` or scaled copies are made; the matmuls dominate, so
+    it times like the naive ``4 * (W @ W.T - I) @ W``. Exploiting the symmetry of ``G`` (computing
+    only its upper blocks) saved at most ~7 % in ``benchmarks/bench_adamo.py``, within noise, and
     is not worth the code. The way to make the step cheap is to move it off the critical path:
     see Note [Isometry prefetch] in :mod:`plasticity.adamo`.
 """

@@ -425,8 +425,10 @@ def acting_cache(model: nn.Module) -> Iterator[None]:
 
 
 def has_orthogonal_layers(model: nn.Module) -> bool:
-    """Whether ``model`` has any :func:`orthogonal_` layer (so :func:`acting_cache` and
-    :func:`retract_` have work to do); agents check once instead of walking the modules per step.
+    """Whether ``model`` has any :func:`orthogonal_` layer.
+
+    Only then do :func:`acting_cache` and :func:`retract_` have work to do; agents check once
+    instead of walking the modules on every step.
     """
     return any(isinstance(m, _OrthogonalMatrix) for m in model.modules())
 

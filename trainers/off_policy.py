@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from agents.buffers import ReplayBuffer
 from agents.dqn import DQNAgent, DQNConfig
 from agents.networks import make_network
-from envs.make import final_observations, make_vector_env
+from envs.vector import envs_state, final_observations, make_vector_env, restore_envs
 from plasticity.metrics import PlasticityProbe
 from plasticity.optimizers import make_optimizer, param_groups
 from plasticity.regularizers import make_regularizers
@@ -115,7 +114,7 @@ def train_off_policy(
         obs, _ = envs.reset(seed=cfg.seed)
     else:
         envs.close()
-        envs = pickle.loads(resume_state["envs"])
+        envs = restore_envs(resume_state["envs"], cfg.env, cfg.seed, cfg.nonstationary)
         obs = resume_state["obs"]
         agent.load_state_dict(resume_state["agent"])
         if resume_state["buffer"] is not None:
@@ -133,7 +132,7 @@ def train_off_policy(
             "global_step": loop.global_step,
             "agent": agent.state_dict(),
             "buffer": buffer.state_dict() if cfg.checkpoint.replay_buffer else None,
-            "envs": pickle.dumps(envs),
+            "envs": envs_state(envs),
             "obs": obs,
             "loop": dataclasses.asdict(loop),
             "episodes": episodes.state_dict(),
@@ -191,7 +190,7 @@ def train_off_policy(
             # ---- log and checkpoint
             if session.log_cadence.due(step):
                 scalars = {f"losses/{k}": float(v) for k, v in metrics.items()}
-                scalars |= episodes.scalars() | {
+                scalars |= {
                     "charts/SPS": session.sps(step),
                     "charts/epsilon": agent.epsilon(step),
                     "charts/learning_rate": agent.optimizer.param_groups[0]["lr"],

@@ -114,8 +114,9 @@ def make_lr_scheduler(
 
 def _loop_for(cfg: ExperimentConfig) -> Any:
     from trainers.off_policy import train_off_policy
+    from trainers.on_policy import train_on_policy
 
-    loops = {"dqn": train_off_policy}
+    loops = {"dqn": train_off_policy, "ppo": train_on_policy}
     return loops[cfg.agent.name]
 
 

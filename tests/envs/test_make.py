@@ -13,11 +13,10 @@ from envs.make import (
     ENV_ALIASES,
     MINATAR_TIME_LIMIT,
     EnvConfig,
-    final_observations,
     make_env,
-    make_vector_env,
     resolve_env_id,
 )
+from envs.vector import final_observations, make_vector_env
 
 
 class TinyEnv(gym.Env[np.ndarray, int]):

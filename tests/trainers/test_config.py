@@ -78,8 +78,9 @@ def test_cartpole_preset_values() -> None:
     cfg = load_config(REPO / "configs" / "cartpole" / "dqn.yaml")
     assert cfg.env.id == "CartPole-v1"
     assert cfg.network.hidden_sizes == (256, 256)
-    assert cfg.optimizer.lr == pytest.approx(1e-3)
+    assert cfg.optimizer.lr == pytest.approx(5e-4)  # written 5.0e-4: a float, not YAML's string
     assert cfg.agent.double_dqn is True and cfg.agent.loss == "huber"
+    assert cfg.agent.tau == pytest.approx(0.005) and cfg.agent.target_update_every == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ def test_invalid_literal_lists_valid_choices(data: dict, key: str, valid: list[s
 
 
 def test_unknown_agent_name_lists_agents() -> None:
-    with pytest.raises(ConfigError, match=r"unknown agent\.name 'ppo2'; valid choices: \['dqn'\]"):
+    with pytest.raises(ConfigError, match=r"unknown agent\.name 'ppo2'; valid choices: \['dqn', 'ppo'\]"):
         config_from_dict({"agent": {"name": "ppo2"}})
 
 

@@ -1,0 +1,116 @@
+"""Rollout storage of on-policy agents: T steps of N sub-envs, preallocated, and its flat view.
+
+Contains:
+    RolloutBatch: flat samples (observations, actions, old log-probs and values, advantages,
+        returns) and their minibatches.
+    Rollout: the ``(T, N, ...)`` tensors a rollout is written into, one step at a time, and the
+        V(s'_t) that GAE bootstraps from (:func:`agents.ppo.gae`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["RolloutBatch", "Rollout"]
+
+
+class RolloutBatch(NamedTuple):
+    """Flat rollout samples (first axis B = T·N, or a minibatch of it)."""
+
+    obs: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    """log π_old(a|s), from acting."""
+    values: Tensor
+    """V_old(s), from acting."""
+    advantages: Tensor
+    returns: Tensor
+
+    def index(self, idx: Tensor) -> RolloutBatch:
+        """The samples at ``idx``."""
+        return RolloutBatch(*(field[idx] for field in self))
+
+
+class Rollout:
+    """Preallocated storage of one rollout: ``(T, N, ...)`` tensors.
+
+    The loop writes step t with :meth:`put_obs` (before acting) and :meth:`put_step` (after the
+    env step), then fills ``values`` with one batched critic forward over ``obs`` (the weights do
+    not change during a rollout) and ``final_values[t, i]`` with V(final observation) where sub-env
+    i was truncated at step t. Every slot is overwritten by the next rollout, so the storage is
+    never checkpointed: checkpoints are taken between rollouts.
+
+    Where the tensors live: ``obs``, ``actions`` and ``log_probs`` (network inputs and outputs) on
+    the agent's device; ``rewards``, ``terminations`` and ``truncations`` on the CPU, as views of
+    numpy arrays that the env's outputs are written into (a numpy row copy is the cheapest write
+    per step); ``values`` and ``final_values``, the other GAE inputs, on the CPU too, where GAE's
+    sequential loop over T runs best. :meth:`batch` moves everything to the device.
+    """
+
+    def __init__(
+        self,
+        num_steps: int,
+        num_envs: int,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (num_steps, num_envs)
+        self.device = torch.device(device)
+        action_dtype = torch.int64 if isinstance(action_space, gym.spaces.Discrete) else torch.float32
+        self.obs = torch.zeros((*shape, *observation_space.shape), device=self.device)
+        self.actions = torch.zeros((*shape, *action_space.shape), dtype=action_dtype, device=self.device)
+        self.log_probs = torch.zeros(shape, device=self.device)
+        self._env_outputs = np.zeros((3, *shape), dtype=np.float32)  # rewards, terminations, truncations
+        self.rewards, self.terminations, self.truncations = torch.from_numpy(self._env_outputs).unbind(0)
+        self.values = torch.zeros(shape)
+        self.final_values = torch.zeros(shape)
+
+    def put_obs(self, t: int, obs: np.ndarray) -> Tensor:
+        """Store the observations of step t; returns the stored tensor (the agent's input)."""
+        slot = self.obs[t]
+        slot.copy_(torch.from_numpy(obs))  # no intermediate copy: numpy memory → the slot
+        return slot
+
+    def put_step(
+        self,
+        t: int,
+        actions: Tensor,
+        log_probs: Tensor,
+        rewards: np.ndarray,
+        terminations: np.ndarray,
+        truncations: np.ndarray,
+    ) -> None:
+        """Store what acting returned and what the env step returned for step t."""
+        self.actions[t] = actions
+        self.log_probs[t] = log_probs
+        env_outputs = self._env_outputs
+        env_outputs[0, t] = rewards
+        env_outputs[1, t] = terminations
+        env_outputs[2, t] = truncations
+
+    def next_values(self, last_values: Tensor) -> Tensor:
+        """V(s'_t) of every step (see :func:`agents.ppo.gae`), the value of each step's real next state.
+
+        That is V(s_{t+1}), with V(s_T) = ``last_values`` at the rollout's end, and the final
+        observation's value where an episode was truncated (not where it terminated).
+        """
+        next_values = torch.cat([self.values[1:], last_values.to(self.values.device).unsqueeze(0)])
+        bootstrap = (self.truncations > 0) & (self.terminations == 0)
+        return torch.where(bootstrap, self.final_values, next_values)
+
+    def batch(self, advantages: Tensor, returns: Tensor) -> RolloutBatch:
+        """The rollout flattened over (T, N), with its advantages and returns, on the device."""
+        return RolloutBatch(
+            self.obs.flatten(0, 1),
+            self.actions.flatten(0, 1),
+            self.log_probs.flatten(),
+            self.values.flatten().to(self.device),
+            advantages.flatten().to(self.device),
+            returns.flatten().to(self.device),
+        )

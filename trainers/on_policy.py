@@ -1,0 +1,264 @@
+"""The on-policy training loop (PPO): rollout, GAE, update, log, checkpoint.
+
+Contains:
+    PPOSetup / build_ppo: actor-critic, optimizer, regularizers, agent, rollout storage and probe.
+    train_on_policy: the loop, reading top to bottom like CleanRL's ``ppo.py`` main block.
+
+The loop owns the logger and the checkpoints (through :class:`trainers.session.Session`); the agent
+only returns metric dicts. Each iteration is one rollout of ``num_steps`` vector-env steps
+(``num_steps × num_envs`` env steps, so a run ends at the first rollout boundary at or past
+``total_steps``) followed by one PPO update; ``global_step`` counts env steps. Checkpoints, Ctrl-C
+stops and metrics all fall between rollouts, where the rollout storage holds nothing that the
+next rollout needs.
+
+Note [Batched values]
+    Acting runs the actor alone; V(s_t) of every step of a rollout comes from one critic forward
+    over all ``num_steps × num_envs`` stored observations once the rollout is done (and V(s_T)
+    from one more). The weights do not change during a rollout, so these are the values a
+    per-step forward would give, and the per-step forward is the loop's largest cost after the
+    env: on CartPole with separate 64-64 networks this makes the rollout about 20 % faster. A
+    shared trunk pays one extra batched trunk forward per rollout for it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from agents.actor_critic import make_actor_critic
+from agents.ppo import PPOAgent, PPOConfig, gae
+from agents.rollout import Rollout, RolloutBatch
+from envs.vector import envs_state, final_observations, make_vector_env, restore_envs
+from plasticity.metrics import PlasticityProbe
+from plasticity.optimizers import make_optimizer, param_groups
+from plasticity.regularizers import make_regularizers
+from trainers.config import ExperimentConfig, config_to_dict
+from trainers.run import TrainResult, make_lr_scheduler, make_run_dir
+from trainers.seeding import rng_state, set_rng_state
+from trainers.session import EpisodeStats, Session, prepare_process
+
+__all__ = ["PPOSetup", "build_ppo", "train_on_policy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+
+
+@dataclass
+class PPOSetup:
+    """Everything a PPO run is made of, besides its envs."""
+
+    agent: PPOAgent
+    rollout: Rollout
+    probe: PlasticityProbe | None
+    """Plasticity metrics of the whole actor-critic (actor and critic layers, tags prefixed
+    ``actor.``/``critic.``); None when ``metrics.every`` and ``ntk_every`` are 0."""
+    num_iterations: int
+    """Rollouts (= PPO updates) that reach ``total_steps``; the horizon of the lr schedule."""
+
+
+def build_ppo(cfg: ExperimentConfig, envs: gym.vector.VectorEnv) -> PPOSetup:
+    """Build the actor-critic, optimizer, regularizers, agent and rollout storage of ``cfg``.
+
+    Raises:
+        ValueError: a rollout smaller than ``num_minibatches``, or an unsupported action space.
+    """
+    agent_cfg = cfg.agent
+    assert isinstance(agent_cfg, PPOConfig)
+    device = torch.device(cfg.device)
+    batch_size = agent_cfg.num_steps * cfg.env.num_envs
+    if batch_size < agent_cfg.num_minibatches:
+        raise ValueError(
+            f"agent.num_minibatches={agent_cfg.num_minibatches} exceeds the rollout's "
+            f"agent.num_steps × env.num_envs = {batch_size} samples"
+        )
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    model = make_actor_critic(
+        obs_space,
+        act_space,
+        cfg.network,
+        shared_trunk=agent_cfg.shared_trunk,
+        actor_head_gain=agent_cfg.actor_head_gain,
+    ).to(device)
+    # Built before any update: the probe keeps the initial weights (distance-to-init metrics).
+    measuring = cfg.metrics.every > 0 or cfg.metrics.ntk_every > 0
+    probe = PlasticityProbe(model, cfg.metrics) if measuring else None
+    groups = param_groups(model, iso_head=cfg.optimizer.iso_head)
+    optimizer = make_optimizer(groups, cfg.optimizer)
+    regularizers = make_regularizers(model, groups, cfg.regularizers)
+    num_iterations = math.ceil(cfg.total_steps / batch_size)
+    scheduler = make_lr_scheduler(optimizer, cfg.optimizer, num_iterations)
+    agent = PPOAgent(
+        model,
+        optimizer,
+        agent_cfg,
+        act_space,
+        regularizers=regularizers,
+        scheduler=scheduler,
+        seed=np.random.SeedSequence(cfg.seed).spawn(1)[0],
+        device=device,
+    )
+    rollout = Rollout(agent_cfg.num_steps, cfg.env.num_envs, obs_space, act_space, device)
+    return PPOSetup(agent, rollout, probe, num_iterations)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_on_policy(
+    cfg: ExperimentConfig, run_dir: Path | None, resume_state: dict[str, Any] | None, *, quiet: bool = False
+) -> TrainResult:
+    """Train a PPO agent for ``cfg.total_steps`` env steps, from scratch or from ``resume_state``.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: the run folder; None creates a fresh one once everything is built (so a start-up
+            error leaves no folder behind).
+        resume_state: a checkpoint of this run to continue from.
+        quiet: no progress line.
+    """
+    agent_cfg = cfg.agent
+    assert isinstance(agent_cfg, PPOConfig)
+    prepare_process(cfg)
+    envs = (
+        make_vector_env(cfg.env, cfg.seed, cfg.nonstationary)
+        if resume_state is None
+        else restore_envs(resume_state["envs"], cfg.env, cfg.seed, cfg.nonstationary)
+    )
+    try:  # (async envs own worker processes: close them if the set-up fails)
+        setup = build_ppo(cfg, envs)
+        if run_dir is None:
+            run_dir = make_run_dir(cfg)
+    except BaseException:
+        envs.close()
+        raise
+    agent, rollout, probe = setup.agent, setup.rollout, setup.probe
+    device, num_envs = agent.device, cfg.env.num_envs
+    # Probe batches come from their own generator, so metrics never change the shuffling stream.
+    probe_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[2])
+
+    # Loop state; everything here goes into the checkpoint.
+    global_step = 0
+    episodes = EpisodeStats()
+    if resume_state is None:
+        obs, _ = envs.reset(seed=cfg.seed)
+    else:
+        obs = resume_state["obs"]
+        global_step = int(resume_state["global_step"])
+        agent.load_state_dict(resume_state["agent"])
+        episodes.load_state_dict(resume_state["episodes"])
+        if probe is not None and resume_state["probe"] is not None:
+            probe.load_state_dict(resume_state["probe"])
+        probe_rng.bit_generator.state = resume_state["probe_rng"]
+        set_rng_state(resume_state["rng"])
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "config": config_to_dict(cfg),
+            "global_step": global_step,
+            "agent": agent.state_dict(),
+            "envs": envs_state(envs),
+            "obs": obs,
+            "episodes": episodes.state_dict(),
+            "probe": None if probe is None else probe.state_dict(),
+            "probe_rng": probe_rng.bit_generator.state,
+            "rng": rng_state(),
+        }
+
+    session = Session(cfg, run_dir, global_step, resumed=resume_state is not None, quiet=quiet)
+    logger, progress = session.logger, session.progress
+    if probe is not None and resume_state is None:
+        logger.layout(probe.layout())
+
+    def as_tensor(array: np.ndarray) -> Tensor:
+        return torch.as_tensor(array, dtype=torch.float32, device=device)  # no copy for float32 on CPU
+
+    def measure(batch: RolloutBatch, update_metrics: dict[str, float]) -> dict[str, float]:
+        assert probe is not None
+        n, size = batch.obs.shape[0], cfg.metrics.probe_size
+        idx = torch.as_tensor(probe_rng.choice(n, size=size, replace=size > n), device=device)
+        return probe(
+            batch.obs[idx],
+            ntk=probe.ntk_due(agent.updates),
+            optimizer=agent.optimizer,
+            grad_norm_value=update_metrics.get("grad_norm"),  # mean pre-clipping norm of the update
+        )
+
+    metrics: dict[str, float] = {}
+    seconds = {"rollout": 0.0, "update": 0.0}  # this process's time in each phase
+
+    def run_loop() -> int:
+        nonlocal obs, global_step, metrics
+        while global_step < cfg.total_steps and not session.stop_requested:
+            t_start = time.perf_counter()
+            # ---- rollout: num_steps steps of every sub-env, one actor forward per step
+            for t in range(agent_cfg.num_steps):
+                actions, log_probs = agent.act(rollout.put_obs(t, obs))
+                next_obs, rewards, terminations, truncations, infos = envs.step(actions.cpu().numpy())
+                global_step += num_envs
+                rollout.put_step(t, actions, log_probs, rewards, terminations, truncations)
+                # a truncated episode bootstraps from its final observation's value (gae)
+                bootstrap = truncations & ~terminations
+                if bootstrap.any():
+                    final_obs = final_observations(next_obs, infos, bootstrap)[bootstrap]
+                    where = torch.from_numpy(np.flatnonzero(bootstrap))
+                    rollout.final_values[t, where] = agent.value(as_tensor(final_obs)).cpu()
+                obs = next_obs
+                for scalars in episodes.record(infos):
+                    logger.log(scalars, global_step)
+            # ---- V(s_t) of the whole rollout in one critic forward (Note [Batched values]), then GAE
+            values = agent.value(rollout.obs.flatten(0, 1))
+            rollout.values.copy_(values.view(rollout.values.shape))
+            next_values = rollout.next_values(agent.value(as_tensor(obs)))
+            advantages, returns = gae(
+                rollout.rewards,
+                rollout.values,
+                next_values,
+                rollout.terminations,
+                rollout.truncations,
+                agent_cfg.gamma,
+                agent_cfg.gae_lambda,
+            )
+            batch = rollout.batch(advantages, returns)
+            # ---- learn: update_epochs × num_minibatches gradient steps
+            t_update = time.perf_counter()
+            learning_rate = agent.optimizer.param_groups[0]["lr"]  # the lr this update uses
+            metrics = agent.update(batch)
+            seconds["rollout"] += t_update - t_start
+            seconds["update"] += time.perf_counter() - t_update
+            if probe is not None and (probe.due(agent.updates) or probe.ntk_due(agent.updates)):
+                logger.log(measure(batch, metrics), global_step)
+            # ---- log and checkpoint, between rollouts
+            if session.log_cadence.due(global_step):
+                scalars = {f"losses/{k}": v for k, v in metrics.items()}
+                scalars |= {"charts/SPS": session.sps(global_step), "charts/learning_rate": learning_rate}
+                logger.log(scalars, global_step)  # env/task_id is logged by episodes, at task changes
+            progress.update(global_step, episodes.mean_return(), episodes.progress_text())
+            if session.checkpoint_cadence.due(global_step):
+                session.save(checkpoint_state)
+        return global_step
+
+    status, _ = session.run(run_loop, checkpoint_state)
+    progress.close(global_step, episodes.mean_return(), episodes.progress_text())
+    envs.close()
+    return {
+        "run_dir": run_dir,
+        "status": status,
+        "global_step": global_step,
+        "updates": agent.updates,
+        "grad_steps": agent.grad_steps,
+        "recent_return": episodes.mean_return(),
+        "sps": (global_step - session.start_step) / max(session.t_end - session.t_start, 1e-9),
+        "rollout_seconds": seconds["rollout"],
+        "update_seconds": seconds["update"],
+        "agent": agent,
+    }
