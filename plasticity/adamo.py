@@ -33,11 +33,13 @@ Note [Isometry prefetch]
     starts with no pending prefetch); a forked child starts its own worker.
 
     CPU tensors only (on CUDA the kernels are asynchronous already). It pays when a core is idle
-    during the rest of the update: torch intra-op threads < cores and one run per machine. On the
-    MinAtar DQN with one intra-op thread it brings AdamO's cost on the trainer thread from ~1.5× to
-    ~1.02–1.08× that of fused Adam (``benchmarks/bench_adamo.py``); when every core is busy (two
-    seeds on two cores) it saves nothing and costs a thread hand-off per step. Hence off by
-    default, with the ``.data`` caveat as the second reason.
+    during the rest of the update: torch intra-op threads < cores and one run per machine, and
+    enough other work per update (forward/backward, env step) to hide the ∇R matmuls. On the
+    MinAtar DQN (one intra-op thread, 2-core CPU, ``benchmarks/bench_adamo.py``) a full update
+    costs ~1.5× fused Adam with the synchronous isometry step and ~1.1–1.2× with prefetch; what
+    remains on the trainer thread (~0.1 ms) is the hand-off, the extra pass that adds ∇R, and
+    cache traffic. When every core is busy (two seeds on two cores) it saves nothing and costs a
+    thread hand-off per step. Hence off by default, with the ``.data`` caveat as second reason.
 
 Note [iso_every]
     ``iso_every = k > 1`` applies the isometry step only on a parameter's steps ``t ≡ 0 (mod k)``,
@@ -613,11 +615,9 @@ def _add_isometry_step(
 
 @OPTIMIZERS.register("adamo")
 def _adamo_factory(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> AdamO:
-    # iso_every / iso_prefetch are read with defaults until OptimizerConfig declares them.
     # fused=None lets AdamO choose (fused on CPU/CUDA unless foreach is set), like `adam` here.
     return AdamO(
         groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
         iso_coef=cfg.iso_coef, iso_target=cfg.iso_target, iso_lr=cfg.iso_lr,
-        iso_every=getattr(cfg, "iso_every", 1), iso_prefetch=getattr(cfg, "iso_prefetch", False),
-        foreach=cfg.foreach, fused=getattr(cfg, "fused", None),
+        iso_every=cfg.iso_every, iso_prefetch=cfg.iso_prefetch, foreach=cfg.foreach, fused=cfg.fused,
     )

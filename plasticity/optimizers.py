@@ -80,6 +80,11 @@ class OptimizerConfig:
     """AdamO: η_iso; None follows each group's current lr (so schedules apply)."""
     iso_head: bool = False
     """Also apply the isometry step / penalty to the output head's weights."""
+    iso_every: int = 1
+    """AdamO: apply the isometry step every k steps with k× its size (1 = exact; >1 approximate)."""
+    iso_prefetch: bool = False
+    """AdamO: compute the next step's isometry gradient on a background thread, overlapping the
+    env step and the forward/backward (exact: discarded if the weights were edited meanwhile)."""
     foreach: bool | None = None
     """Use the multi-tensor (foreach) implementation; None lets the optimizer choose."""
     fused: bool | None = None
@@ -105,6 +110,8 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.lr_end_factor must lie in [0, 1], got {self.lr_end_factor}")
         if self.iso_coef < 0:
             raise ValueError(f"optimizer.iso_coef must be >= 0, got {self.iso_coef}")
+        if self.iso_every < 1:
+            raise ValueError(f"optimizer.iso_every must be >= 1, got {self.iso_every}")
         if self.iso_lr is not None and self.iso_lr < 0:
             raise ValueError(f"optimizer.iso_lr must be >= 0 or null, got {self.iso_lr}")
 

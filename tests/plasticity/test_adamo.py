@@ -328,13 +328,22 @@ def test_pickle_and_deepcopy_with_pending_prefetch() -> None:
         assert_close(p, q)
 
 
+def test_no_prefetch_without_isometry_work() -> None:
+    model = _mlp()
+    x = torch.randn(4, 3)
+    for opt in (AdamO(model.parameters(), iso_prefetch=True, iso_coef=0.0),
+                AdamO([{"params": model.parameters(), "isometry": False}], iso_prefetch=True)):
+        _closure_step(model, opt, x)
+        assert opt._iso_pending is None
+
+
 def test_load_older_state_without_new_group_keys() -> None:
     model = _mlp()
     opt = AdamO(model.parameters(), lr=1e-2)
     _closure_step(model, opt, torch.randn(4, 3))
     state = opt.state_dict()
     new_keys = ("iso_coef", "iso_target", "iso_lr", "iso_every", "iso_prefetch", "isometry",
-                "foreach", "maximize")
+                "foreach", "fused", "maximize")
     for group in state["param_groups"]:
         for key in new_keys:
             del group[key]
@@ -343,7 +352,7 @@ def test_load_older_state_without_new_group_keys() -> None:
     group = fresh.param_groups[0]
     assert {k: group[k] for k in new_keys} == {
         "iso_coef": 1e-2, "iso_target": 1.0, "iso_lr": None, "iso_every": 1,
-        "iso_prefetch": False, "isometry": None, "foreach": None, "maximize": False,
+        "iso_prefetch": False, "isometry": None, "foreach": None, "fused": None, "maximize": False,
     }
     _closure_step(model, fresh, torch.randn(4, 3))
     assert fresh.state[next(model.parameters())]["step"].item() == 2.0
@@ -448,13 +457,14 @@ def test_registered_factory_over_param_groups(iso_head: bool) -> None:
     assert "adamo" in OPTIMIZERS
     net = _net()
     cfg = OptimizerConfig(name="adamo", lr=0.05, iso_coef=0.2, iso_target=2.0, iso_head=iso_head,
-                          weight_decay=0.0, foreach=True)
+                          weight_decay=0.0, foreach=True, iso_every=1, iso_prefetch=iso_head)
     opt = make_optimizer(param_groups(net, iso_head=iso_head), cfg)
     assert isinstance(opt, AdamO)
     assert {g["kind"]: g["isometry"] for g in opt.param_groups} == {
         "matrix": True, "head": iso_head, "vector": False}
     group = opt.param_groups[0]
-    assert (group["lr"], group["iso_coef"], group["iso_target"], group["foreach"]) == (0.05, 0.2, 2.0, True)
+    assert (group["lr"], group["iso_coef"], group["iso_target"], group["foreach"], group["fused"],
+            group["iso_every"], group["iso_prefetch"]) == (0.05, 0.2, 2.0, True, None, 1, iso_head)
     # Zero task gradients: only the isometry step acts, on exactly the tagged matrices.
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     _zero_grads(list(net.parameters()))
