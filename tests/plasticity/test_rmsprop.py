@@ -87,3 +87,25 @@ def test_state_dict_round_trip_continues_identically() -> None:
 def test_invalid_values(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=f"Invalid {name}"):
         RMSprop([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(centered=True, alpha=0.95, eps=0.01), dict(momentum=0.9, weight_decay=0.1)]
+)
+def test_compiled_update_equals_eager_and_follows_the_schedule(kwargs: dict) -> None:
+    eager_model, compiled_model = _model(3), _model(3)
+    eager = RMSprop(eager_model.parameters(), lr=1e-2, **kwargs)
+    compiled = RMSprop(compiled_model.parameters(), lr=1e-2, compile=True, **kwargs)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1.0 / (1 + t)) for o in (eager, compiled)]
+    x = torch.randn(16, 5)
+    for _ in range(6):
+        for model, opt in ((eager_model, eager), (compiled_model, compiled)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        for s in schedules:
+            s.step()
+    for a, b in zip(eager_model.parameters(), compiled_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert compiled.param_groups[0]["lr"] == pytest.approx(1e-2 / 7)
+    assert copy.deepcopy(compiled)._compiled is None  # a copy runs the eager update
