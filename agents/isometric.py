@@ -7,7 +7,9 @@ Contains:
 
 Both factories are registered in ``NETWORKS``. They read ``hidden_sizes``, ``channels``,
 ``group_size`` and ``init`` from :class:`~agents.networks.NetworkConfig`; ``activation`` is ignored
-(GroupSort *is* the activation).
+(GroupSort *is* the activation), except that the plasticity variants ``activation=crelu`` and
+``layernorm=true`` are rejected: both would change the architecture a preset asks for, and a
+normalisation between an orthogonal layer and GroupSort would break the layer's isometry.
 
 Which layers are isometric (J = layer Jacobian w.r.t. its input, ``m × n`` for ``n`` inputs and
 ``m`` outputs; GroupSort multiplies J by a permutation, which changes no singular value):
@@ -67,6 +69,16 @@ from agents.networks import NETWORKS, NetworkConfig, _n_actions, _obs_shape, ort
 from plasticity.layers import GroupSort, orthogonal_
 
 __all__ = ["IsometricMLP", "IsometricMinAtarCNN", "isometric_mlp", "isometric_minatar_cnn"]
+
+
+def _reject_variants(cfg: NetworkConfig) -> None:
+    """Refuse the standard nets' architecture options rather than silently drop them."""
+    if cfg.layernorm:
+        raise ValueError(f"network.layernorm is not supported by {cfg.name!r} (it would break the "
+                         "layer isometry); use mlp or minatar_cnn")
+    if cfg.activation == "crelu":
+        raise ValueError(f"network.activation=crelu is not supported by {cfg.name!r} (its activation "
+                         "is GroupSort); use mlp or minatar_cnn")
 
 
 def _check_divisible(what: str, width: int, group_size: int) -> None:
@@ -190,6 +202,7 @@ class IsometricMinAtarCNN(nn.Module):
 @NETWORKS.register("isometric_mlp")
 def isometric_mlp(observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig) -> nn.Module:
     """:class:`IsometricMLP` over flattened Box observations (``hidden_sizes``, ``group_size``)."""
+    _reject_variants(cfg)
     in_dim = int(np.prod(_obs_shape(observation_space)))
     return IsometricMLP(in_dim, tuple(cfg.hidden_sizes), _n_actions(action_space),
                         cfg.group_size, init=cfg.init, orthogonal_map=cfg.orthogonal_map,
@@ -201,6 +214,7 @@ def isometric_minatar_cnn(
     observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig
 ) -> nn.Module:
     """:class:`IsometricMinAtarCNN` (``channels``, ``hidden_sizes[-1]``, ``group_size``)."""
+    _reject_variants(cfg)
     return IsometricMinAtarCNN(_obs_shape(observation_space), _n_actions(action_space),
                                channels=cfg.channels, hidden=cfg.hidden_sizes[-1],
                                group_size=cfg.group_size, init=cfg.init,

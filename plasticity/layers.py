@@ -2,6 +2,8 @@ r"""Isometric building blocks: GroupSort, the orthogonal *constraint*, and its a
 
 Contains:
     GroupSort: sort features in groups of ``g`` along the feature/channel axis (``g = 2`` is MaxMin).
+    CReLU: concatenated ReLU ``[ReLU(x), ReLU(−x)]``, an activation that cannot die as a whole
+        (doubles the next layer's fan-in; a plasticity baseline, METHODS.md §2).
     ORTHOGONAL_MAPS: the valid names of the map from unconstrained to orthogonal matrices.
     orthogonal_: constrain a Linear or Conv weight to stay orthogonal (a torch parametrization).
     retract_: put the unconstrained tensors of ``"qr"`` layers back on the manifold (weights unchanged).
@@ -37,7 +39,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations, parametrize
 
-__all__ = ["GroupSort", "ORTHOGONAL_MAPS", "orthogonal_", "retract_", "acting_cache", "clear_acting_cache"]
+__all__ = [
+    "GroupSort",
+    "CReLU",
+    "ORTHOGONAL_MAPS",
+    "orthogonal_",
+    "retract_",
+    "acting_cache",
+    "clear_acting_cache",
+]
 
 
 class GroupSort(nn.Module):
@@ -109,6 +119,55 @@ class GroupSort(nn.Module):
     def extra_repr(self) -> str:
         """``group_size=.., dim=..`` in the module's repr."""
         return f"group_size={self.group_size}, dim={self.dim}"
+
+
+class CReLU(nn.Module):
+    r"""Concatenated ReLU: ``[ReLU(x), ReLU(−x)]`` along ``dim`` (Shang et al. 2016; Abbas et al. 2023).
+
+    .. math::
+        \operatorname{CReLU}(x) = \big[\max(x, 0),\; \max(-x, 0)\big] \in \mathbb{R}^{2n}
+        \quad\text{for}\quad x \in \mathbb{R}^n.
+
+    Output ``i < n`` is ``relu(x_i)``, output ``n + i`` is ``relu(−x_i)``. For every nonzero
+    ``x_i`` exactly one of the pair is positive, so the layer's output is never all zero on a
+    nonzero input and every pre-activation unit passes a gradient (of ±1) wherever it is
+    nonzero: a CReLU layer cannot die as a whole, which is why Abbas et al. (*Loss of Plasticity
+    in Continual Deep Reinforcement Learning*, arXiv 2303.07507) use it against plasticity loss.
+    Its individual outputs can still be dormant (``relu(−x_i)`` when ``x_i`` stays positive);
+    the plasticity metrics count the ``2n`` outputs as the layer's units.
+
+    The output has twice the input's size along ``dim``, so the *next* layer's fan-in doubles
+    (:attr:`expansion`; ``agents.networks`` sizes its layers with it). ``dim=1`` is the feature
+    axis of ``(B, F)`` and the channel axis of ``(B, C, H, W)``: a conv's ``C`` channels become
+    ``2C``.
+
+    Not elementwise (it changes the shape), so the layer-Jacobian metric takes the exact
+    ``torch.func`` path for it (``plasticity.metrics``), not the closed form ``diag(φ'(z)) W``.
+
+    Args:
+        dim: the axis to concatenate along.
+
+    Example:
+        >>> CReLU()(torch.tensor([[1.5, -2.0, 3.0]]))
+        tensor([[1.5000, 0.0000, 3.0000, 0.0000, 2.0000, 0.0000]])
+        >>> CReLU().expansion
+        2
+    """
+
+    expansion: int = 2
+    """Output size along ``dim`` over input size."""
+
+    def __init__(self, dim: int = 1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``relu(cat([x, −x], dim))``."""
+        return torch.relu(torch.cat((x, x.neg()), dim=self.dim))
+
+    def extra_repr(self) -> str:
+        """``dim=..`` in the module's repr."""
+        return f"dim={self.dim}"
 
 
 ORTHOGONAL_MAPS: tuple[str, ...] = ("qr", "matrix_exp", "cayley", "householder")

@@ -28,7 +28,7 @@ Note [Tags]
 
 Note [Hidden layers]
     *Units* are the outputs of activation modules (``isinstance`` of :data:`ACTIVATION_TYPES`:
-    torch's elementwise activations and GroupSort) that do not lie inside the head; their tags
+    torch's elementwise activations, GroupSort and CReLU) that do not lie inside the head; their tags
     carry the activation module's name (MinAtarCNN: ``conv_act``, ``fc_act``; ``mlp``: ``2``,
     ``4``). Networks that apply activations functionally inside ``forward`` (``F.relu``) have no
     such module: the fallback hooks every non-head module owning a ``weight`` of ≥ 2 dims and
@@ -56,7 +56,7 @@ Note [Layer Jacobian]
     How it is computed:
 
     * **Closed form, every probe sample** — L affine (``Linear``, ``Conv1d/2d/3d``, plain or
-      parametrized) and φ elementwise (every type of :data:`ACTIVATION_TYPES` but GroupSort):
+      parametrized) and φ elementwise (every type of :data:`ACTIVATION_TYPES` but GroupSort and CReLU):
       ``J_n = diag(φ'(z_n)) T`` with z_n = L(x_n) and T = ∂L/∂x the same for every sample
       (``W`` for a Linear; for a conv, ``jacfwd`` of L at one sample). With G = T Tᵀ:
       ‖J_n‖²_F = Σ_i φ'(z_ni)² G_ii and ‖J_n J_nᵀ‖²_F = Σ_ij φ'(z_ni)² φ'(z_nj)² G_ij². For
@@ -89,7 +89,7 @@ from torch.func import functional_call, jacfwd, jacrev, jvp, vmap
 from torch.nn.utils import parametrize
 
 from plasticity.isometry import isometry_gap
-from plasticity.layers import GroupSort
+from plasticity.layers import CReLU, GroupSort
 from plasticity.optimizers import head_module_names, param_groups
 
 __all__ = [
@@ -141,13 +141,14 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.Softsign,
     nn.Threshold,
     GroupSort,
+    CReLU,
 )
 """Module types whose outputs are hidden units (Note [Hidden layers])."""
 
 NTK_EIG_RTOL = 1e-6
 """Eigenvalues of Θ at or below this fraction of λ_max are numerically zero (METHODS.md §3)."""
 
-_ELEMENTWISE: tuple[type[nn.Module], ...] = tuple(t for t in ACTIVATION_TYPES if t is not GroupSort)
+_ELEMENTWISE: tuple[type[nn.Module], ...] = tuple(t for t in ACTIVATION_TYPES if t not in (GroupSort, CReLU))
 _AFFINE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _MAX_CLOSED_FORM_OUTPUTS = 4096  # the closed form builds an m × m Gram
 _GRAM_COLUMNS = 16384  # columns of J_θ per float64 block when accumulating Θ (bounds memory)

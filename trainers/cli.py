@@ -3,7 +3,8 @@
 Commands:
     plasticrl train CONFIG [key=value ...] [--quiet]
     plasticrl train --resume RUN_DIR [total_steps=N ...] [--quiet]
-    plasticrl list                      registered agents, networks, optimizers, regularizers, envs
+    plasticrl list                      registered agents, networks, optimizers, regularizers,
+                                        interventions, envs
     plasticrl config [CONFIG] [key=value ...]   every key with its value and meaning
     plasticrl plot RUN_DIR [RUN_DIR ...] [--out DIR]   PNGs of returns and plasticity curves
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "list",
-        help="list registered agents, networks, optimizers, regularizers and envs",
+        help="list registered agents, networks, optimizers, regularizers, interventions and envs",
         description="List every registered name a config can use.",
     )
 
@@ -114,12 +115,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from agents import AGENTS, NETWORKS
     from envs.make import ENV_ALIASES
     from plasticity import OPTIMIZERS, REGULARIZERS
+    from plasticity.interventions import INTERVENTIONS
 
     sections = {
         "agents": AGENTS.names(),
         "networks": NETWORKS.names(),
         "optimizers": OPTIMIZERS.names(),
         "regularizers": REGULARIZERS.names(),
+        "interventions": INTERVENTIONS.names(),
         "env aliases": [f"{k} -> {v}" for k, v in ENV_ALIASES.items()],
     }
     for title, names in sections.items():

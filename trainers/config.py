@@ -37,6 +37,7 @@ from agents import AGENTS, AgentConfig
 from agents.dqn import DQNConfig
 from agents.networks import NetworkConfig
 from envs.make import EnvConfig, NonStationaryConfig
+from plasticity.interventions import INTERVENTIONS, InterventionConfig, check_intervention
 from plasticity.metrics import MetricsConfig
 from plasticity.optimizers import OptimizerConfig
 from plasticity.registry import close_matches
@@ -148,6 +149,9 @@ class ExperimentConfig:
     """Optimizer section."""
     regularizers: tuple[RegularizerConfig, ...] = ()
     """Loss regularizers: a list of ``{name, coef, ...options}``."""
+    interventions: tuple[InterventionConfig, ...] = ()
+    """Weight interventions after updates (``redo``, ``shrink_perturb``, ``cbp``): a list of
+    ``{name, ...options}`` (plasticity.interventions)."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """Plasticity metrics section (cadence in updates, probe size, thresholds)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -267,6 +271,18 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             return RegularizerConfig.from_dict(data)
         except ValueError as exc:
             raise ConfigError(f"{prefix}: {exc}", key=prefix) from None
+    if cls is InterventionConfig:
+        if isinstance(data, Mapping):  # YAML 1.1 reads 1e-4 as a string: same rule as float keys
+            data = {
+                k: float(v) if isinstance(v, str) and _SCIENTIFIC.match(v) else v for k, v in data.items()
+            }
+        try:
+            entry = InterventionConfig.from_dict(data)
+            if entry.name in INTERVENTIONS:  # options of a registered one are checked here already
+                check_intervention(entry)
+            return entry
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}: {exc}", key=prefix) from None
     schema = _schema_for(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
@@ -280,18 +296,24 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         tp = schema[name]
         if name == "agent" and cls is ExperimentConfig:
             kwargs[name] = _build_agent(value, key)
-        elif typing.get_origin(tp) is tuple and typing.get_args(tp)[:1] == (RegularizerConfig,):
+        elif typing.get_origin(tp) is tuple and typing.get_args(tp)[:1] in _ENTRY_LISTS:
+            entry_cls, shape = _ENTRY_LISTS[typing.get_args(tp)[:1]]
             if not isinstance(value, list | tuple):
-                raise ConfigError(
-                    f"{key}: expected a list of {{name, coef, ...}} entries, got {value!r}", key=key
-                )
-            kwargs[name] = tuple(_build(RegularizerConfig, v, f"{key}[{i}]") for i, v in enumerate(value))
+                raise ConfigError(f"{key}: expected a list of {shape} entries, got {value!r}", key=key)
+            kwargs[name] = tuple(_build(entry_cls, v, f"{key}[{i}]") for i, v in enumerate(value))
         else:
             kwargs[name] = _convert(value, tp, key)
     try:
         return cls(**kwargs)
     except ValueError as exc:
         raise ConfigError(str(exc), key=prefix or None) from None
+
+
+_ENTRY_LISTS: dict[tuple[type, ...], tuple[type, str]] = {
+    (RegularizerConfig,): (RegularizerConfig, "{name, coef, ...}"),
+    (InterventionConfig,): (InterventionConfig, "{name, ...}"),
+}
+"""List-of-entries fields (``regularizers``, ``interventions``): entry class and its shape for errors."""
 
 
 def _build_agent(value: Any, key: str) -> AgentConfig:
@@ -312,7 +334,7 @@ def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
 
 def config_to_dict(cfg: Any) -> Any:
     """Plain nested dicts/lists of ``cfg`` (YAML- and checkpoint-safe); inverse of config_from_dict."""
-    if isinstance(cfg, RegularizerConfig):
+    if isinstance(cfg, RegularizerConfig | InterventionConfig):
         return cfg.to_dict()
     if dataclasses.is_dataclass(cfg):
         return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
@@ -486,7 +508,7 @@ def describe_config(cfg: Any = None, prefix: str = "") -> list[tuple[str, str, s
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, RegularizerConfig):
+        if dataclasses.is_dataclass(value) and not isinstance(value, RegularizerConfig | InterventionConfig):
             rows.extend(describe_config(value, key + "."))
         else:
             rows.append((key, repr(config_to_dict(value)), docs.get(f.name, "")))

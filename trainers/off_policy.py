@@ -1,7 +1,7 @@
 """The off-policy training loop (DQN): act, step, store, update, log, checkpoint.
 
 Contains:
-    build_dqn: env, network, optimizer, regularizers, agent and replay buffer from a config.
+    build_dqn: env, network, optimizer, regularizers, agent, replay buffer and interventions from a config.
     train_off_policy: the loop, reading top to bottom like CleanRL's ``dqn.py`` main block.
 
 The loop owns the logger and the checkpoints (through :class:`trainers.session.Session`); the agent
@@ -26,13 +26,14 @@ from agents.buffers import ReplayBuffer
 from agents.dqn import DQNAgent, DQNConfig
 from agents.networks import make_network
 from envs.vector import envs_state, final_observations, make_vector_env, restore_envs
+from plasticity.interventions import Intervention, make_interventions
 from plasticity.metrics import PlasticityProbe
 from plasticity.optimizers import make_optimizer, param_groups
 from plasticity.regularizers import make_regularizers
 from trainers.config import ExperimentConfig, config_to_dict
 from trainers.run import TrainResult, make_lr_scheduler, make_run_dir
 from trainers.seeding import rng_state, set_rng_state
-from trainers.session import EpisodeStats, Session, prepare_process
+from trainers.session import EpisodeStats, Session, prepare_process, task_switched
 
 __all__ = ["DQNSetup", "build_dqn", "train_off_policy"]
 
@@ -46,10 +47,17 @@ class DQNSetup:
     buffer: ReplayBuffer
     probe: PlasticityProbe | None
     """Plasticity metrics of the online network; None when ``metrics.every`` and ``ntk_every`` are 0."""
+    interventions: list[Intervention] = dataclasses.field(default_factory=list)
+    """The configured interventions, bound to the online network and its optimizer."""
 
 
 def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
-    """Build the vector env, Q-network, optimizer, regularizers, agent and buffer of ``cfg``."""
+    """Build the vector env, Q-network, optimizer, regularizers, agent, buffer and interventions of ``cfg``.
+
+    Raises:
+        ValueError: a non-Discrete action space, or interventions that cannot work with this
+            network or optimizer (the envs are closed first).
+    """
     agent_cfg = cfg.agent
     assert isinstance(agent_cfg, DQNConfig)
     device = torch.device(cfg.device)
@@ -78,10 +86,22 @@ def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
         seed=explore_seed,
         device=device,
     )
+    try:  # an impossible combination (e.g. ReDo on a constrained network) fails here, at start-up
+        interventions = make_interventions(
+            q_net,
+            optimizer,
+            cfg.interventions,
+            example_obs=torch.zeros((1, *obs_space.shape), device=device),
+            seed=np.random.SeedSequence(cfg.seed).spawn(5)[4],
+            init=cfg.network.init,
+        )
+    except BaseException:
+        envs.close()
+        raise
     buffer = ReplayBuffer(
         agent_cfg.buffer_size, obs_space, agent_cfg.obs_storage, seed=replay_seed, device=device
     )
-    return DQNSetup(envs, agent, buffer, probe)
+    return DQNSetup(envs, agent, buffer, probe, interventions)
 
 
 def train_off_policy(
@@ -101,8 +121,11 @@ def train_off_policy(
     prepare_process(cfg)
     setup = build_dqn(cfg)
     envs, agent, buffer, probe = setup.envs, setup.agent, setup.buffer, setup.probe
-    # Probe batches come from their own generator, so metrics never change the replay stream.
+    interventions = setup.interventions
+    # Probe batches come from their own generator, so metrics never change the replay stream;
+    # the interventions' batches from another (Note [Probe batches] in plasticity.interventions).
     probe_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[2])
+    intervention_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(4)[3])
     if run_dir is None:
         run_dir = make_run_dir(cfg)
     num_envs = cfg.env.num_envs
@@ -124,6 +147,10 @@ def train_off_policy(
         if probe is not None and resume_state["probe"] is not None:
             probe.load_state_dict(resume_state["probe"])
         probe_rng.bit_generator.state = resume_state["probe_rng"]
+        for intervention, state in zip(interventions, resume_state.get("interventions", []), strict=True):
+            intervention.load_state_dict(state)
+        if "intervention_rng" in resume_state:
+            intervention_rng.bit_generator.state = resume_state["intervention_rng"]
         set_rng_state(resume_state["rng"])
 
     def checkpoint_state() -> dict[str, Any]:
@@ -138,6 +165,8 @@ def train_off_policy(
             "episodes": episodes.state_dict(),
             "probe": None if probe is None else probe.state_dict(),
             "probe_rng": probe_rng.bit_generator.state,
+            "interventions": [intervention.state_dict() for intervention in interventions],
+            "intervention_rng": intervention_rng.bit_generator.state,
             "rng": rng_state(),
         }
 
@@ -157,6 +186,18 @@ def train_off_policy(
             grad_norm_value=None if grad_norm is None else float(grad_norm),
         )
 
+    def intervention_probe(n: int) -> torch.Tensor:
+        return buffer.get(intervention_rng.integers(0, len(buffer), size=n)).obs
+
+    def intervene(step: int) -> None:
+        switched, loop.task_switch_pending = loop.task_switch_pending, False
+        for intervention in interventions:
+            scalars = intervention.after_update(
+                agent.updates, agent.q_net, agent.optimizer, intervention_probe, task_switched=switched
+            )
+            if scalars:
+                logger.log(scalars, step)
+
     metrics: dict[str, torch.Tensor] = {}
     learning_clock: tuple[float, int] | None = None  # (time, step) when this process first updated
 
@@ -174,6 +215,8 @@ def train_off_policy(
             obs = next_obs
             for scalars in episodes.record(infos):
                 logger.log(scalars, step)
+            if interventions and step >= agent_cfg.learning_starts and task_switched(infos):
+                loop.task_switch_pending = True  # delivered with the next update
             # ---- learn
             if step >= agent_cfg.learning_starts:
                 if learning_clock is None:
@@ -184,6 +227,8 @@ def train_off_policy(
                     metrics = agent.update(buffer.sample(agent_cfg.batch_size))
                     if probe is not None and (probe.due(agent.updates) or probe.ntk_due(agent.updates)):
                         logger.log(measure(metrics), step)
+                    if interventions:  # after the metrics: they see the network the update produced
+                        intervene(step)
                 if step >= loop.next_target_update:
                     agent.update_target()
                     loop.next_target_update += agent_cfg.target_update_every
@@ -226,3 +271,4 @@ class _LoopState:
     global_step: int = 0
     update_credit: float = 0.0  # fractional updates owed (replay_ratio)
     next_target_update: int = 0
+    task_switch_pending: bool = False  # a task switch not yet handed to the interventions

@@ -1,7 +1,8 @@
 """The on-policy training loop (PPO): rollout, GAE, update, log, checkpoint.
 
 Contains:
-    PPOSetup / build_ppo: actor-critic, optimizer, regularizers, agent, rollout storage and probe.
+    PPOSetup / build_ppo: actor-critic, optimizer, regularizers, agent, rollout storage, probe and
+        interventions.
     train_on_policy: the loop, reading top to bottom like CleanRL's ``ppo.py`` main block.
 
 The loop owns the logger and the checkpoints (through :class:`trainers.session.Session`); the agent
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,14 @@ from agents.actor_critic import make_actor_critic
 from agents.ppo import PPOAgent, PPOConfig, gae
 from agents.rollout import Rollout, RolloutBatch
 from envs.vector import envs_state, final_observations, make_vector_env, restore_envs
+from plasticity.interventions import Intervention, make_interventions
 from plasticity.metrics import PlasticityProbe
 from plasticity.optimizers import make_optimizer, param_groups
 from plasticity.regularizers import make_regularizers
 from trainers.config import ExperimentConfig, config_to_dict
 from trainers.run import TrainResult, make_lr_scheduler, make_run_dir
 from trainers.seeding import rng_state, set_rng_state
-from trainers.session import EpisodeStats, Session, prepare_process
+from trainers.session import EpisodeStats, Session, prepare_process, task_switched
 
 __all__ = ["PPOSetup", "build_ppo", "train_on_policy"]
 
@@ -63,13 +65,16 @@ class PPOSetup:
     ``actor.``/``critic.``); None when ``metrics.every`` and ``ntk_every`` are 0."""
     num_iterations: int
     """Rollouts (= PPO updates) that reach ``total_steps``; the horizon of the lr schedule."""
+    interventions: list[Intervention] = field(default_factory=list)
+    """The configured interventions, bound to the actor-critic and its optimizer."""
 
 
 def build_ppo(cfg: ExperimentConfig, envs: gym.vector.VectorEnv) -> PPOSetup:
-    """Build the actor-critic, optimizer, regularizers, agent and rollout storage of ``cfg``.
+    """Build the actor-critic, optimizer, regularizers, agent, rollout storage and interventions of ``cfg``.
 
     Raises:
-        ValueError: a rollout smaller than ``num_minibatches``, or an unsupported action space.
+        ValueError: a rollout smaller than ``num_minibatches``, an unsupported action space, or
+            interventions that cannot work with this network or optimizer.
     """
     agent_cfg = cfg.agent
     assert isinstance(agent_cfg, PPOConfig)
@@ -107,7 +112,16 @@ def build_ppo(cfg: ExperimentConfig, envs: gym.vector.VectorEnv) -> PPOSetup:
         device=device,
     )
     rollout = Rollout(agent_cfg.num_steps, cfg.env.num_envs, obs_space, act_space, device)
-    return PPOSetup(agent, rollout, probe, num_iterations)
+    # An impossible combination (e.g. ReDo on a constrained network) fails here, at start-up.
+    interventions = make_interventions(
+        model,
+        optimizer,
+        cfg.interventions,
+        example_obs=torch.zeros((1, *obs_space.shape), device=device),
+        seed=np.random.SeedSequence(cfg.seed).spawn(5)[4],
+        init=cfg.network.init,
+    )
+    return PPOSetup(agent, rollout, probe, num_iterations, interventions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,10 +155,12 @@ def train_on_policy(
     except BaseException:
         envs.close()
         raise
-    agent, rollout, probe = setup.agent, setup.rollout, setup.probe
+    agent, rollout, probe, interventions = setup.agent, setup.rollout, setup.probe, setup.interventions
     device, num_envs = agent.device, cfg.env.num_envs
-    # Probe batches come from their own generator, so metrics never change the shuffling stream.
+    # Probe batches come from their own generator, so metrics never change the shuffling stream;
+    # the interventions' batches from another (Note [Probe batches] in plasticity.interventions).
     probe_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[2])
+    intervention_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(4)[3])
 
     # Loop state; everything here goes into the checkpoint.
     global_step = 0
@@ -159,6 +175,10 @@ def train_on_policy(
         if probe is not None and resume_state["probe"] is not None:
             probe.load_state_dict(resume_state["probe"])
         probe_rng.bit_generator.state = resume_state["probe_rng"]
+        for intervention, state in zip(interventions, resume_state.get("interventions", []), strict=True):
+            intervention.load_state_dict(state)
+        if "intervention_rng" in resume_state:
+            intervention_rng.bit_generator.state = resume_state["intervention_rng"]
         set_rng_state(resume_state["rng"])
 
     def checkpoint_state() -> dict[str, Any]:
@@ -171,6 +191,8 @@ def train_on_policy(
             "episodes": episodes.state_dict(),
             "probe": None if probe is None else probe.state_dict(),
             "probe_rng": probe_rng.bit_generator.state,
+            "interventions": [intervention.state_dict() for intervention in interventions],
+            "intervention_rng": intervention_rng.bit_generator.state,
             "rng": rng_state(),
         }
 
@@ -193,6 +215,20 @@ def train_on_policy(
             grad_norm_value=update_metrics.get("grad_norm"),  # mean pre-clipping norm of the update
         )
 
+    def intervene(batch: RolloutBatch, switched: bool) -> None:
+        def intervention_probe(n: int) -> Tensor:
+            size = batch.obs.shape[0]
+            return batch.obs[
+                torch.as_tensor(intervention_rng.choice(size, size=n, replace=n > size), device=device)
+            ]
+
+        for intervention in interventions:
+            scalars = intervention.after_update(
+                agent.updates, agent.model, agent.optimizer, intervention_probe, task_switched=switched
+            )
+            if scalars:
+                logger.log(scalars, global_step)
+
     metrics: dict[str, float] = {}
     seconds = {"rollout": 0.0, "update": 0.0}  # this process's time in each phase
 
@@ -200,6 +236,7 @@ def train_on_policy(
         nonlocal obs, global_step, metrics
         while global_step < cfg.total_steps and not session.stop_requested:
             t_start = time.perf_counter()
+            switched = False  # a task switch during this rollout, for the interventions
             # ---- rollout: num_steps steps of every sub-env, one actor forward per step
             for t in range(agent_cfg.num_steps):
                 actions, log_probs = agent.act(rollout.put_obs(t, obs))
@@ -215,6 +252,7 @@ def train_on_policy(
                 obs = next_obs
                 for scalars in episodes.record(infos):
                     logger.log(scalars, global_step)
+                switched = switched or (bool(interventions) and task_switched(infos))
             # ---- V(s_t) of the whole rollout in one critic forward (Note [Batched values]), then GAE
             values = agent.value(rollout.obs.flatten(0, 1))
             rollout.values.copy_(values.view(rollout.values.shape))
@@ -237,6 +275,8 @@ def train_on_policy(
             seconds["update"] += time.perf_counter() - t_update
             if probe is not None and (probe.due(agent.updates) or probe.ntk_due(agent.updates)):
                 logger.log(measure(batch, metrics), global_step)
+            if interventions:  # after the metrics: they see the network the update produced
+                intervene(batch, switched)
             # ---- log and checkpoint, between rollouts
             if session.log_cadence.due(global_step):
                 scalars = {f"losses/{k}": v for k, v in metrics.items()}

@@ -20,6 +20,7 @@ import yaml
 
 from agents.networks import NETWORKS
 from envs.make import check_nonstationary, resolve_env_id
+from plasticity.interventions import check_intervention
 from plasticity.optimizers import OPTIMIZERS, OptimizerConfig
 from plasticity.regularizers import REGULARIZERS
 from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -42,7 +43,11 @@ TrainResult = dict[str, Any]
 
 
 def check_names(cfg: ExperimentConfig) -> None:
-    """Resolve env id, non-stationarity, network, optimizer and regularizer names.
+    """Resolve env id, non-stationarity, network, optimizer, regularizer and intervention names.
+
+    Interventions' options are checked too; combinations that need the built model (a constrained
+    network, an optimizer whose state cannot be edited) fail when the loop builds them, before
+    the run folder is created.
 
     Raises:
         ValueError: naming the unknown or invalid value and the valid choices.
@@ -55,6 +60,8 @@ def check_names(cfg: ExperimentConfig) -> None:
     OPTIMIZERS.check(cfg.optimizer.name)
     for reg in cfg.regularizers:
         REGULARIZERS.check(reg.name)
+    for intervention in cfg.interventions:
+        check_intervention(intervention)
 
 
 def run_name(cfg: ExperimentConfig) -> str:

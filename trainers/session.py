@@ -6,6 +6,7 @@ loops (``off_policy``, ``on_policy``) call them.
 Contains:
     prepare_process: seed everything and set torch's thread count, once per run.
     EpisodeStats: recent returns, per-task returns and the current task, from vector-env infos.
+    task_switched: whether sub-env 0's task changed at this vector step (for interventions).
     Cadence: "every N steps" bookkeeping that survives resume.
     Session: the run's logger, progress line, interrupt handler and checkpoint writer; its
         ``run`` method drives a loop body and turns Ctrl-C and NaN losses into statuses.
@@ -30,7 +31,7 @@ from trainers.logging import TensorBoardLogger, config_markdown
 from trainers.progress import Progress
 from trainers.seeding import seed_everything
 
-__all__ = ["prepare_process", "EpisodeStats", "Cadence", "Session", "NONFINITE_NAME"]
+__all__ = ["prepare_process", "EpisodeStats", "task_switched", "Cadence", "Session", "NONFINITE_NAME"]
 
 NONFINITE_NAME = "nonfinite_stop.pt"
 
@@ -99,6 +100,20 @@ class EpisodeStats:
         self.recent.clear()
         self.recent.extend(state["recent"])
         self.task_id = state["task_id"]
+
+
+def task_switched(infos: Mapping[str, Any]) -> bool:
+    """Whether sub-env 0 started an episode under a new task at this vector step.
+
+    ``info["task_switched"]`` comes with every reset of :class:`envs.NonStationary` (under
+    same-step autoreset, in the step's infos, masked by ``_task_switched``). Sub-env 0 is the
+    reference, as for ``env/task_id`` in :class:`EpisodeStats`, so a switch counts once even when
+    the sub-envs reach their episode boundaries at different steps.
+    """
+    if "task_switched" not in infos:
+        return False
+    present = infos.get("_task_switched")
+    return bool(infos["task_switched"][0]) and (present is None or bool(present[0]))
 
 
 class Cadence:

@@ -1,0 +1,696 @@
+r"""Edit rows and columns of layers together with the optimizer state of exactly those slices.
+
+Contains:
+    SUPPORTED_OPTIMIZERS: the optimizer classes whose state can be edited slice by slice, and the
+        state keys each keeps per parameter entry.
+    check_optimizer: raise unless an optimizer's state can be edited slice by slice.
+    check_editable: raise for a module whose weight is computed by a parametrization.
+    reset_state_: put the optimizer state of ``param[index]`` back to a fresh optimizer's (zeros).
+    init_sample: a fresh draw of a module's parameters from its own initialisation distribution.
+    unit_columns: the input columns (Linear) or channels (Conv) of a layer that read given units.
+    reinit_units_: the ReDo / Continual-Backprop surgery — fresh incoming weights, zero bias, zero
+        outgoing weights, and the optimizer state of exactly those slices reset.
+    UnitLayer / find_unit_layers: a network's hidden layers as (producer → consumers) pairs,
+        discovered from the autograd graph of one forward.
+
+Every intervention of :mod:`plasticity.interventions` edits weights through this module, so the
+rules below hold for all of them (METHODS.md §2: "any intervention that edits weights must edit
+the optimizer state of the same slices and must never leave a new parameter outside the
+optimizer").
+
+Note [In place]
+    Parameters are edited in place under ``torch.no_grad()`` (``w[rows] = ...``), never replaced:
+    the optimizer, the regularizers (L2-Init's anchor, spectral vectors) and any other holder of a
+    reference keep the same tensor objects, so an edited parameter is trained on the next step like
+    every other (tests prove it). In-place edits bump the tensor's ``_version``, which is how
+    AdamO's isometry prefetch notices them (Note [Isometry prefetch] in :mod:`plasticity.adamo`).
+
+Note [Optimizer state]
+    "Reset" means: the state a freshly built optimizer would hold for those entries. For every
+    supported optimizer that is zero — Adam/AdamW/AdamO's ``exp_avg``, ``exp_avg_sq`` (and
+    ``max_exp_avg_sq`` under amsgrad), RMSprop's ``square_avg``, ``grad_avg``,
+    ``momentum_buffer`` and SGD's ``momentum_buffer``. The step counter ``step`` is one number per
+    tensor and cannot be reset for a slice: it is left alone. Adam's bias correction therefore
+    treats a recycled slice as old, and its first update after the reset is
+    ``η · (1−β1)/√(1−β2) ≈ 3.16 η`` in size (defaults) rather than η — the behaviour of Dopamine's
+    ReDo, which also zeroes the moments and keeps the count. An optimizer not in
+    :data:`SUPPORTED_OPTIMIZERS`, or a state key we do not know, is an error naming it: a silent
+    skip would leave stale moments on recycled units, the bug this module exists to prevent.
+
+Note [Flatten layout]
+    A conv producer with ``C`` channels and spatial size ``H×W`` feeding a Linear through
+    ``flatten(1)`` (or ``nn.Flatten``) of a contiguous ``(B, C, H, W)`` tensor: channel ``c``
+    becomes the contiguous input columns ``c·H·W … (c+1)·H·W − 1`` (channel-major, PyTorch's
+    default memory order). The block size is derived from the consumer,
+    ``in_features // (copies · C)``, so it needs no input shape; :func:`find_unit_layers` checks
+    the layout on the real network by perturbing units and watching which columns move, and
+    refuses a network whose layout differs (channel-last flatten, pooling, a permutation).
+
+Note [Copies]
+    An activation may hand the next layer several copies of each unit, concatenated along the
+    unit axis: :class:`plasticity.layers.CReLU` gives ``[relu(x), relu(−x)]``, so unit ``u`` of
+    ``F`` is read at positions ``u`` and ``F + u``. ``copies`` is that count (1 for elementwise
+    activations); copy ``r`` of unit ``u`` sits at unit-axis position ``r·F + u``, then the
+    flatten blocks of Note [Flatten layout] apply.
+
+Note [Parametrized layers]
+    A weight under a parametrization (``torch.nn.utils.parametrize``, e.g. the orthogonal
+    constraint of isometric networks) is computed from an unconstrained tensor; a row of the
+    weight is not a row of that tensor, and re-initialising or zeroing slices of a constrained
+    weight cannot keep it on its manifold (an orthogonal matrix has no zero columns). Every
+    function here refuses such a module with an error rather than edit something else.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from plasticity.adamo import AdamO
+from plasticity.rmsprop import RMSprop
+
+__all__ = [
+    "SUPPORTED_OPTIMIZERS",
+    "InitKind",
+    "check_optimizer",
+    "check_editable",
+    "reset_state_",
+    "init_sample",
+    "unit_columns",
+    "reinit_units_",
+    "UnitLayer",
+    "find_unit_layers",
+]
+
+InitKind = Literal["default", "orthogonal"]
+"""``default``: torch's own ``reset_parameters`` distribution; ``orthogonal``: orthogonal rows."""
+
+_ADAM_KEYS = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+_RMSPROP_KEYS = frozenset({"square_avg", "grad_avg", "momentum_buffer"})
+
+SUPPORTED_OPTIMIZERS: Mapping[type[torch.optim.Optimizer], frozenset[str]] = {
+    torch.optim.Adam: _ADAM_KEYS,
+    torch.optim.AdamW: _ADAM_KEYS,
+    AdamO: frozenset({"exp_avg", "exp_avg_sq"}),
+    RMSprop: _RMSPROP_KEYS,
+    torch.optim.RMSprop: _RMSPROP_KEYS,
+    torch.optim.SGD: frozenset({"momentum_buffer"}),
+}
+"""Optimizer class (exact type) → its per-entry state keys, each reset to zero (Note [Optimizer state])."""
+
+_COUNTERS = frozenset({"step"})  # per-tensor counters: left alone
+_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _optimizer_name(optimizer_type: type) -> str:
+    return f"{optimizer_type.__module__}.{optimizer_type.__qualname__}"
+
+
+def _state_keys(optimizer: torch.optim.Optimizer) -> frozenset[str]:
+    keys = SUPPORTED_OPTIMIZERS.get(type(optimizer))
+    if keys is None:
+        supported = ", ".join(_optimizer_name(t) for t in SUPPORTED_OPTIMIZERS)
+        raise ValueError(
+            f"optimizer {_optimizer_name(type(optimizer))} is not supported by weight surgery (its state "
+            f"cannot be reset slice by slice, and skipping it would leave stale moments on edited "
+            f"units); supported: {supported}"
+        )
+    return keys
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Raise unless ``optimizer``'s state can be edited slice by slice (Note [Optimizer state]).
+
+    Raises:
+        ValueError: an optimizer class not in :data:`SUPPORTED_OPTIMIZERS` (exact type: a subclass
+            may keep other state), or a state key the table does not know.
+    """
+    keys = _state_keys(optimizer)
+    for state in optimizer.state.values():
+        unknown = set(state) - keys - _COUNTERS
+        if unknown:
+            raise ValueError(
+                f"{type(optimizer).__name__} state holds keys {sorted(unknown)} unknown to weight surgery "
+                f"(known: {sorted(keys | _COUNTERS)})"
+            )
+
+
+def check_editable(module: nn.Module, name: str = "") -> None:
+    """Raise for a module whose parameters are computed by a parametrization (Note [Parametrized layers]).
+
+    Raises:
+        ValueError: naming the module and the reason.
+    """
+    if parametrize.is_parametrized(module):
+        label = f"layer {name!r}" if name else f"{type(module).__name__} layer"
+        raise ValueError(
+            f"{label} is parametrized (e.g. an orthogonal constraint): its weight is computed from "
+            f"another tensor, and re-initialising or zeroing rows/columns of a constrained weight is "
+            f"not meaningful"
+        )
+
+
+def _holds(optimizer: torch.optim.Optimizer, param: Tensor) -> bool:
+    return any(p is param for group in optimizer.param_groups for p in group["params"])
+
+
+@torch.no_grad()
+def reset_state_(optimizer: torch.optim.Optimizer, param: Tensor, index: Any) -> None:
+    """Zero every per-entry state tensor of ``param`` at ``index`` (Note [Optimizer state]).
+
+    Args:
+        optimizer: a supported optimizer that holds ``param``.
+        param: the parameter whose state is reset.
+        index: what ``param[index]`` selects, e.g. ``(rows,)`` or ``(slice(None), columns)``.
+
+    Raises:
+        ValueError: an unsupported optimizer or state key, a parameter the optimizer does not
+            hold, or a state tensor not shaped like the parameter.
+    """
+    keys = _state_keys(optimizer)
+    if not _holds(optimizer, param):
+        raise ValueError(
+            f"the parameter of shape {tuple(param.shape)} is not in the optimizer's param groups"
+        )
+    state = optimizer.state.get(param)  # never creates an entry (state is a defaultdict)
+    if not state:
+        return  # never stepped: nothing to reset
+    for key, value in state.items():
+        if key in _COUNTERS:
+            continue
+        if key not in keys:
+            raise ValueError(
+                f"{type(optimizer).__name__} state key {key!r} is unknown to weight surgery "
+                f"(known: {sorted(keys | _COUNTERS)})"
+            )
+        if value is None:  # SGD without momentum keeps momentum_buffer=None
+            continue
+        if not isinstance(value, Tensor) or value.shape != param.shape:
+            raise ValueError(f"{type(optimizer).__name__} state {key!r} is not shaped like its parameter")
+        value[index] = 0
+
+
+def init_sample(
+    module: nn.Module, *, generator: torch.Generator, init: InitKind = "default", gain: float = 1.0
+) -> dict[str, Tensor]:
+    """A fresh draw of ``module``'s own parameters (and buffers) from its initialisation distribution.
+
+    ``init="default"`` is the distribution of the module's own ``reset_parameters``. For
+    ``Linear``/``Conv1d/2d/3d`` it is drawn here from ``generator``, exactly as torch does from the
+    global one: ``W ~ U(±1/√fan_in)`` (``kaiming_uniform_`` with ``a = √5``), then
+    ``b ~ U(±1/√fan_in)`` — the same numbers ``reset_parameters`` gives after ``torch.manual_seed``
+    of the same seed (tested). Any other module (LayerNorm, GroupNorm, …) is deep-copied and its
+    ``reset_parameters`` run under a forked global RNG seeded from ``generator``, so the global
+    streams are untouched. ``init="orthogonal"`` draws ``nn.init.orthogonal_(W, gain)`` and a zero
+    bias for Linear/Conv (``agents.networks.orthogonal_init_``'s distribution), and falls back to
+    ``default`` for other modules.
+
+    Args:
+        module: the module; only its own (non-recursive) tensors are drawn.
+        generator: the source of randomness, on the module's device.
+        init: ``default`` or ``orthogonal``.
+        gain: the orthogonal gain.
+
+    Returns:
+        ``{name: tensor}`` for the module's own parameters and floating-point buffers.
+
+    Raises:
+        ValueError: an unknown ``init``, or a module that is neither Linear/Conv nor has
+            ``reset_parameters``.
+    """
+    if init not in ("default", "orthogonal"):
+        raise ValueError(f"unknown init {init!r}; valid: ['default', 'orthogonal']")
+    if isinstance(module, _AFFINE) and not parametrize.is_parametrized(module):
+        weight = torch.empty_like(module.weight, requires_grad=False)
+        if init == "orthogonal":
+            nn.init.orthogonal_(weight, gain=gain, generator=generator)
+        else:
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+        out = {"weight": weight}
+        if module.bias is not None:
+            bias = torch.zeros_like(module.bias, requires_grad=False)
+            fan_in = weight[0].numel()
+            if init == "default" and fan_in > 0:
+                bound = 1.0 / math.sqrt(fan_in)
+                nn.init.uniform_(bias, -bound, bound, generator=generator)
+            out["bias"] = bias
+        return out
+    if not callable(getattr(module, "reset_parameters", None)):
+        raise ValueError(f"{type(module).__name__} has no reset_parameters: its initialisation is unknown")
+    fresh = copy.deepcopy(module)
+    device = generator.device
+    seed = int(torch.randint(0, 2**62, (), generator=generator, device=device))
+    cuda = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        fresh.reset_parameters()  # type: ignore[operator]
+    tensors = itertools.chain(fresh.named_parameters(recurse=False), fresh.named_buffers(recurse=False))
+    return {name: t.detach() for name, t in tensors if t.is_floating_point()}
+
+
+def _unit_positions(units: Tensor, n_units: int, copies: int) -> Tensor:
+    """Unit-axis positions ``r·F + u`` of every copy of every unit (Note [Copies])."""
+    offsets = torch.arange(copies, device=units.device).unsqueeze(1) * n_units
+    return (offsets + units.unsqueeze(0)).flatten()
+
+
+def unit_columns(units: Tensor, n_units: int, consumer: nn.Module, *, copies: int = 1) -> Tensor:
+    """The slots of ``consumer``'s weight (dim 1) that read ``units`` of a layer with ``n_units`` units.
+
+    Linear consumer: input columns, with ``block = in_features // (copies · n_units)`` columns per
+    unit copy (the spatial size of a flattened conv, 1 after a Linear; Note [Flatten layout]).
+    Conv consumer: input channels (``in_channels == copies · n_units``, ``groups == 1``).
+
+    Example:
+        >>> fc = nn.Linear(2 * 3 * 4, 5)  # reads 2 channels of 3×4, channel-major
+        >>> unit_columns(torch.tensor([1]), 2, fc).tolist()
+        [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
+        >>> unit_columns(torch.tensor([1]), 3, nn.Linear(6, 1), copies=2).tolist()  # CReLU
+        [1, 4]
+
+    Raises:
+        ValueError: a consumer that is not Linear/Conv, or whose fan-in does not fit.
+    """
+    units = units.to(dtype=torch.long)
+    positions = _unit_positions(units, n_units, copies)
+    if isinstance(consumer, nn.Linear):
+        width = consumer.in_features
+        if width % (copies * n_units):
+            raise ValueError(
+                f"a Linear with in_features={width} cannot read {copies} × {n_units} units in equal "
+                f"blocks (Note [Flatten layout] in plasticity.surgery)"
+            )
+        block = width // (copies * n_units)
+        columns = positions.unsqueeze(1) * block + torch.arange(block, device=units.device)
+        return columns.flatten().sort().values
+    if isinstance(consumer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        if consumer.groups != 1 or consumer.in_channels != copies * n_units:
+            raise ValueError(
+                f"a conv with in_channels={consumer.in_channels}, groups={consumer.groups} cannot read "
+                f"{copies} × {n_units} units channel by channel"
+            )
+        return positions.sort().values
+    raise ValueError(f"cannot map units to the inputs of a {type(consumer).__name__} (Linear or Conv only)")
+
+
+def _n_units(module: nn.Module) -> int:
+    if not isinstance(module, _AFFINE):
+        raise ValueError(f"units are the outputs of a Linear or Conv layer, got {type(module).__name__}")
+    return int(module.weight.shape[0])
+
+
+@torch.no_grad()
+def reinit_units_(
+    producer: nn.Module,
+    units: Tensor | Sequence[int],
+    consumers: Sequence[nn.Module],
+    optimizer: torch.optim.Optimizer,
+    *,
+    generator: torch.Generator,
+    init: InitKind = "default",
+    gain: float = 1.0,
+    copies: int = 1,
+    norms: Iterable[nn.Module] = (),
+) -> None:
+    r"""Recycle ``units`` of ``producer``: ReDo's and Continual Backprop's edit, optimizer state included.
+
+    For every unit ``u`` (a row of a Linear, an output channel of a Conv):
+
+    * incoming weights ``W_in[u] ← ε[u]``, ε a fresh draw of ``producer``'s own initialisation
+      (:func:`init_sample`); bias ``b[u] ← 0``;
+    * per-unit parameters of ``norms`` between producer and consumers (LayerNorm/GroupNorm gain
+      and bias, running statistics) ← their initial values (gain 1, bias 0) **[ours]**: a
+      recycled unit starts as a fresh one; a parameter shared by all units is left alone;
+    * outgoing weights ``W_out[:, cols(u)] ← 0`` in every consumer (:func:`unit_columns`), so the
+      fresh incoming weights do not reach the output until the next update: recycling a dormant
+      unit (zero activity, as ReDo does) leaves the network's output unchanged — exactly so
+      without a normalisation across units between the layers; with LayerNorm/GroupNorm the
+      unit's new pre-activation shifts the statistics its neighbours are normalised with;
+    * the optimizer state of exactly those slices — ``W_in[u]``, ``b[u]``, the norm slices and
+      ``W_out[:, cols(u)]`` — reset to zero (Note [Optimizer state]). Nothing else changes.
+
+    Args:
+        producer: the Linear/Conv whose output units are recycled.
+        units: indices of the units (duplicates are ignored).
+        consumers: the Linear/Conv layers reading the units (after the activation, a flatten …).
+        optimizer: the optimizer training all of these parameters.
+        generator: randomness of the fresh weights, on the producer's device.
+        init: the producer's initialisation distribution (:func:`init_sample`).
+        gain: orthogonal gain (``init="orthogonal"``).
+        copies: copies of each unit the consumers read (Note [Copies]; 2 for CReLU).
+        norms: per-unit modules between producer and consumers.
+
+    Raises:
+        ValueError: a parametrized module, an unsupported optimizer, a parameter outside the
+            optimizer, units out of range or a consumer whose fan-in does not fit.
+    """
+    norms = tuple(norms)
+    for module in (producer, *consumers, *norms):
+        check_editable(module)
+    check_optimizer(optimizer)
+    n_units = _n_units(producer)
+    weight = producer.weight
+    units = torch.as_tensor(units, dtype=torch.long, device=weight.device).unique()
+    if units.numel() == 0:
+        return
+    if int(units.min()) < 0 or int(units.max()) >= n_units:
+        raise ValueError(f"units {units.tolist()} out of range for a layer of {n_units} units")
+    consumer_columns = [unit_columns(units, n_units, c, copies=copies) for c in consumers]  # checks first
+    # ---- incoming weights: fresh rows; bias: zero
+    fresh = init_sample(producer, generator=generator, init=init, gain=gain)
+    weight[units] = fresh["weight"][units]
+    reset_state_(optimizer, weight, (units,))
+    if producer.bias is not None:
+        producer.bias[units] = 0.0
+        reset_state_(optimizer, producer.bias, (units,))
+    # ---- per-unit normalisation parameters and statistics: back to their initial values
+    for norm in norms:
+        initial = init_sample(norm, generator=generator)
+        own = itertools.chain(norm.named_parameters(recurse=False), norm.named_buffers(recurse=False))
+        for name, tensor in own:
+            if name not in initial or tensor.dim() == 0 or tensor.shape[0] % n_units:
+                continue  # shared by all units (or not a statistic): leave it
+            rows = _unit_positions(units, n_units, tensor.shape[0] // n_units)
+            tensor[rows] = initial[name][rows].to(tensor.dtype)
+            if isinstance(tensor, nn.Parameter):
+                reset_state_(optimizer, tensor, (rows,))
+    # ---- outgoing weights: zero, so the recycled unit starts silent
+    for consumer, columns in zip(consumers, consumer_columns, strict=True):
+        consumer.weight[:, columns] = 0.0
+        reset_state_(optimizer, consumer.weight, (slice(None), columns))
+
+
+# ----------------------------------------------------------------------------- structure discovery
+
+
+@dataclass(frozen=True)
+class UnitLayer:
+    """One hidden layer whose units can be recycled: a producer and the layers that read its units.
+
+    Attributes:
+        name: the producer's module name (``named_modules()``).
+        producer: the Linear/Conv whose output units these are.
+        consumers: the Linear/Conv layers that read them, in forward order.
+        consumer_names: their module names.
+        norms: per-unit modules between them (LayerNorm, GroupNorm, …).
+        norm_names: their module names.
+        n_units: F, the producer's output features / channels.
+        copies: copies of each unit the consumers read (Note [Copies]).
+    """
+
+    name: str
+    producer: nn.Module = field(repr=False)
+    consumers: tuple[nn.Module, ...] = field(repr=False)
+    consumer_names: tuple[str, ...]
+    norms: tuple[nn.Module, ...] = field(repr=False)
+    norm_names: tuple[str, ...]
+    n_units: int
+    copies: int
+
+    def unit_view(self, consumer_input: Tensor) -> Tensor:
+        """The first consumer's input as ``(B, F, copies · positions)``: unit u's every reading in row u.
+
+        :func:`plasticity.metrics.unit_activity` of this view is E|h_u| over the batch, the copies
+        and the spatial positions — the ReDo score's numerator for a producer unit.
+        """
+        b = consumer_input.shape[0]
+        view = consumer_input.reshape(b, self.copies, self.n_units, -1)  # copy-major, then unit, then space
+        return view.transpose(1, 2).reshape(b, self.n_units, -1)
+
+    def outgoing_magnitude(self) -> Tensor:
+        """Mean |w_out| per unit over every outgoing weight of every consumer, ``(F,)`` float64."""
+        total = torch.zeros(self.n_units, dtype=torch.float64, device=self.producer.weight.device)
+        count = 0
+        for consumer in self.consumers:
+            w = consumer.weight.detach()
+            per_unit = w.abs().reshape(w.shape[0], self.copies, self.n_units, -1).transpose(0, 2)
+            total += per_unit.reshape(self.n_units, -1).sum(1, dtype=torch.float64)
+            count += per_unit[0].numel()
+        return total / count
+
+
+@dataclass
+class _Record:
+    calls: int = 0
+    inputs: Tensor | None = None
+    output: Tensor | None = None
+
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+
+
+def _is_weight_module(module: nn.Module) -> bool:
+    """A module owning a ≥ 2-d ``weight`` (plain or parametrized) that is not a normalisation."""
+    if isinstance(module, _NORMS):
+        return False  # a LayerNorm((C, H, W)) gain is 3-d but per entry, not a weight matrix
+    if parametrize.is_parametrized(module, "weight"):
+        return True
+    weight = dict(module.named_parameters(recurse=False)).get("weight")
+    return weight is not None and weight.dim() >= 2
+
+
+def _ancestors(
+    start: Any, stops: Mapping[Any, str], passes: Mapping[Any, str]
+) -> tuple[set[str], set[str], bool]:
+    """Walk the autograd graph back from ``start``.
+
+    Returns:
+        (the ``stops`` it reaches, the ``passes`` it crosses, whether it crosses a normalisation —
+        an autograd node whose type names a norm, module or functional).
+    """
+    reached: set[str] = set()
+    crossed: set[str] = set()
+    normalised = False
+    stack, seen = [start], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in stops:
+            reached.add(stops[node])
+            continue
+        if node in passes:
+            crossed.add(passes[node])
+        normalised = normalised or "Norm" in type(node).__name__
+        stack.extend(fn for fn, _ in node.next_functions)
+    return reached, crossed, normalised
+
+
+def find_unit_layers(model: nn.Module, example_obs: Tensor) -> list[UnitLayer]:
+    """The hidden layers of ``model`` whose units can be recycled, found from one forward.
+
+    Note [Discovery]
+        One forward of ``example_obs`` with autograd on (eval mode, nothing stepped) records the
+        output ``grad_fn`` of every *weight module* (a Linear/Conv/… owning a ≥ 2-d ``weight``)
+        and of every other parameter-owning module. From each weight module Q's input, a walk
+        back through the autograd graph stops at the weight modules it reaches: those are Q's
+        producers, and the parameter-owning modules it crosses are the per-unit ``norms`` between
+        them. Activations, flattens, CReLU's concatenation, ``nn.Identity`` … are crossed
+        whatever their type or whether they are modules, so no module names or types are
+        assumed. A producer P becomes a :class:`UnitLayer` with consumers {Q : Q reads P alone};
+        the heads (whose outputs reach the model output) have none and are never recycled.
+        ``copies`` follows from the fan-ins (``in_features / (F · H·W)`` or ``in_channels / F``),
+        and the column map (Notes [Flatten layout], [Copies]) is then checked by perturbing the
+        first and last unit of P and comparing the consumers' inputs — except where a
+        normalisation across units (LayerNorm, GroupNorm, BatchNorm: an autograd node whose type
+        names a norm) lies between, which moves every input: there the layout is trusted.
+
+    Args:
+        model: the network (its forward must take ``example_obs``).
+        example_obs: a batch of at least one observation.
+
+    Returns:
+        The layers in forward order of their producers.
+
+    Raises:
+        ValueError: a weight module called more than once per forward, a layer read together
+            with another layer (residual sums, concatenations of two streams), a hidden layer
+            that also reaches the output directly, or a layout the column map does not describe.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    weight_modules = {n: m for n, m in model.named_modules() if _is_weight_module(m)}
+    other_modules = {
+        n: m
+        for n, m in model.named_modules()
+        if n not in weight_modules
+        and not isinstance(m, parametrize.ParametrizationList)
+        and any(True for _ in m.parameters(recurse=False))
+    }
+    records = {n: _Record() for n in (*weight_modules, *other_modules)}
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        record = records[names[id(module)]]
+        record.calls += 1
+        record.inputs = args[0] if args and isinstance(args[0], Tensor) else None
+        record.output = output if isinstance(output, Tensor) else None
+
+    flags = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(hook) for m in (*weight_modules.values(), *other_modules.values())]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            result = model(example_obs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in flags.items():
+            module.training = training
+    called = [n for n in weight_modules if records[n].calls]
+    twice = [n for n in called if records[n].calls > 1]
+    if twice:
+        raise ValueError(f"layers {twice} run more than once per forward; their units cannot be recycled")
+    stops = {records[n].output.grad_fn: n for n in called if records[n].output is not None}  # type: ignore[union-attr]
+    passes = {
+        records[n].output.grad_fn: n  # type: ignore[union-attr]
+        for n in other_modules
+        if records[n].calls and records[n].output is not None
+    }
+    stops.pop(None, None)
+    passes.pop(None, None)
+    producers_of: dict[str, set[str]] = {}
+    norms_of: dict[str, set[str]] = {}
+    normalised: set[str] = set()  # consumers whose input is normalised across units
+    for name in called:
+        x = records[name].inputs
+        producers_of[name], norms_of[name], across = (
+            _ancestors(x.grad_fn, stops, passes) if x is not None else (set(), set(), False)
+        )
+        if across:
+            normalised.add(name)
+    outputs = result if isinstance(result, tuple | list) else (result,)
+    exposed: set[str] = set()
+    for out in outputs:
+        if isinstance(out, Tensor):
+            exposed |= _ancestors(out.grad_fn, stops, {})[0]
+    layers = []
+    for producer in called:
+        consumers = [q for q in called if producer in producers_of[q]]
+        if not consumers:
+            continue  # a head (or unused): nothing reads its units
+        mixed = [q for q in consumers if len(producers_of[q]) > 1]
+        if mixed:
+            raise ValueError(
+                f"layer {mixed[0]!r} reads {sorted(producers_of[mixed[0]])} together; units of "
+                f"{producer!r} cannot be recycled (chains of layers only)"
+            )
+        if producer in exposed:
+            raise ValueError(f"the units of layer {producer!r} reach the output without a layer reading them")
+        if not isinstance(weight_modules[producer], _AFFINE):
+            kind = type(weight_modules[producer]).__name__
+            raise ValueError(f"layer {producer!r} is a {kind}: only Linear/Conv units can be recycled")
+        layers.append(
+            _unit_layer(model, producer, consumers, norms_of, records, weight_modules, other_modules)
+        )
+    for layer in layers:
+        if not normalised & set(layer.consumer_names):
+            _check_layout(model, example_obs, layer)
+    return layers
+
+
+def _unit_layer(
+    model: nn.Module,
+    producer: str,
+    consumers: list[str],
+    norms_of: Mapping[str, set[str]],
+    records: Mapping[str, _Record],
+    weight_modules: Mapping[str, nn.Module],
+    other_modules: Mapping[str, nn.Module],
+) -> UnitLayer:
+    """Build the :class:`UnitLayer` of ``producer``, deriving ``copies`` from the fan-ins."""
+    module = weight_modules[producer]
+    out = records[producer].output
+    assert out is not None
+    n_units = int(out.shape[1])
+    positions = math.prod(out.shape[2:])
+    copies_seen = set()
+    for name in consumers:
+        consumer = weight_modules[name]
+        if isinstance(consumer, nn.Linear):
+            fan_in, per_copy = consumer.in_features, n_units * positions
+        elif isinstance(consumer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            fan_in, per_copy = consumer.in_channels, n_units
+        else:
+            raise ValueError(
+                f"layer {name!r} ({type(consumer).__name__}) reads {producer!r}: Linear or Conv only"
+            )
+        if fan_in % per_copy:
+            raise ValueError(
+                f"layer {name!r} has fan-in {fan_in}, not a multiple of the {per_copy} values layer "
+                f"{producer!r} outputs; its units cannot be mapped to {name!r}'s inputs (pooling or a "
+                f"reshape between them?)"
+            )
+        copies_seen.add(fan_in // per_copy)
+    if len(copies_seen) != 1:
+        raise ValueError(f"the consumers {consumers} of layer {producer!r} read its units differently")
+    norm_names = sorted(set().union(*(norms_of[q] for q in consumers)), key=list(other_modules).index)
+    return UnitLayer(
+        name=producer,
+        producer=module,
+        consumers=tuple(weight_modules[q] for q in consumers),
+        consumer_names=tuple(consumers),
+        norms=tuple(other_modules[n] for n in norm_names),
+        norm_names=tuple(norm_names),
+        n_units=n_units,
+        copies=copies_seen.pop(),
+    )
+
+
+@torch.no_grad()
+def _check_layout(model: nn.Module, example_obs: Tensor, layer: UnitLayer) -> None:
+    """Perturb the first and last unit of ``layer``; check which consumer inputs move (Note [Discovery])."""
+    seen: dict[int, Tensor] = {}
+
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen[id(module)] = args[0].detach().clone()
+
+    def run(unit: int | None) -> list[Tensor]:
+        def shift(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+            if unit is None:
+                return output
+            bumped = output.clone()
+            bumped[:, unit] += 10.0 * (output.abs().max() + 1.0)
+            return bumped
+
+        handles = [layer.producer.register_forward_hook(shift)]
+        handles += [c.register_forward_pre_hook(record) for c in layer.consumers]
+        flags = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            model(example_obs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, training in flags.items():
+                module.training = training
+        return [seen[id(c)] for c in layer.consumers]
+
+    base = run(None)
+    for unit in sorted({0, layer.n_units - 1}):
+        for name, consumer, before, after in zip(
+            layer.consumer_names, layer.consumers, base, run(unit), strict=True
+        ):
+            moved = (before != after).reshape(before.shape[0], before.shape[1], -1).any(2).any(0)
+            if not moved.any():
+                continue  # a saturated unit: nothing to learn from it
+            expected = torch.zeros_like(moved)
+            expected[unit_columns(torch.tensor([unit]), layer.n_units, consumer, copies=layer.copies)] = True
+            if (moved & ~expected).any():
+                raise ValueError(
+                    f"unit {unit} of layer {layer.name!r} is read by inputs "
+                    f"{moved.nonzero().flatten().tolist()[:8]}… of layer {name!r}, not by the "
+                    f"channel-major block plasticity.surgery assumes (Note [Flatten layout]); "
+                    f"its units cannot be recycled"
+                )
