@@ -11,20 +11,17 @@ import torch
 from torch import Tensor, nn
 
 from plasticity.adamo import AdamO
+from plasticity.cbp import CBPOptions, ContinualBackprop
 from plasticity.interventions import (
     INTERVENTIONS,
-    CBPOptions,
-    ContinualBackprop,
     InterventionConfig,
     InterventionContext,
-    ReDo,
-    ReDoOptions,
-    ShrinkPerturb,
-    ShrinkPerturbOptions,
     check_intervention,
     make_interventions,
 )
 from plasticity.layers import orthogonal_
+from plasticity.redo import ReDo, ReDoOptions
+from plasticity.shrink_perturb import ShrinkPerturb, ShrinkPerturbOptions
 from plasticity.surgery import init_sample
 from tests.trainers.test_training import assert_tree_equal
 
@@ -213,6 +210,12 @@ def test_shrink_perturb_schedules() -> None:
     assert switch.applications == 2
     assert [u + 1 for u, s in enumerate(logged) if s] == [4, 7]
     assert logged[6] == {"interventions/shrink_perturb/applied": 2.0}
+    sparse = ShrinkPerturb(model, opt, ShrinkPerturbOptions(p=1.0, sigma=0.0, every=500), ctx())
+    reports = {u: sparse.after_update(u, model, opt, X) for u in (500, 1000, 1500, 2000)}
+    assert {u: r for u, r in reports.items() if r} == {  # every ⌈1000/500⌉ = 2nd application
+        1000: {"interventions/shrink_perturb/applied": 2.0},
+        2000: {"interventions/shrink_perturb/applied": 4.0},
+    }
     with pytest.raises(ValueError, match="never apply"):
         ShrinkPerturbOptions(every=0)
 

@@ -20,12 +20,12 @@ from plasticity.rmsprop import RMSprop
 from plasticity.surgery import (
     SUPPORTED_OPTIMIZERS,
     check_optimizer,
-    find_unit_layers,
     init_sample,
     reinit_units_,
     reset_state_,
     unit_columns,
 )
+from plasticity.units import find_unit_layers
 
 OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
     "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
