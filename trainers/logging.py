@@ -10,6 +10,7 @@ Tags follow CleanRL (``charts/…``, ``losses/…``) so that existing tooling re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +50,7 @@ class TensorBoardLogger:
     """
 
     def __init__(self, run_dir: str | Path, purge_step: int | None = None) -> None:
+        _after_existing_event_files(Path(run_dir))
         self.writer = SummaryWriter(str(run_dir), purge_step=purge_step, flush_secs=30)
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:
@@ -67,6 +69,22 @@ class TensorBoardLogger:
     def close(self) -> None:
         """Flush and close the event file."""
         self.writer.close()
+
+
+def _after_existing_event_files(run_dir: Path) -> None:
+    """Wait, if needed, until a new event file would sort after the folder's existing ones.
+
+    Readers take event files in name order, and a name starts with the creation second; a file
+    made in the same second as an earlier one (a resume right after a short run, in one process)
+    can sort before it — its purge of the crashed tail would then hit the wrong file.
+    """
+    seconds = []
+    for path in run_dir.glob("events.out.tfevents.*"):
+        field = path.name.split(".")[3]
+        if field.isdigit():
+            seconds.append(int(field))
+    while seconds and int(time.time()) <= max(seconds):
+        time.sleep(0.05)
 
 
 def config_markdown(flat: Mapping[str, object]) -> str:

@@ -32,8 +32,7 @@ from plasticity.optimizers import make_optimizer, param_groups
 from plasticity.regularizers import make_regularizers
 from trainers.config import ExperimentConfig, config_to_dict
 from trainers.run import TrainResult, make_lr_scheduler, make_run_dir
-from trainers.seeding import rng_state, set_rng_state
-from trainers.session import EpisodeStats, Session, prepare_process, task_switched
+from trainers.session import Companions, Session, prepare_process, task_switched
 
 __all__ = ["DQNSetup", "build_dqn", "train_off_policy"]
 
@@ -122,17 +121,18 @@ def train_off_policy(
     setup = build_dqn(cfg)
     envs, agent, buffer, probe = setup.envs, setup.agent, setup.buffer, setup.probe
     interventions = setup.interventions
-    # Probe batches come from their own generator, so metrics never change the replay stream;
-    # the interventions' batches from another (Note [Probe batches] in plasticity.interventions).
-    probe_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[2])
-    intervention_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(4)[3])
+    companions = Companions(cfg.seed, probe, interventions)
+    episodes, probe_rng, intervention_rng = (
+        companions.episodes,
+        companions.probe_rng,
+        companions.intervention_rng,
+    )
     if run_dir is None:
         run_dir = make_run_dir(cfg)
     num_envs = cfg.env.num_envs
 
     # Loop state; everything here goes into the checkpoint.
     loop = _LoopState(next_target_update=agent_cfg.learning_starts + agent_cfg.target_update_every)
-    episodes = EpisodeStats()
     if resume_state is None:
         obs, _ = envs.reset(seed=cfg.seed)
     else:
@@ -143,15 +143,7 @@ def train_off_policy(
         if resume_state["buffer"] is not None:
             buffer.load_state_dict(resume_state["buffer"])
         loop = _LoopState(**resume_state["loop"])
-        episodes.load_state_dict(resume_state["episodes"])
-        if probe is not None and resume_state["probe"] is not None:
-            probe.load_state_dict(resume_state["probe"])
-        probe_rng.bit_generator.state = resume_state["probe_rng"]
-        for intervention, state in zip(interventions, resume_state.get("interventions", []), strict=True):
-            intervention.load_state_dict(state)
-        if "intervention_rng" in resume_state:
-            intervention_rng.bit_generator.state = resume_state["intervention_rng"]
-        set_rng_state(resume_state["rng"])
+        companions.load_state_dict(resume_state)
 
     def checkpoint_state() -> dict[str, Any]:
         return {
@@ -162,12 +154,7 @@ def train_off_policy(
             "envs": envs_state(envs),
             "obs": obs,
             "loop": dataclasses.asdict(loop),
-            "episodes": episodes.state_dict(),
-            "probe": None if probe is None else probe.state_dict(),
-            "probe_rng": probe_rng.bit_generator.state,
-            "interventions": [intervention.state_dict() for intervention in interventions],
-            "intervention_rng": intervention_rng.bit_generator.state,
-            "rng": rng_state(),
+            **companions.state_dict(),
         }
 
     session = Session(cfg, run_dir, loop.global_step, resumed=resume_state is not None, quiet=quiet)

@@ -10,13 +10,15 @@ Contains:
     Cadence: "every N steps" bookkeeping that survives resume.
     Session: the run's logger, progress line, interrupt handler and checkpoint writer; its
         ``run`` method drives a loop body and turns Ctrl-C and NaN losses into statuses.
+    Companions: what both loops carry beside their algorithm (episode statistics, the metrics
+        probe, the interventions, their random streams, the global generators), checkpointed as one.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,14 @@ import numpy as np
 import torch
 
 from agents.common import NonFiniteLossError
+from plasticity.interventions import Intervention
+from plasticity.metrics import PlasticityProbe
 from trainers.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from trainers.config import ExperimentConfig, config_to_dict
 from trainers.interrupt import GracefulInterrupt
 from trainers.logging import TensorBoardLogger, config_markdown
 from trainers.progress import Progress
-from trainers.seeding import seed_everything
+from trainers.seeding import rng_state, seed_everything, set_rng_state
 
 __all__ = ["prepare_process", "EpisodeStats", "task_switched", "Cadence", "Session", "NONFINITE_NAME"]
 
@@ -114,6 +118,53 @@ def task_switched(infos: Mapping[str, Any]) -> bool:
         return False
     present = infos.get("_task_switched")
     return bool(infos["task_switched"][0]) and (present is None or bool(present[0]))
+
+
+class Companions:
+    """Episode statistics, the plasticity probe and the interventions of a run, with their streams.
+
+    Probe batches and intervention batches are drawn from their own generators (children 2 and 3
+    of the run seed's ``SeedSequence``), so measuring or an idle intervention never changes the
+    replay/rollout streams (Note [Probe batches] in :mod:`plasticity.interventions`).
+    ``state_dict`` also captures the global python/numpy/torch generators.
+
+    Args:
+        seed: the run seed.
+        probe: the plasticity probe, or None when metrics are off.
+        interventions: the configured interventions.
+    """
+
+    def __init__(
+        self, seed: int, probe: PlasticityProbe | None, interventions: Sequence[Intervention]
+    ) -> None:
+        self.episodes = EpisodeStats()
+        self.probe = probe
+        self.interventions = list(interventions)
+        children = np.random.SeedSequence(seed).spawn(4)
+        self.probe_rng = np.random.default_rng(children[2])
+        self.intervention_rng = np.random.default_rng(children[3])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint entries (merged into the loop's checkpoint dict)."""
+        return {
+            "episodes": self.episodes.state_dict(),
+            "probe": None if self.probe is None else self.probe.state_dict(),
+            "probe_rng": self.probe_rng.bit_generator.state,
+            "interventions": [intervention.state_dict() for intervention in self.interventions],
+            "intervention_rng": self.intervention_rng.bit_generator.state,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the global generators last, as the loop resumes)."""
+        self.episodes.load_state_dict(state["episodes"])
+        if self.probe is not None and state["probe"] is not None:
+            self.probe.load_state_dict(state["probe"])
+        self.probe_rng.bit_generator.state = state["probe_rng"]
+        for intervention, entry in zip(self.interventions, state["interventions"], strict=True):
+            intervention.load_state_dict(entry)
+        self.intervention_rng.bit_generator.state = state["intervention_rng"]
+        set_rng_state(state["rng"])
 
 
 class Cadence:
