@@ -87,10 +87,6 @@ class EpisodeStats:
         """Mean of the recent episode returns (None before the first episode ends)."""
         return sum(self.recent) / len(self.recent) if self.recent else None
 
-    def scalars(self) -> dict[str, float]:
-        """``env/task_id`` of the current task, if the env is non-stationary."""
-        return {} if self.task_id is None else {"env/task_id": float(self.task_id)}
-
     def progress_text(self) -> str:
         """The task part of the progress line."""
         return "" if self.task_id is None else f"task {self.task_id}"
