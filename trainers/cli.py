@@ -7,6 +7,7 @@ Commands:
                                         interventions, envs
     plasticrl config [CONFIG] [key=value ...]   every key with its value and meaning
     plasticrl plot RUN_DIR [RUN_DIR ...] [--out DIR]   PNGs of returns and plasticity curves
+    plasticrl sweep SWEEP.yaml [--workers N] [--dry-run]   base config x grid x seeds, in parallel
 
 Bad input (missing file, bad override, unknown name) prints one line on stderr and exits with 2,
 never a traceback (set PLASTICRL_DEBUG=1 for one). Ctrl-C during training writes a checkpoint
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 import gymnasium as gym
 
 from trainers.plot import register_plot_command, run_plot_command
+from trainers.sweep import register_sweep_command, run_sweep_command
 
 __all__ = ["main", "build_parser"]
 
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("config", nargs="?", help="YAML preset")
     config.add_argument("overrides", nargs="*", metavar="key=value")
     register_plot_command(sub)
+    register_sweep_command(sub)
     return parser
 
 
@@ -154,7 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    commands = {"train": _cmd_train, "list": _cmd_list, "config": _cmd_config, "plot": run_plot_command}
+    commands = {
+        "train": _cmd_train,
+        "list": _cmd_list,
+        "config": _cmd_config,
+        "plot": run_plot_command,
+        "sweep": run_sweep_command,
+    }
     try:
         return commands[args.command](args)
     except (ValueError, OSError, gym.error.Error) as exc:  # ConfigError is a ValueError

@@ -28,7 +28,8 @@ from trainers.config import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-PRESETS = sorted((REPO / "configs").glob("**/*.yaml"))
+# Experiment presets; configs/sweeps/ holds sweep files (tests/trainers/test_sweep.py).
+PRESETS = sorted(p for p in (REPO / "configs").glob("**/*.yaml") if p.parent.name != "sweeps")
 
 
 def write_yaml(path: Path, text: str) -> Path:

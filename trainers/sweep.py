@@ -1,0 +1,640 @@
+"""Many runs of one base config on one machine, in parallel processes (``plasticrl sweep``).
+
+Contains:
+    SWEEP_KEYS: the top-level keys a sweep file may hold.
+    SweepSpec: a validated sweep file (base preset, seeds, overrides, grid, name, dir).
+    SweepRun: one planned run: its deterministic name, folder, log file, config and action.
+    SweepResult: what a sweep did (ran, skipped, resumed, failed, interrupted runs).
+    load_sweep: read and strictly validate a sweep YAML file → ``SweepSpec``.
+    expand_grid: the grid's cartesian product → (cell name, overrides) pairs, in file order (pure).
+    format_value / sanitize: how grid values become override text and folder names (pure).
+    plan_sweep: every run's config resolved and its action (start / resume / skip) decided, before
+        anything starts; any bad override or name fails the whole sweep here.
+    describe_run: one ``--dry-run`` line (action, run name, why).
+    execute_sweep: run the planned runs as ``python -m trainers.cli train`` child processes,
+        ``workers`` at a time, each logging to ``<run_dir>.log``.
+    summary_line: ``sweep <name>: N ran, M skipped (complete), K resumed, F failed``.
+    register_sweep_command / run_sweep_command: the ``sweep`` subcommand of :mod:`trainers.cli`.
+
+A sweep file::
+
+    base: ../cartpole/dqn.yaml          # a preset, relative to this file
+    seeds: [0, 1, 2]                    # optional; default: the base config's seed
+    overrides: [total_steps=20000]      # key=value applied to every run
+    grid:                               # cartesian product of these values
+      optimizer.name: [adam, adamo]
+    name: cartpole_seeds                # optional; default: the file's stem
+    dir: runs                           # optional; the sweep's runs go to <dir>/<name>/
+
+Run ``<name>/optimizer.name=adam__s0`` lives in ``<dir>/<name>/optimizer.name=adam__s0/`` and
+logs to ``<dir>/<name>/optimizer.name=adam__s0.log``. A run whose checkpoint has reached the
+config's ``total_steps`` is skipped; one with an earlier checkpoint is resumed (``train
+--resume``, with the sweep's ``total_steps``); a folder without a checkpoint (a run that crashed
+before its first checkpoint) is removed and the run started again. In the summary, "ran" counts
+runs started from scratch that finished, "resumed" those continued from a checkpoint that
+finished. Ctrl-C (or SIGTERM) stops launching runs and forwards one SIGINT to each running child, which writes
+a checkpoint and exits; running the sweep again resumes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, Literal
+
+import yaml
+
+from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from trainers.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_to_dict,
+    load_config,
+    parse_override,
+    yaml_load,
+)
+from trainers.run import RESUME_OVERRIDABLE, check_names
+
+__all__ = [
+    "SWEEP_KEYS",
+    "SweepSpec",
+    "SweepRun",
+    "SweepResult",
+    "Action",
+    "load_sweep",
+    "expand_grid",
+    "format_value",
+    "sanitize",
+    "plan_sweep",
+    "describe_run",
+    "execute_sweep",
+    "summary_line",
+    "register_sweep_command",
+    "run_sweep_command",
+]
+
+SWEEP_KEYS = ("base", "seeds", "overrides", "grid", "name", "dir")
+"""Top-level keys of a sweep file; any other key is an error."""
+
+RESERVED_KEYS = ("seed", "logging.dir", "logging.name")
+"""Keys the sweep sets itself for each run; overrides and grid keys may not set them."""
+
+EXIT_INTERRUPTED = 130
+"""Exit code of an interrupted sweep (and of an interrupted ``plasticrl train`` child)."""
+
+Action = Literal["start", "resume", "skip"]
+"""What a sweep does with a run: start it from scratch, resume it from its checkpoint, or skip it."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")
+_IGNORED_ON_RESUME = ("logging", "checkpoint")  # sections that may differ from a run's checkpoint
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep file.
+
+    Attributes:
+        path: the sweep file.
+        name: the sweep's folder name (sanitised).
+        base: the base preset (resolved relative to the sweep file).
+        seeds: the seeds of every grid cell; None runs the base config's own seed.
+        overrides: ``key=value`` overrides applied to every run, before the grid's.
+        grid: (dotted key, values) pairs in file order; the runs are their cartesian product.
+        dir: the parent folder of the sweep's folder.
+    """
+
+    path: Path
+    name: str
+    base: Path
+    seeds: tuple[int, ...] | None
+    overrides: tuple[str, ...]
+    grid: tuple[tuple[str, tuple[Any, ...]], ...]
+    dir: Path
+
+    @property
+    def sweep_dir(self) -> Path:
+        """``<dir>/<name>``: the folder holding the run folders and their logs."""
+        return self.dir / self.name
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One planned run of a sweep.
+
+    Attributes:
+        name: ``<sweep>/<cell>__s<seed>`` (``<sweep>/s<seed>`` without a grid); deterministic.
+        run_dir: its run folder.
+        log_path: the child's stdout and stderr (``<run_dir>.log``).
+        overrides: every override applied to the base preset for this run (sweep overrides, grid
+            cell, seed, logging.dir, logging.name).
+        config: the resolved config.
+        action: start, resume or skip.
+        checkpoint_step: the global step of its checkpoint (0 without one).
+        stale_dir: the run folder exists without a checkpoint and is removed before starting.
+    """
+
+    name: str
+    run_dir: Path
+    log_path: Path
+    overrides: tuple[str, ...]
+    config: ExperimentConfig
+    action: Action
+    checkpoint_step: int = 0
+    stale_dir: bool = False
+
+
+@dataclass
+class SweepResult:
+    """What :func:`execute_sweep` did; every list holds run names.
+
+    Attributes:
+        ran: started from scratch and finished.
+        skipped: already complete, not run.
+        resumed: continued from a checkpoint and finished.
+        failed: (run name, exit code, log path) of every run that exited with an error.
+        interrupted: stopped by Ctrl-C with a checkpoint (or never launched because of it).
+    """
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, int, Path]] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- the sweep file
+
+
+def _fail(path: Path, message: str) -> ConfigError:
+    return ConfigError(f"{path}: {message}")
+
+
+def _check_key(path: Path, where: str, key: Any) -> str:
+    """A dotted config key (``a.b``), not reserved; returns it."""
+    if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+        raise _fail(path, f"{where}: bad config key {key!r}; expected a dotted key like optimizer.lr")
+    if key in RESERVED_KEYS:
+        raise _fail(path, f"{where}: {key!r} is set by the sweep itself (use 'seeds' for seeds)")
+    return key
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and strictly validate a sweep file.
+
+    Args:
+        path: the sweep YAML file.
+
+    Returns:
+        The validated spec (the configs themselves are resolved by :func:`plan_sweep`).
+
+    Raises:
+        ConfigError: a one-line message naming the file and the bad key: a missing file, invalid
+            YAML, an unknown top-level key, a wrong type, an empty grid list, a reserved key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {str(path)!r} not found")
+    try:
+        data = yaml_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise _fail(path, f"invalid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise _fail(path, "a sweep file must be a mapping with keys " + ", ".join(SWEEP_KEYS))
+    unknown = [k for k in data if k not in SWEEP_KEYS]
+    if unknown:
+        raise _fail(path, f"unknown key {unknown[0]!r}; valid keys: {list(SWEEP_KEYS)}")
+
+    base = data.get("base")
+    if not isinstance(base, str) or not base:
+        raise _fail(path, f"'base' must be the path of a YAML preset (relative to this file), got {base!r}")
+
+    seeds_raw = data.get("seeds")
+    seeds: tuple[int, ...] | None = None
+    if seeds_raw is not None:
+        if not isinstance(seeds_raw, list) or not seeds_raw:
+            raise _fail(path, f"'seeds' must be a non-empty list of integers, got {seeds_raw!r}")
+        for s in seeds_raw:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise _fail(path, f"'seeds': {s!r} is not an integer >= 0")
+        if len(set(seeds_raw)) != len(seeds_raw):
+            raise _fail(path, f"'seeds' repeats a seed: {seeds_raw!r}")
+        seeds = tuple(seeds_raw)
+
+    overrides_raw = data.get("overrides") or []
+    if not isinstance(overrides_raw, list):
+        raise _fail(path, f"'overrides' must be a list of key=value strings, got {overrides_raw!r}")
+    overrides: list[str] = []
+    for text in overrides_raw:
+        if not isinstance(text, str):
+            raise _fail(path, f"'overrides': {text!r} is not a key=value string (quote it)")
+        try:
+            keys, _ = parse_override(text)
+        except ConfigError as exc:
+            raise _fail(path, f"'overrides': {exc}") from None
+        _check_key(path, "'overrides'", ".".join(keys))
+        overrides.append(text)
+
+    grid_raw = data.get("grid") or {}
+    if not isinstance(grid_raw, dict):
+        raise _fail(path, f"'grid' must map config keys to lists of values, got {grid_raw!r}")
+    grid: list[tuple[str, tuple[Any, ...]]] = []
+    for key, values in grid_raw.items():
+        _check_key(path, "'grid'", key)
+        if not isinstance(values, list):
+            raise _fail(path, f"grid key {key!r}: expected a list of values, got {values!r}")
+        if not values:
+            raise _fail(path, f"grid key {key!r}: empty list of values")
+        texts = [format_value(v) for v in values]
+        if len(set(texts)) != len(texts):
+            raise _fail(path, f"grid key {key!r}: repeated value in {values!r}")
+        grid.append((key, tuple(values)))
+
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not sanitize(name):
+        raise _fail(path, f"'name' must be a non-empty string, got {name!r}")
+    folder = data.get("dir", "runs")
+    if not isinstance(folder, str) or not folder:
+        raise _fail(path, f"'dir' must be a folder path, got {folder!r}")
+
+    return SweepSpec(
+        path=path,
+        name=sanitize(name),
+        base=path.parent / base,
+        seeds=seeds,
+        overrides=tuple(overrides),
+        grid=tuple(grid),
+        dir=Path(folder),
+    )
+
+
+# ----------------------------------------------------------------------------- expansion (pure)
+
+
+def format_value(value: Any) -> str:
+    """A YAML value as override text that parses back to it (JSON is YAML); strings stay bare.
+
+    Examples:
+        >>> format_value("adam"), format_value(3e-4), format_value([16, 16]), format_value(True)
+        ('adam', '0.0003', '[16,16]', 'true')
+    """
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _override_value(value: Any) -> str:
+    """Override text that YAML reads back as exactly ``value`` (strings quoted)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def sanitize(text: str) -> str:
+    """``text`` safe as one path component: runs of other characters than ``A-Za-z0-9._,=+-`` → ``-``.
+
+    Examples:
+        >>> sanitize("network.hidden_sizes=[16,16]")
+        'network.hidden_sizes=-16,16-'
+    """
+    cleaned = _UNSAFE.sub("-", text)
+    return "" if cleaned.strip(".") == "" else cleaned
+
+
+def expand_grid(grid: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[str, tuple[str, ...]]]:
+    """The grid's cartesian product, first key slowest.
+
+    Args:
+        grid: (dotted key, values) pairs.
+
+    Returns:
+        (cell name, overrides) per cell: the name joins ``key=value`` with ``,`` (sanitised; empty
+        for an empty grid), the overrides are ``key=value`` texts YAML reads back exactly.
+    """
+    keys = [k for k, _ in grid]
+    cells: list[tuple[str, tuple[str, ...]]] = []
+    for combo in itertools.product(*(values for _, values in grid)):
+        name = sanitize(",".join(f"{k}={format_value(v)}" for k, v in zip(keys, combo, strict=True)))
+        overrides = tuple(f"{k}={_override_value(v)}" for k, v in zip(keys, combo, strict=True))
+        cells.append((name, overrides))
+    return cells
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _comparable(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict without the keys that may differ between a run's checkpoint and the sweep."""
+    return {k: v for k, v in cfg_dict.items() if k not in ("total_steps", *_IGNORED_ON_RESUME)}
+
+
+def _decide(run_dir: Path, cfg: ExperimentConfig, name: str) -> tuple[Action, int, bool]:
+    """(action, checkpoint step, stale folder) of a run from what its folder holds."""
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if checkpoint.is_file():
+        state = load_checkpoint(checkpoint)
+        stored = _comparable(state.get("config", {}))
+        wanted = _comparable(config_to_dict(cfg))
+        if stored != wanted:
+            differing = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+            raise ConfigError(
+                f"run {name!r}: its checkpoint in {str(run_dir)!r} was made with a different config "
+                f"(section(s) {differing}); remove that folder or give the sweep another name"
+            )
+        step = int(state["global_step"])
+        return ("skip" if step >= cfg.total_steps else "resume"), step, False
+    return "start", 0, run_dir.exists()
+
+
+def plan_sweep(spec: SweepSpec) -> list[SweepRun]:
+    """Resolve every run's config and decide its action, before anything runs.
+
+    Raises:
+        ConfigError: a bad override, key or value in any run (naming the run), two runs with the
+            same folder name, or a checkpoint made with a different config.
+        ValueError: an unknown registry name (env, network, optimizer, ...) in any run.
+    """
+    if not spec.base.is_file():
+        raise ConfigError(f"{spec.path}: base preset {str(spec.base)!r} not found")
+    if spec.seeds is None:
+        try:
+            seeds: tuple[int, ...] = (load_config(spec.base, spec.overrides).seed,)
+        except ValueError as exc:
+            raise ConfigError(f"sweep {spec.name!r}: {exc}") from None
+    else:
+        seeds = spec.seeds
+    runs: list[SweepRun] = []
+    seen: dict[Path, str] = {}
+    for cell, cell_overrides in expand_grid(spec.grid):
+        for seed in seeds:
+            leaf = f"{cell}__s{seed}" if cell else f"s{seed}"
+            name = f"{spec.name}/{leaf}"
+            overrides = (
+                *spec.overrides,
+                *cell_overrides,
+                f"seed={seed}",
+                f"logging.dir={_override_value(str(spec.sweep_dir))}",
+                f"logging.name={_override_value(leaf)}",
+            )
+            try:
+                cfg = load_config(spec.base, overrides)
+                check_names(cfg)
+            except ValueError as exc:
+                message = str(exc).replace("command-line override", "override", 1)
+                raise ConfigError(f"sweep run {name!r}: {message}") from None
+            run_dir = spec.sweep_dir / leaf
+            if run_dir in seen:
+                raise ConfigError(f"runs {seen[run_dir]!r} and {name!r} get the same folder name")
+            seen[run_dir] = name
+            action, step, stale = _decide(run_dir, cfg, name)
+            runs.append(
+                SweepRun(
+                    name=name,
+                    run_dir=run_dir,
+                    log_path=run_dir.with_name(leaf + ".log"),
+                    overrides=overrides,
+                    config=cfg,
+                    action=action,
+                    checkpoint_step=step,
+                    stale_dir=stale,
+                )
+            )
+    return runs
+
+
+def describe_run(run: SweepRun) -> str:
+    """One line of ``--dry-run``: the action, the run name and what the action is based on."""
+    total = run.config.total_steps
+    detail = {
+        "skip": f"complete: step {run.checkpoint_step} of {total}",
+        "resume": f"from step {run.checkpoint_step} of {total}",
+        "start": f"{total} steps" + (" (removing a folder without checkpoint)" if run.stale_dir else ""),
+    }[run.action]
+    return f"{run.action:<6}  {run.name}  ({detail})"
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def _command(run: SweepRun, base: Path) -> list[str]:
+    """The ``trainers.cli`` command line of a run that is not skipped."""
+    cli = [sys.executable, "-m", "trainers.cli", "train"]
+    if run.action == "resume":
+        keep = [o for o in run.overrides if o.partition("=")[0].strip() in RESUME_OVERRIDABLE]
+        return [*cli, "--resume", str(run.run_dir), *keep, f"total_steps={run.config.total_steps}", "-q"]
+    return [*cli, str(base.resolve()), *run.overrides, "-q"]
+
+
+def _child_env(run: SweepRun) -> dict[str, str]:
+    """The parent's environment, with one OpenMP/MKL thread per child unless configured otherwise."""
+    env = dict(os.environ)
+    threads = run.config.torch_threads
+    if threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(threads))
+    return env
+
+
+@dataclass
+class _Child:
+    run: SweepRun
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+def _launch(run: SweepRun, base: Path) -> _Child:
+    """Start a run's child process; its output goes to ``run.log_path`` (appended on resume)."""
+    if run.action == "start" and run.run_dir.exists():
+        if (run.run_dir / CHECKPOINT_NAME).exists():  # appeared since planning: never delete it
+            raise ConfigError(f"run {run.name!r}: {run.run_dir} now holds a checkpoint; run the sweep again")
+        shutil.rmtree(run.run_dir)
+    run.log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = run.log_path.open("ab" if run.action == "resume" else "wb")
+    log.write(f"$ {' '.join(_command(run, base))}\n".encode())
+    log.flush()
+    process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+        _command(run, base),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=_child_env(run),
+        start_new_session=True,  # the terminal's Ctrl-C reaches only the sweep, which forwards one
+    )
+    return _Child(run, process, log)
+
+
+def _finish(child: _Child, code: int, result: SweepResult, out: IO[str]) -> None:
+    """Record a child's exit code in ``result`` and print one line about it."""
+    child.log.close()
+    run = child.run
+    if code == 0:
+        (result.resumed if run.action == "resume" else result.ran).append(run.name)
+        print(f"done    {run.name}", file=out, flush=True)
+    elif code == EXIT_INTERRUPTED:
+        result.interrupted.append(run.name)
+        print(f"stopped {run.name} (checkpoint written)", file=out, flush=True)
+    else:
+        result.failed.append((run.name, code, run.log_path))
+        print(f"FAILED  {run.name} (exit code {code}; log: {run.log_path})", file=out, flush=True)
+
+
+def execute_sweep(
+    runs: Sequence[SweepRun],
+    base: Path,
+    *,
+    workers: int,
+    out: IO[str] | None = None,
+    poll_s: float = 0.05,
+) -> SweepResult:
+    """Run every non-skipped run as a child process, at most ``workers`` at a time.
+
+    A failed run is recorded with its exit code and log path and does not stop the others.
+    Ctrl-C (KeyboardInterrupt) or SIGTERM stops launching runs, sends one SIGINT to each running
+    child (which checkpoints and exits) and waits for them; a second Ctrl-C terminates them.
+
+    Args:
+        runs: the planned runs (from :func:`plan_sweep`).
+        base: the base preset the runs' overrides apply to.
+        workers: the most child processes at once (>= 1).
+        out: where progress lines go (default stdout).
+        poll_s: seconds between checks of the children.
+
+    Returns:
+        What ran, was skipped, resumed, failed or interrupted.
+    """
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    out = sys.stdout if out is None else out
+    result = SweepResult(skipped=[r.name for r in runs if r.action == "skip"])
+    pending = [r for r in runs if r.action != "skip"]
+    running: list[_Child] = []
+    previous_term = _raise_on_sigterm()
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                run = pending.pop(0)
+                print(f"{run.action:<7} {run.name}", file=out, flush=True)
+                running.append(_launch(run, base))
+            for child in list(running):
+                code = child.process.poll()
+                if code is not None:
+                    running.remove(child)
+                    _finish(child, code, result, out)
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        print(f"interrupt: stopping {len(running)} running run(s) at a checkpoint", file=out, flush=True)
+        result.interrupted.extend(r.name for r in pending)
+        _stop_children(running, result, out)
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+    return result
+
+
+def _raise_on_sigterm() -> Any:
+    """Make SIGTERM stop the sweep like Ctrl-C (main thread only); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _stop_children(running: list[_Child], result: SweepResult, out: IO[str]) -> None:
+    """Forward one SIGINT to each child and wait; a second Ctrl-C terminates them."""
+    for child in running:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGINT)
+    try:
+        for child in running:
+            child.process.wait()
+    except KeyboardInterrupt:
+        for child in running:
+            if child.process.poll() is None:
+                child.process.terminate()
+        for child in running:
+            child.process.wait()
+    for child in running:
+        _finish(child, child.process.returncode, result, out)
+
+
+def summary_line(name: str, result: SweepResult) -> str:
+    """``sweep <name>: N ran, M skipped (complete), K resumed, F failed`` (+ interrupted, if any)."""
+    line = (
+        f"sweep {name}: {len(result.ran)} ran, {len(result.skipped)} skipped (complete), "
+        f"{len(result.resumed)} resumed, {len(result.failed)} failed"
+    )
+    if result.interrupted:
+        line += f", {len(result.interrupted)} interrupted (run the sweep again to resume)"
+    return line
+
+
+# ----------------------------------------------------------------------------- the CLI command
+
+
+def register_sweep_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add ``sweep SWEEP.yaml [--workers N] [--dry-run]`` to ``plasticrl``'s subparsers."""
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a sweep (base config x grid x seeds) in parallel processes",
+        description="Run every run of SWEEP.yaml (base, seeds, overrides, grid, name, dir), skipping\n"
+        "complete runs and resuming interrupted ones; each run logs to <run_dir>.log.",
+        epilog="examples:\n"
+        "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --dry-run\n"
+        "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --workers 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs at once, one process each (default: the number of CPU cores)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print each run and its action; run nothing")
+    return parser
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Run ``plasticrl sweep``; returns 0 if no run failed, 1 if one did, 130 when interrupted.
+
+    Raises:
+        ValueError: a bad sweep file or run config (the CLI prints it and exits with its
+            bad-input code), before any run starts.
+    """
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    spec = load_sweep(args.sweep)
+    runs = plan_sweep(spec)
+    if args.dry_run:
+        for run in runs:
+            print(describe_run(run))
+        counts = {a: sum(r.action == a for r in runs) for a in ("start", "resume", "skip")}
+        print(
+            f"sweep {spec.name}: {len(runs)} runs: {counts['start']} to start, "
+            f"{counts['resume']} to resume, {counts['skip']} to skip (complete)"
+        )
+        return 0
+    result = execute_sweep(runs, spec.base, workers=workers)
+    print(summary_line(spec.name, result))
+    for name, code, log in result.failed:
+        print(f"  failed: {name} (exit code {code}) log: {log}")
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return 1 if result.failed else 0
