@@ -53,6 +53,26 @@ def _restore_global_state() -> Iterator[None]:
     torch.set_rng_state(torch_state)
 
 
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "minatar"
+
+
+def run_minatar_preset(
+    method: str, runs_dir: Path, prefix: str, extra: tuple[str, ...] = ()
+) -> tuple[Any, dict[str, list[float]]]:
+    """Train ``configs/minatar/dqn_permuted_<method>.yaml`` on a tiny MinAtar net.
+
+    Returns the trained agent and the values of every logged scalar whose tag starts with
+    ``prefix`` (e.g. ``plasticity/`` or ``losses/reg_``).
+    """
+    from trainers.plot import read_scalars
+    from trainers.run import train
+
+    overrides = [*TINY_DQN_OVERRIDES, *TINY_MINATAR_OVERRIDES, f"logging.dir={runs_dir}", *extra]
+    result = train(load_config(PRESETS_DIR / f"dqn_permuted_{method}.yaml", overrides), quiet=True)
+    scalars = read_scalars(result["run_dir"])
+    return result["agent"], {tag: values for tag, (_, values) in scalars.items() if tag.startswith(prefix)}
+
+
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
     """An empty folder for run folders (``logging.dir``)."""

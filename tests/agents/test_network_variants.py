@@ -18,9 +18,8 @@ from agents.networks import ACTIVATIONS, NetworkConfig, activation_expansion, ma
 from plasticity.layers import CReLU
 from plasticity.metrics import ACTIVATION_TYPES, MetricsConfig, PlasticityProbe
 from plasticity.optimizers import param_groups
-from tests.conftest import TINY_DQN_OVERRIDES, TINY_MINATAR_OVERRIDES
+from tests.conftest import run_minatar_preset
 from trainers.config import ConfigError, load_config
-from trainers.run import train
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "minatar"
 CARTPOLE = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
@@ -329,23 +328,8 @@ def test_isometric_networks_reject_the_variants(factory: Any, option: dict[str, 
 
 def run_preset(method: str, runs_dir: Path) -> tuple[Any, dict[str, list[float]]]:
     """Train ``dqn_permuted_<method>.yaml`` on a tiny MinAtar net; (agent, logged ``plasticity/*``)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    overrides = [
-        *TINY_DQN_OVERRIDES,
-        *TINY_MINATAR_OVERRIDES,
-        f"logging.dir={runs_dir}",
-        "total_steps=2000",
-        "metrics.every=500",
-        "metrics.ntk_every=0",
-    ]
-    result = train(load_config(PRESETS / f"dqn_permuted_{method}.yaml", overrides), quiet=True)
-    acc = EventAccumulator(str(result["run_dir"]))
-    acc.Reload()
-    logged = {
-        t: [e.value for e in acc.Scalars(t)] for t in acc.Tags()["scalars"] if t.startswith("plasticity/")
-    }
-    return result["agent"], logged
+    extra = ("total_steps=2000", "metrics.every=500", "metrics.ntk_every=0")
+    return run_minatar_preset(method, runs_dir, "plasticity/", extra)
 
 
 def test_crelu_preset_trains_a_crelu_network_and_measures_its_units(runs_dir: Path) -> None:

@@ -18,9 +18,8 @@ from plasticity.l2_init import L2InitRegularizer, l2_init_penalty
 from plasticity.optimizers import param_groups
 from plasticity.parseval import ParsevalRegularizer, parseval_grad, parseval_penalty
 from plasticity.regularizers import REGULARIZERS, Regularizer, RegularizerConfig, make_regularizers
-from tests.conftest import TINY_DQN_OVERRIDES, TINY_MINATAR_OVERRIDES
+from tests.conftest import run_minatar_preset
 from trainers.config import load_config
-from trainers.run import train
 
 MINATAR_OBS = gym.spaces.Box(0.0, 1.0, (4, 10, 10))
 CARTPOLE_OBS = gym.spaces.Box(-4.0, 4.0, (4,))
@@ -317,16 +316,7 @@ def test_parseval_state_is_empty() -> None:
 
 def run_preset(method: str, runs_dir: Path) -> tuple[Any, dict[str, list[float]]]:
     """Train ``dqn_permuted_<method>.yaml`` on a tiny MinAtar net; (agent, logged ``losses/reg_*``)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    overrides = [*TINY_DQN_OVERRIDES, *TINY_MINATAR_OVERRIDES, f"logging.dir={runs_dir}", *PRESET_RUN]
-    result = train(load_config(PRESETS / f"dqn_permuted_{method}.yaml", overrides), quiet=True)
-    acc = EventAccumulator(str(result["run_dir"]))
-    acc.Reload()
-    logged = {
-        t: [e.value for e in acc.Scalars(t)] for t in acc.Tags()["scalars"] if t.startswith("losses/reg_")
-    }
-    return result["agent"], logged
+    return run_minatar_preset(method, runs_dir, "losses/reg_", PRESET_RUN)
 
 
 def test_l2_init_preset_pulls_from_a_fixed_anchor(runs_dir: Path) -> None:
