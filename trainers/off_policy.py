@@ -228,13 +228,13 @@ def train_off_policy(
                     "charts/learning_rate": agent.optimizer.param_groups[0]["lr"],
                 }
                 logger.log(scalars, step)
-            progress.update(step, episodes.mean_return(), episodes.progress_text())
+            progress.update(step, episodes)
             if session.checkpoint_cadence.due(step):
                 session.save(checkpoint_state)
         return loop.global_step
 
-    status, global_step = session.run(run_loop, checkpoint_state)
-    progress.close(loop.global_step, episodes.mean_return(), episodes.progress_text())
+    status, _ = session.run(run_loop, checkpoint_state)
+    progress.close(loop.global_step, episodes)
     envs.close()
     learning_sps = None
     if learning_clock is not None and loop.global_step > learning_clock[1]:

@@ -269,13 +269,13 @@ def train_on_policy(
                 scalars = {f"losses/{k}": v for k, v in metrics.items()}
                 scalars |= {"charts/SPS": session.sps(global_step), "charts/learning_rate": learning_rate}
                 logger.log(scalars, global_step)  # env/task_id is logged by episodes, at task changes
-            progress.update(global_step, episodes.mean_return(), episodes.progress_text())
+            progress.update(global_step, episodes)
             if session.checkpoint_cadence.due(global_step):
                 session.save(checkpoint_state)
         return global_step
 
     status, _ = session.run(run_loop, checkpoint_state)
-    progress.close(global_step, episodes.mean_return(), episodes.progress_text())
+    progress.close(global_step, episodes)
     envs.close()
     return {
         "run_dir": run_dir,

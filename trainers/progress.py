@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "ProgressSource"]
+
+
+class ProgressSource(Protocol):
+    """What the progress line shows besides steps and SPS (``trainers.session.EpisodeStats``)."""
+
+    def mean_return(self) -> float | None:
+        """Recent mean episode return, None before the first episode ends."""
+        ...
+
+    def progress_text(self) -> str:
+        """Extra text, e.g. the current task ("" for none)."""
+        ...
 
 
 class Progress:
@@ -48,27 +60,31 @@ class Progress:
         tail = f" | {extra}" if extra else ""
         return f"{step:>10,}/{self.total:,} ({pct:5.1f}%) | {self.sps(step):7.0f} SPS | return {ret}{tail}"
 
-    def update(self, step: int, recent_return: float | None, extra: str = "") -> None:
-        """Redraw (terminal, at most 4×/s) or print at each 5 % milestone (pipe)."""
+    def update(self, step: int, source: ProgressSource) -> None:
+        """Redraw (terminal, at most 4×/s) or print at each 5 % milestone (pipe).
+
+        Called on every env step, so ``source`` is only read when a line is actually drawn.
+        """
         if not self.enabled:
             return
         if self.tty:
             now = time.perf_counter()
             if now - self._last_draw >= 0.25:
                 self._last_draw = now
-                self.stream.write("\r" + self.line(step, recent_return, extra) + "\x1b[K")
+                self.stream.write("\r" + self._line_of(step, source) + "\x1b[K")
                 self.stream.flush()
         elif step >= self._next_milestone:
             self._next_milestone = step + max(self.total // 20, 1)
             self._last_printed = step
-            self.stream.write(self.line(step, recent_return, extra) + "\n")
+            self.stream.write(self._line_of(step, source) + "\n")
             self.stream.flush()
 
-    def close(self, step: int, recent_return: float | None, extra: str = "") -> None:
+    def close(self, step: int, source: ProgressSource) -> None:
         """Print the final line."""
         if self.enabled and (self.tty or step != self._last_printed):
             prefix = "\r" if self.tty else ""
-            self.stream.write(
-                prefix + self.line(step, recent_return, extra) + ("\x1b[K\n" if self.tty else "\n")
-            )
+            self.stream.write(prefix + self._line_of(step, source) + ("\x1b[K\n" if self.tty else "\n"))
             self.stream.flush()
+
+    def _line_of(self, step: int, source: ProgressSource) -> str:
+        return self.line(step, source.mean_return(), source.progress_text())

@@ -217,8 +217,8 @@ class Session:
         self.t_end = self.t_start
 
     def sps(self, step: int) -> float:
-        """Env steps per second of this process so far."""
-        return (step - self.start_step) / max(time.perf_counter() - self.t_start, 1e-9)
+        """Env steps per second of this process so far (the progress line's figure)."""
+        return self.progress.sps(step)
 
     @property
     def stop_requested(self) -> bool:

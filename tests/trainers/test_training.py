@@ -444,19 +444,31 @@ def test_progress_prints_milestones_on_a_pipe() -> None:
 
     from trainers.progress import Progress
 
+    class Source:
+        ret: float | None = None
+
+        def mean_return(self) -> float | None:
+            return self.ret
+
+        def progress_text(self) -> str:
+            return ""
+
+    source = Source()
     stream = io.StringIO()
     progress = Progress(100, enabled=True, stream=stream)
     for step in range(1, 101):
-        progress.update(step, None if step < 50 else 1.5)
-    progress.close(100, 1.5)
+        source.ret = None if step < 50 else 1.5
+        progress.update(step, source)
+    progress.close(100, source)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 20  # every 5 %, the final line not repeated
     assert lines[0].startswith("         5/100 (  5.0%)") and lines[0].endswith("| return -")
     assert lines[-1].startswith("       100/100 (100.0%)") and lines[-1].endswith("| return 1.50")
     quiet = io.StringIO()
     silent = Progress(100, enabled=False, stream=quiet)
-    silent.update(50, 1.0)
-    silent.close(100, 1.0)
+    source.ret = 1.0
+    silent.update(50, source)
+    silent.close(100, source)
     assert quiet.getvalue() == ""
 
 
