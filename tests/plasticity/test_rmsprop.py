@@ -109,3 +109,11 @@ def test_compiled_update_equals_eager_and_follows_the_schedule(kwargs: dict) -> 
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert compiled.param_groups[0]["lr"] == pytest.approx(1e-2 / 7)
     assert copy.deepcopy(compiled)._compiled is None  # a copy runs the eager update
+
+
+def test_compile_key_is_accepted_by_fused_optimizers_and_rejected_by_others() -> None:
+    groups = param_groups(_model(4))
+    adam = make_optimizer(groups, OptimizerConfig(name="adam", compile=True))  # one-key switch from rmsprop
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["fused"] is True
+    with pytest.raises(ValueError, match="'sgd' has no fused update"):
+        make_optimizer(param_groups(_model(4)), OptimizerConfig(name="sgd", compile=True))
