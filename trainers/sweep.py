@@ -2,10 +2,12 @@
 
 Contains:
     SWEEP_KEYS: the top-level keys a sweep file may hold.
-    SweepSpec: a validated sweep file (base preset, seeds, overrides, grid, name, dir).
+    SweepSpec: a validated sweep file (base preset or methods, seeds, overrides, grid, name, dir).
+    Method: one method of a sweep: a name, its preset and its own overrides.
     SweepRun: one planned run: its deterministic name, folder, log file, config and action.
     SweepResult: what a sweep did (ran, skipped, resumed, failed, interrupted runs).
     load_sweep: read and strictly validate a sweep YAML file → ``SweepSpec``.
+    with_changes: a spec with the command line's seeds, extra overrides and name.
     expand_grid: the grid's cartesian product → (cell name, overrides) pairs, in file order (pure).
     format_value / sanitize: how grid values become override text and folder names (pure).
     plan_sweep: every run's config resolved and its action (start / resume / skip) decided, before
@@ -19,6 +21,10 @@ Contains:
 A sweep file::
 
     base: ../cartpole/dqn.yaml          # a preset, relative to this file
+    methods:                            # optional: compare methods, each a preset or overrides
+      adam: ../cartpole/dqn.yaml        #   (a preset path, relative to this file) ...
+      adamo: [optimizer.name=adamo]     #   ... or a list of overrides of 'base' ...
+      slow: {preset: ../cartpole/dqn.yaml, overrides: [optimizer.lr=1e-4]}  # ... or both
     seeds: [0, 1, 2]                    # optional; default: the base config's seed
     overrides: [total_steps=20000]      # key=value applied to every run
     grid:                               # cartesian product of these values
@@ -26,19 +32,24 @@ A sweep file::
     name: cartpole_seeds                # optional; default: the file's stem
     dir: runs                           # optional; the sweep's runs go to <dir>/<name>/
 
-Run ``<name>/optimizer.name=adam__s0`` lives in ``<dir>/<name>/optimizer.name=adam__s0/`` and
-logs to ``<dir>/<name>/optimizer.name=adam__s0.log``. A run whose checkpoint has reached the
-config's ``total_steps`` is skipped; one with an earlier checkpoint is resumed (``train
---resume``, with the sweep's ``total_steps``); a folder without a checkpoint (a run that crashed
-before its first checkpoint) is removed and the run started again. In the summary, "ran" counts
-runs started from scratch that finished, "resumed" those continued from a checkpoint that
-finished. Ctrl-C (or SIGTERM) stops launching runs and forwards one SIGINT to each running child, which writes
+The runs are methods x grid cells x seeds. Run ``<name>/adamo__optimizer.lr=0.001__s0`` (method,
+grid cell, seed; a part is left out when the file has no methods or no grid) lives in
+``<dir>/<name>/adamo__optimizer.lr=0.001__s0/`` and logs to ``<dir>/<name>/<run>.log``;
+``plasticrl report`` groups runs by that name without its ``__s<seed>``.
+
+A run whose checkpoint has reached the config's ``total_steps`` is skipped; one with an earlier
+checkpoint is resumed (``train --resume``, with the sweep's ``total_steps``); a folder without a
+checkpoint (a run that crashed before its first checkpoint) is removed and the run started again.
+In the summary, "ran" counts runs started from scratch that finished, "resumed" those continued
+from a checkpoint that finished. Ctrl-C (or SIGTERM) stops launching runs and forwards one SIGINT
+to each running child, which writes
 a checkpoint and exits; running the sweep again resumes them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -57,7 +68,7 @@ from typing import IO, Any, Literal
 
 import yaml
 
-from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from trainers.checkpoint import CHECKPOINT_NAME, load_summary
 from trainers.config import (
     ConfigError,
     ExperimentConfig,
@@ -71,10 +82,12 @@ from trainers.run import RESUME_OVERRIDABLE, check_names
 __all__ = [
     "SWEEP_KEYS",
     "SweepSpec",
+    "Method",
     "SweepRun",
     "SweepResult",
     "Action",
     "load_sweep",
+    "with_changes",
     "expand_grid",
     "format_value",
     "sanitize",
@@ -86,7 +99,7 @@ __all__ = [
     "run_sweep_command",
 ]
 
-SWEEP_KEYS = ("base", "seeds", "overrides", "grid", "name", "dir")
+SWEEP_KEYS = ("base", "methods", "seeds", "overrides", "grid", "name", "dir", "resources")
 """Top-level keys of a sweep file; any other key is an error."""
 
 RESERVED_KEYS = ("seed", "logging.dir", "logging.name")
@@ -103,26 +116,50 @@ _IGNORED_ON_RESUME = ("logging", "checkpoint")  # sections that may differ from 
 
 
 @dataclass(frozen=True)
+class Method:
+    """One method of a sweep: its runs load ``preset``, then the sweep's overrides, then ``overrides``.
+
+    Attributes:
+        name: the method's name, the first part of its runs' names ("" for a sweep without methods).
+        preset: the YAML preset its runs load.
+        overrides: ``key=value`` overrides that make the method, applied after the sweep's own.
+    """
+
+    name: str
+    preset: Path
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """A validated sweep file.
 
     Attributes:
         path: the sweep file.
         name: the sweep's folder name (sanitised).
-        base: the base preset (resolved relative to the sweep file).
+        methods: the methods compared, in file order; one unnamed method (the base preset) when
+            the file has no ``methods``.
         seeds: the seeds of every grid cell; None runs the base config's own seed.
-        overrides: ``key=value`` overrides applied to every run, before the grid's.
+        overrides: ``key=value`` overrides applied to every run, before the method's and the grid's.
         grid: (dotted key, values) pairs in file order; the runs are their cartesian product.
         dir: the parent folder of the sweep's folder.
+        resources: what each run asks of a cluster backend: ``cpus`` (default: the config's
+            ``torch_threads``, or 1) and ``gpus`` (a fraction; default 0, or 1 for a CUDA config).
     """
 
     path: Path
     name: str
-    base: Path
+    methods: tuple[Method, ...]
     seeds: tuple[int, ...] | None
     overrides: tuple[str, ...]
     grid: tuple[tuple[str, tuple[Any, ...]], ...]
     dir: Path
+    resources: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def base(self) -> Path:
+        """The first method's preset (the ``base`` preset of a sweep without methods)."""
+        return self.methods[0].preset
 
     @property
     def sweep_dir(self) -> Path:
@@ -135,15 +172,18 @@ class SweepRun:
     """One planned run of a sweep.
 
     Attributes:
-        name: ``<sweep>/<cell>__s<seed>`` (``<sweep>/s<seed>`` without a grid); deterministic.
+        name: ``<sweep>/<method>__<cell>__s<seed>`` (``<sweep>/s<seed>`` without methods or grid);
+            deterministic.
         run_dir: its run folder.
         log_path: the child's stdout and stderr (``<run_dir>.log``).
-        overrides: every override applied to the base preset for this run (sweep overrides, grid
-            cell, seed, logging.dir, logging.name).
+        overrides: every override applied to ``preset`` for this run, in order: the sweep's, the
+            method's, the grid cell's, then seed, logging.dir and logging.name.
         config: the resolved config.
         action: start, resume or skip.
         checkpoint_step: the global step of its checkpoint (0 without one).
         stale_dir: the run folder exists without a checkpoint and is removed before starting.
+        preset: the YAML preset the overrides apply to (its method's).
+        method: its method's name ("" in a sweep without methods).
     """
 
     name: str
@@ -154,6 +194,8 @@ class SweepRun:
     action: Action
     checkpoint_step: int = 0
     stale_dir: bool = False
+    preset: Path = Path()
+    method: str = ""
 
 
 @dataclass
@@ -217,9 +259,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if unknown:
         raise _fail(path, f"unknown key {unknown[0]!r}; valid keys: {list(SWEEP_KEYS)}")
 
-    base = data.get("base")
-    if not isinstance(base, str) or not base:
-        raise _fail(path, f"'base' must be the path of a YAML preset (relative to this file), got {base!r}")
+    methods = _load_methods(path, data.get("base"), data.get("methods"))
 
     seeds_raw = data.get("seeds")
     seeds: tuple[int, ...] | None = None
@@ -233,19 +273,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
             raise _fail(path, f"'seeds' repeats a seed: {seeds_raw!r}")
         seeds = tuple(seeds_raw)
 
-    overrides_raw = data.get("overrides") or []
-    if not isinstance(overrides_raw, list):
-        raise _fail(path, f"'overrides' must be a list of key=value strings, got {overrides_raw!r}")
-    overrides: list[str] = []
-    for text in overrides_raw:
-        if not isinstance(text, str):
-            raise _fail(path, f"'overrides': {text!r} is not a key=value string (quote it)")
-        try:
-            keys, _ = parse_override(text)
-        except ConfigError as exc:
-            raise _fail(path, f"'overrides': {exc}") from None
-        _check_key(path, "'overrides'", ".".join(keys))
-        overrides.append(text)
+    overrides = _load_overrides(path, "'overrides'", data.get("overrides") or [])
 
     grid_raw = data.get("grid") or {}
     if not isinstance(grid_raw, dict):
@@ -272,12 +300,123 @@ def load_sweep(path: str | Path) -> SweepSpec:
     return SweepSpec(
         path=path,
         name=sanitize(name),
-        base=path.parent / base,
+        methods=methods,
         seeds=seeds,
-        overrides=tuple(overrides),
+        overrides=overrides,
         grid=tuple(grid),
         dir=Path(folder),
+        resources=_load_resources(path, data.get("resources")),
     )
+
+
+def _load_overrides(path: Path, where: str, raw: Any) -> tuple[str, ...]:
+    """A list of ``key=value`` strings whose keys are not reserved."""
+    if not isinstance(raw, list):
+        raise _fail(path, f"{where} must be a list of key=value strings, got {raw!r}")
+    overrides: list[str] = []
+    for text in raw:
+        if not isinstance(text, str):
+            raise _fail(path, f"{where}: {text!r} is not a key=value string (quote it)")
+        try:
+            keys, _ = parse_override(text)
+        except ConfigError as exc:
+            raise _fail(path, f"{where}: {exc}") from None
+        _check_key(path, where, ".".join(keys))
+        overrides.append(text)
+    return tuple(overrides)
+
+
+def _load_methods(path: Path, base: Any, raw: Any) -> tuple[Method, ...]:
+    """The sweep's methods (``methods`` entries, in file order), or ``base`` as one unnamed method.
+
+    An entry is a preset path, a list of overrides of ``base``, or ``{preset: ..., overrides: [...]}``
+    (either key optional; the preset defaults to ``base``).
+    """
+    if base is not None and (not isinstance(base, str) or not base):
+        raise _fail(path, f"'base' must be the path of a YAML preset (relative to this file), got {base!r}")
+    if raw is None:
+        if base is None:
+            raise _fail(path, "a sweep needs 'base' (a preset) or 'methods' (name: preset or overrides)")
+        return (Method("", path.parent / base),)
+    if not isinstance(raw, dict) or not raw:
+        raise _fail(path, f"'methods' must map names to a preset path or a list of overrides, got {raw!r}")
+    methods: list[Method] = []
+    for name, value in raw.items():
+        if not isinstance(name, str) or sanitize(name) != name or "__" in name:
+            raise _fail(path, f"method name {name!r}: use letters, digits and . , = + - (no '__')")
+        where = f"method {name!r}"
+        entry = value if isinstance(value, dict) else {"preset": value} if isinstance(value, str) else None
+        if isinstance(value, list):
+            entry = {"overrides": value}
+        if entry is None or set(entry) - {"preset", "overrides"}:
+            raise _fail(
+                path,
+                f"{where}: expected a preset path, a list of overrides or a mapping with keys "
+                f"['preset', 'overrides'], got {value!r}",
+            )
+        preset = entry.get("preset", base)
+        if preset is None:
+            raise _fail(path, f"{where} names no preset, which needs a 'base' preset")
+        if not isinstance(preset, str) or not preset:
+            raise _fail(path, f"{where}: 'preset' must be a YAML file path, got {preset!r}")
+        overrides = _load_overrides(path, where, entry.get("overrides", []))
+        methods.append(Method(name, path.parent / preset, overrides))
+    return tuple(methods)
+
+
+RESOURCE_KEYS = ("cpus", "gpus")
+"""Keys of a sweep file's ``resources`` section (what one run asks of a cluster backend)."""
+
+
+def _load_resources(path: Path, raw: Any) -> dict[str, float]:
+    """``resources: {cpus: N, gpus: F}``, both optional and >= 0 (cpus > 0)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _fail(path, f"'resources' must be a mapping with keys {list(RESOURCE_KEYS)}, got {raw!r}")
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if key not in RESOURCE_KEYS:
+            raise _fail(path, f"'resources': unknown key {key!r}; valid keys: {list(RESOURCE_KEYS)}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or value < 0
+            or (key == "cpus" and value == 0)
+        ):
+            raise _fail(
+                path,
+                f"'resources.{key}': expected a number {'> 0' if key == 'cpus' else '>= 0'}, got {value!r}",
+            )
+        out[key] = float(value)
+    return out
+
+
+def with_changes(
+    spec: SweepSpec, *, seeds: str | None = None, overrides: Sequence[str] = (), name: str | None = None
+) -> SweepSpec:
+    """``spec`` with command-line changes: other seeds (``"0,1,2"``), more overrides, another name.
+
+    Raises:
+        ConfigError: a bad seed list, override or name.
+    """
+    where = "command line"
+    changes: dict[str, Any] = {}
+    if seeds is not None:
+        try:
+            parsed = tuple(int(s) for s in seeds.split(","))
+        except ValueError:
+            parsed = ()
+        if not parsed or min(parsed) < 0 or len(set(parsed)) != len(parsed):
+            raise ConfigError(f"--seeds: expected distinct integers >= 0 like 0,1,2, got {seeds!r}")
+        changes["seeds"] = parsed
+    if overrides:
+        changes["overrides"] = (*spec.overrides, *_load_overrides(spec.path, where, list(overrides)))
+    if name is not None:
+        if not sanitize(name):
+            raise ConfigError(f"--name: expected a non-empty folder name, got {name!r}")
+        changes["name"] = sanitize(name)
+    return dataclasses.replace(spec, **changes)
 
 
 # ----------------------------------------------------------------------------- expansion (pure)
@@ -342,7 +481,7 @@ def _decide(run_dir: Path, cfg: ExperimentConfig, name: str) -> tuple[Action, in
     """(action, checkpoint step, stale folder) of a run from what its folder holds."""
     checkpoint = run_dir / CHECKPOINT_NAME
     if checkpoint.is_file():
-        state = load_checkpoint(checkpoint)
+        state = load_summary(checkpoint)
         stored = _comparable(state.get("config", {}))
         wanted = _comparable(config_to_dict(cfg))
         if stored != wanted:
@@ -364,8 +503,10 @@ def plan_sweep(spec: SweepSpec) -> list[SweepRun]:
             same folder name, or a checkpoint made with a different config.
         ValueError: an unknown registry name (env, network, optimizer, ...) in any run.
     """
-    if not spec.base.is_file():
-        raise ConfigError(f"{spec.path}: base preset {str(spec.base)!r} not found")
+    for method in spec.methods:
+        if not method.preset.is_file():
+            what = f"method {method.name!r}: preset" if method.name else "base preset"
+            raise ConfigError(f"{spec.path}: {what} {str(method.preset)!r} not found")
     if spec.seeds is None:
         try:
             seeds: tuple[int, ...] = (load_config(spec.base, spec.overrides).seed,)
@@ -375,40 +516,44 @@ def plan_sweep(spec: SweepSpec) -> list[SweepRun]:
         seeds = spec.seeds
     runs: list[SweepRun] = []
     seen: dict[Path, str] = {}
-    for cell, cell_overrides in expand_grid(spec.grid):
-        for seed in seeds:
-            leaf = f"{cell}__s{seed}" if cell else f"s{seed}"
-            name = f"{spec.name}/{leaf}"
-            overrides = (
-                *spec.overrides,
-                *cell_overrides,
-                f"seed={seed}",
-                f"logging.dir={_override_value(str(spec.sweep_dir))}",
-                f"logging.name={_override_value(leaf)}",
+    for method, (cell, cell_overrides), seed in itertools.product(
+        spec.methods, expand_grid(spec.grid), seeds
+    ):
+        leaf = "__".join(part for part in (method.name, cell, f"s{seed}") if part)
+        name = f"{spec.name}/{leaf}"
+        overrides = (
+            *spec.overrides,
+            *method.overrides,
+            *cell_overrides,
+            f"seed={seed}",
+            f"logging.dir={_override_value(str(spec.sweep_dir))}",
+            f"logging.name={_override_value(leaf)}",
+        )
+        try:
+            cfg = load_config(method.preset, overrides)
+            check_names(cfg)
+        except ValueError as exc:
+            message = str(exc).replace("command-line override", "override", 1)
+            raise ConfigError(f"sweep run {name!r}: {message}") from None
+        run_dir = spec.sweep_dir / leaf
+        if run_dir in seen:
+            raise ConfigError(f"runs {seen[run_dir]!r} and {name!r} get the same folder name")
+        seen[run_dir] = name
+        action, step, stale = _decide(run_dir, cfg, name)
+        runs.append(
+            SweepRun(
+                name=name,
+                run_dir=run_dir,
+                log_path=run_dir.with_name(leaf + ".log"),
+                overrides=overrides,
+                config=cfg,
+                action=action,
+                checkpoint_step=step,
+                stale_dir=stale,
+                preset=method.preset,
+                method=method.name,
             )
-            try:
-                cfg = load_config(spec.base, overrides)
-                check_names(cfg)
-            except ValueError as exc:
-                message = str(exc).replace("command-line override", "override", 1)
-                raise ConfigError(f"sweep run {name!r}: {message}") from None
-            run_dir = spec.sweep_dir / leaf
-            if run_dir in seen:
-                raise ConfigError(f"runs {seen[run_dir]!r} and {name!r} get the same folder name")
-            seen[run_dir] = name
-            action, step, stale = _decide(run_dir, cfg, name)
-            runs.append(
-                SweepRun(
-                    name=name,
-                    run_dir=run_dir,
-                    log_path=run_dir.with_name(leaf + ".log"),
-                    overrides=overrides,
-                    config=cfg,
-                    action=action,
-                    checkpoint_step=step,
-                    stale_dir=stale,
-                )
-            )
+        )
     return runs
 
 
@@ -426,13 +571,13 @@ def describe_run(run: SweepRun) -> str:
 # ----------------------------------------------------------------------------- execution
 
 
-def _command(run: SweepRun, base: Path) -> list[str]:
+def _command(run: SweepRun) -> list[str]:
     """The ``trainers.cli`` command line of a run that is not skipped."""
     cli = [sys.executable, "-m", "trainers.cli", "train"]
     if run.action == "resume":
         keep = [o for o in run.overrides if o.partition("=")[0].strip() in RESUME_OVERRIDABLE]
         return [*cli, "--resume", str(run.run_dir), *keep, f"total_steps={run.config.total_steps}", "-q"]
-    return [*cli, str(base.resolve()), *run.overrides, "-q"]
+    return [*cli, str(run.preset.resolve()), *run.overrides, "-q"]
 
 
 def _child_env(run: SweepRun) -> dict[str, str]:
@@ -452,7 +597,7 @@ class _Child:
     log: IO[bytes]
 
 
-def _launch(run: SweepRun, base: Path) -> _Child:
+def _launch(run: SweepRun) -> _Child:
     """Start a run's child process; its output goes to ``run.log_path`` (appended on resume)."""
     if run.action == "start" and run.run_dir.exists():
         if (run.run_dir / CHECKPOINT_NAME).exists():  # appeared since planning: never delete it
@@ -460,10 +605,10 @@ def _launch(run: SweepRun, base: Path) -> _Child:
         shutil.rmtree(run.run_dir)
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
     log = run.log_path.open("ab" if run.action == "resume" else "wb")
-    log.write(f"$ {' '.join(_command(run, base))}\n".encode())
+    log.write(f"$ {' '.join(_command(run))}\n".encode())
     log.flush()
     process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-        _command(run, base),
+        _command(run),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -490,7 +635,6 @@ def _finish(child: _Child, code: int, result: SweepResult, out: IO[str]) -> None
 
 def execute_sweep(
     runs: Sequence[SweepRun],
-    base: Path,
     *,
     workers: int,
     out: IO[str] | None = None,
@@ -504,7 +648,6 @@ def execute_sweep(
 
     Args:
         runs: the planned runs (from :func:`plan_sweep`).
-        base: the base preset the runs' overrides apply to.
         workers: the most child processes at once (>= 1).
         out: where progress lines go (default stdout).
         poll_s: seconds between checks of the children.
@@ -524,7 +667,7 @@ def execute_sweep(
             while pending and len(running) < workers:
                 run = pending.pop(0)
                 print(f"{run.action:<7} {run.name}", file=out, flush=True)
-                running.append(_launch(run, base))
+                running.append(_launch(run))
             for child in list(running):
                 code = child.process.poll()
                 if code is not None:
@@ -587,18 +730,23 @@ def summary_line(name: str, result: SweepResult) -> str:
 def register_sweep_command(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
-    """Add ``sweep SWEEP.yaml [--workers N] [--dry-run]`` to ``plasticrl``'s subparsers."""
+    """Add ``sweep SWEEP.yaml [key=value ...] [--seeds S] [--name N] [--workers N] [--dry-run]``."""
     parser = subparsers.add_parser(
         "sweep",
         help="run a sweep (base config x grid x seeds) in parallel processes",
-        description="Run every run of SWEEP.yaml (base, seeds, overrides, grid, name, dir), skipping\n"
-        "complete runs and resuming interrupted ones; each run logs to <run_dir>.log.",
+        description="Run every run of SWEEP.yaml (base or methods, seeds, overrides, grid, name, dir),\n"
+        "skipping complete runs and resuming interrupted ones; each run logs to <run_dir>.log.\n"
+        "key=value overrides after the file apply to every run, after the file's own overrides.",
         epilog="examples:\n"
         "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --dry-run\n"
-        "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --workers 2",
+        "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --workers 2\n"
+        "  plasticrl sweep configs/studies/permuted_breakout.yaml --seeds 0,1 total_steps=100000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
+    parser.add_argument("--seeds", metavar="S,S,...", help="these seeds instead of the file's (e.g. 0,1,2)")
+    parser.add_argument("--name", help="the sweep's folder name instead of the file's (keep variants apart)")
     parser.add_argument(
         "--workers",
         type=int,
@@ -620,7 +768,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
-    spec = load_sweep(args.sweep)
+    spec = with_changes(
+        load_sweep(args.sweep), seeds=args.seeds, overrides=args.overrides or (), name=args.name
+    )
     runs = plan_sweep(spec)
     if args.dry_run:
         for run in runs:
@@ -631,7 +781,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             f"{counts['resume']} to resume, {counts['skip']} to skip (complete)"
         )
         return 0
-    result = execute_sweep(runs, spec.base, workers=workers)
+    result = execute_sweep(runs, workers=workers)
     print(summary_line(spec.name, result))
     for name, code, log in result.failed:
         print(f"  failed: {name} (exit code {code}) log: {log}")

@@ -16,8 +16,8 @@ import yaml
 
 from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trainers.cli import main
-from trainers.config import apply_overrides, parse_override
-from trainers.sweep import expand_grid, format_value, load_sweep, plan_sweep, sanitize
+from trainers.config import ConfigError, apply_overrides, parse_override
+from trainers.sweep import expand_grid, format_value, load_sweep, plan_sweep, sanitize, with_changes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -137,6 +137,59 @@ def test_plan_expands_grid_times_seeds_with_deterministic_names(tmp_path: Path, 
     assert not (tmp_path / "runs").exists()  # planning writes nothing
 
 
+def test_methods_are_presets_or_overrides_and_lead_the_run_names(tmp_path: Path, base_file: Path) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"base": "tiny.yaml", "optimizer": {"lr": 0.005}}))
+    path = write_sweep(
+        tmp_path,
+        methods={
+            "adamo": ["optimizer.name=adamo"],
+            "fast": "other.yaml",
+            "both": {"preset": "other.yaml", "overrides": ["optimizer.lr=0.007"]},
+        },
+        seeds=[0, 1],
+        overrides=["total_steps=300"],
+        grid={"agent.batch_size": [8, 16]},
+        resources={"cpus": 2, "gpus": 0.25},
+    )
+    spec = load_sweep(path)
+    assert spec.resources == {"cpus": 2.0, "gpus": 0.25}
+    runs = plan_sweep(spec)
+    assert [r.name.split("/", 1)[1] for r in runs] == [
+        f"{m}__agent.batch_size={b}__s{s}" for m in ("adamo", "fast", "both") for b in (8, 16) for s in (0, 1)
+    ]
+    for run in runs:
+        assert run.method == run.name.split("/")[1].split("__")[0]
+        assert run.config.total_steps == 300 and run.config.agent.batch_size in (8, 16)
+        if run.method == "adamo":
+            assert run.preset == base_file and run.config.optimizer.name == "adamo"
+            assert run.overrides[:2] == ("total_steps=300", "optimizer.name=adamo")  # sweep's, method's
+        elif run.method == "fast":
+            assert run.preset == other and run.config.optimizer.lr == 0.005
+        else:
+            assert run.preset == other and run.config.optimizer.lr == 0.007
+    no_grid = write_sweep(tmp_path, "ng", methods={"a": "tiny.yaml"}, seeds=[4])
+    assert [r.name for r in plan_sweep(load_sweep(no_grid))] == ["ng/a__s4"]
+
+
+def test_the_command_line_changes_seeds_name_and_adds_overrides(
+    tmp_path: Path, base_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_sweep(tmp_path, seeds=[0, 1, 2], overrides=["total_steps=300"])
+    argv = ["sweep", str(path), "total_steps=500", "--seeds", "4,5", "--name", "small", "--dry-run"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["start   small/s4  (500 steps)", "start   small/s5  (500 steps)"]
+    spec = with_changes(load_sweep(path), seeds="7", overrides=["optimizer.lr=0.01"], name="a b")
+    assert spec.seeds == (7,) and spec.name == "a-b"
+    assert spec.overrides == ("total_steps=300", "optimizer.lr=0.01")
+    for seeds in ("", "1,1", "-1", "x"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            with_changes(spec, seeds=seeds)
+    with pytest.raises(ConfigError, match="'seed' is set by the sweep"):
+        with_changes(spec, overrides=["seed=3"])
+
+
 def test_sweep_name_defaults_to_the_file_stem_and_seeds_to_the_base_seed(
     tmp_path: Path, base_file: Path
 ) -> None:
@@ -171,6 +224,19 @@ def test_sweep_name_defaults_to_the_file_stem_and_seeds_to_the_base_seed(
         ({"grid": {"optimizer.name": ["adam", "adma"]}}, ["sweep run 'sw/optimizer.name=adma__s0'", "adma"]),
         ({"grid": {"env.id": ["m:a b", "m:a-b"]}}, ["same folder name"]),
         ({"grid": {"network.hidden_sizes": [[16], "[16]"]}}, ["repeated value"]),
+        ({"base": None}, ["needs 'base' (a preset) or 'methods'"]),
+        ({"methods": ["adam"]}, ["'methods' must map"]),
+        ({"methods": {"a__b": "tiny.yaml"}}, ["method name 'a__b'"]),
+        ({"methods": {"a": 3}}, ["method 'a': expected a preset path, a list of overrides or a mapping"]),
+        ({"methods": {"a": {"presets": "tiny.yaml"}}}, ["method 'a': expected", "['preset', 'overrides']"]),
+        ({"methods": {"a": {"preset": 1}}}, ["method 'a': 'preset' must be a YAML file path"]),
+        ({"methods": {"a": "nope.yaml"}}, ["method 'a': preset", "nope.yaml"]),
+        ({"base": None, "methods": {"a": ["optimizer.name=adamo"]}}, ["method 'a' names no preset"]),
+        ({"methods": {"a": ["seed=3"]}}, ["'seed' is set by the sweep"]),
+        ({"methods": {"a": ["optimizer.name=adma"]}}, ["sweep run 'sw/a__s0'", "adma"]),
+        ({"resources": {"cpu": 1}}, ["'resources': unknown key 'cpu'"]),
+        ({"resources": {"cpus": 0}}, ["'resources.cpus': expected a number > 0"]),
+        ({"resources": {"gpus": -0.5}}, ["'resources.gpus': expected a number >= 0"]),
     ],
 )
 def test_bad_sweep_files_fail_up_front_with_one_line(

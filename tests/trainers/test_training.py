@@ -18,7 +18,13 @@ from tests.conftest import TINY_MINATAR_OVERRIDES
 from trainers import checkpoint as checkpoint_module
 from trainers import off_policy
 from trainers import session as session_module
-from trainers.checkpoint import CHECKPOINT_NAME, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from trainers.checkpoint import (
+    CHECKPOINT_NAME,
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+    load_summary,
+    save_checkpoint,
+)
 from trainers.config import ConfigError, ExperimentConfig, config_to_dict, load_config
 from trainers.run import make_lr_scheduler, make_run_dir, resume, run_name, train
 
@@ -309,7 +315,29 @@ def test_checkpoint_round_trip_and_version(tmp_path: Path) -> None:
     state = load_checkpoint(path)
     assert state["version"] == CHECKPOINT_VERSION
     assert state["global_step"] == 7 and torch.equal(state["w"], torch.arange(3))
-    assert [p.name for p in path.parent.iterdir()] == ["ck.pt"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ck.json", "ck.pt"]  # + the sidecar
+
+
+def test_summary_reads_the_sidecar_and_falls_back_to_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = save_checkpoint(
+        {"global_step": 7, "config": {"a": [1, 2]}, "w": torch.arange(3)}, tmp_path / "ck.pt"
+    )
+    calls: list[Path] = []
+    real_load = checkpoint_module.load_checkpoint
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda p: calls.append(p) or real_load(p))
+    assert load_summary(path) == {"global_step": 7, "config": {"a": [1, 2]}}
+    assert calls == []  # the sidecar answered: the checkpoint was not unpickled
+    sidecar = tmp_path / "ck.json"
+    sidecar.write_text(sidecar.read_text().replace('"global_step": 7', '"global_step": 5'))
+    newer = {"version": CHECKPOINT_VERSION, "global_step": 8, "config": {}, "w": torch.arange(9)}
+    torch.save(newer, path)  # a newer checkpoint than its sidecar (a crash between the two writes)
+    assert load_summary(path) == {"global_step": 8, "config": {}}  # not the sidecar's stale 5
+    save_checkpoint({"global_step": 9, "config": {"a": [1]}}, path)
+    sidecar.unlink()
+    assert load_summary(path) == {"global_step": 9, "config": {"a": [1]}} and len(calls) == 2
+    assert load_summary(path) == {"global_step": 9, "config": {"a": [1]}} and len(calls) == 3
 
 
 def test_failed_save_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -327,7 +355,7 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: pytes
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert load_checkpoint(path)["global_step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", CHECKPOINT_NAME]  # no temp file
 
 
 def test_interrupted_save_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,7 +370,7 @@ def test_interrupted_save_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: 
         save_checkpoint({"global_step": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["global_step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", CHECKPOINT_NAME]
 
 
 def test_load_checkpoint_errors(tmp_path: Path) -> None:
