@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import gymnasium as gym
 
 from trainers.plot import register_plot_command, run_plot_command
+from trainers.report import register_report_command, run_report_command
 from trainers.sweep import register_sweep_command, run_sweep_command
 
 __all__ = ["main", "build_parser"]
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("overrides", nargs="*", metavar="key=value")
     register_plot_command(sub)
     register_sweep_command(sub)
+    register_report_command(sub)
     return parser
 
 
@@ -163,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": _cmd_config,
         "plot": run_plot_command,
         "sweep": run_sweep_command,
+        "report": run_report_command,
     }
     try:
         return commands[args.command](args)

@@ -6,6 +6,7 @@ Contains:
     task_boundaries: the steps at which a task-id series changes value (pure).
     moving_average: the trailing mean of a series (pure).
     run_labels: short legend labels from run folder names (pure).
+    natural_key / palette: tag sort order with numbers as numbers; n distinct colours.
     plot_runs: the PNGs (returns, dormant fractions, srank, isometry gaps) of one or more runs.
     register_plot_command / run_plot_command: the ``plot`` subcommand of :mod:`trainers.cli`.
 
@@ -37,6 +38,8 @@ __all__ = [
     "task_boundaries",
     "moving_average",
     "run_labels",
+    "natural_key",
+    "palette",
     "plot_runs",
     "register_plot_command",
     "run_plot_command",
@@ -207,7 +210,7 @@ def run_labels(names: Sequence[str]) -> list[str]:
     return labels
 
 
-def _natural_key(text: str) -> tuple[tuple[int, float | str], ...]:
+def natural_key(text: str) -> tuple[tuple[int, float | str], ...]:
     """Sort key with numbers compared as numbers (``tau_0.025 < tau_0.1``, ``layer2 < layer10``)."""
     parts = re.split(r"(\d+(?:\.\d+)?)", text)
     return tuple((0, float(p)) if i % 2 else (1, p) for i, p in enumerate(parts) if p)
@@ -231,7 +234,7 @@ def _run_names(run_dirs: Sequence[Path]) -> list[str]:
     return [f"{p.resolve().parent.name}/{p.resolve().name}" for p in run_dirs]
 
 
-def _colours(n: int) -> list[Any]:
+def palette(n: int) -> list[Any]:
     """``n`` distinct colours: tab10, tab20, then samples of viridis."""
     from matplotlib import colormaps
 
@@ -338,12 +341,12 @@ def plot_runs(
         _event_files(run_dir)  # fail on a bad folder before reading any
     runs = [read_scalars(d) for d in dirs]
     labels = run_labels(_run_names(dirs))
-    colours = _colours(len(dirs))
+    colours = palette(len(dirs))
     all_tags = {tag for run in runs for tag in run}
     out = Path(out_dir)
     written = []
     for name, pattern in patterns.items():
-        panels = sorted((t for t in all_tags if pattern.fullmatch(t)), key=_natural_key)
+        panels = sorted((t for t in all_tags if pattern.fullmatch(t)), key=natural_key)
         if panels:
             written.append(_write_figure(out / f"{name}.png", name, panels, runs, labels, colours, window))
     return written

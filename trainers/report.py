@@ -1,0 +1,588 @@
+"""A study's report from its runs' event files (``plasticrl report RUN_DIRS... --out DIR``).
+
+Contains:
+    RunData: one run's series read back: method, seed, returns, task segments, plasticity curves.
+    load_run / method_of: read a run folder; its method label (folder name without ``__s<seed>``).
+    task_segments: the (start, end, task id) of every task a run visited, from ``env/task_id`` (pure).
+    binned_curve: per-episode returns → a curve on a fixed step grid (pure).
+    segment_scores: final return and AUC of every task segment of a run (pure).
+    Scores / score_table: the (method, seed, segment) scores, and the whole study's tables.
+    write_report: ``report.md``, ``scores.csv`` and the PNGs into ``--out``.
+    register_report_command / run_report_command: the ``report`` subcommand of :mod:`trainers.cli`.
+
+Definitions ([ours], stated in every report):
+
+* **Task segment k**: the k-th stretch of env steps with one task (from the run's ``env/task_id``
+  changes), so a cycle that returns to a game is a new segment. Runs are aligned by segment
+  index: segment k of seed 0 is compared with segment k of seed 1 even when ``on: episode`` makes
+  their switch steps differ by an episode.
+* **Learning curve**: each run's per-episode returns averaged into bins of ``bin`` env steps (an
+  episode counts in the bin where it ended; an empty bin repeats the previous value).
+* **Final return** of a segment: the mean return of the episodes that ended in its last
+  ``final_fraction`` (default 20 %) of steps; **AUC**: the mean of the learning curve over the
+  segment (its area divided by its length, so segments of different lengths compare).
+* **Plasticity gap** of segment k: final return on segment k minus final return on segment 0
+  (negative: the agent learns the new task less well than it learned the first).
+* **IQM**: interquartile mean of a method's (seeds x segments) final returns (or AUCs), with a
+  95 % stratified-bootstrap interval, segments as strata (:mod:`trainers.stats`, rliable's
+  definitions). Segment 0 is included. With ``--normalize minmax`` every score is first mapped to
+  [0, 1] by the min and max of that task id's scores over all runs (use it when tasks differ in
+  scale, as games do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+
+from trainers.plot import TASK_TAG, Series, read_scalars, task_boundaries
+from trainers.stats import Interval, bootstrap_mean_ci, iqm, stratified_bootstrap_ci
+
+__all__ = [
+    "RETURN_TAG",
+    "CURVE_TAGS",
+    "RunData",
+    "Segment",
+    "Scores",
+    "method_of",
+    "load_run",
+    "task_segments",
+    "binned_curve",
+    "segment_scores",
+    "score_table",
+    "write_report",
+    "register_report_command",
+    "run_report_command",
+]
+
+RETURN_TAG = "charts/episodic_return"
+"""The per-episode return series the report is built on."""
+
+CURVE_TAGS: Mapping[str, str] = {
+    "dormant_fraction": r"plasticity/dormant_fraction/tau_[^/]+",
+    "isometry_gap": r"plasticity/isometry_gap/.+",
+    "srank": r"plasticity/srank(/[^/]+)?",
+}
+"""Plasticity figures of the report: name → regular expression of the tags drawn, one panel each,
+methods overlaid (mean over seeds with its 95 % bootstrap band)."""
+
+Normalize = Literal["none", "minmax"]
+
+_SEED_SUFFIX = re.compile(r"__s(\d+)$")
+_TIMESTAMP = re.compile(r"[_\-.]*\d{8}-\d{6}(_\d+)?$")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One task segment of a run: env steps ``[start, end)`` with task ``task_id``."""
+
+    start: int
+    end: int
+    task_id: int
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What the report needs of one run.
+
+    Attributes:
+        run_dir: the run folder.
+        method: the group the run belongs to (:func:`method_of`, or a config key's value).
+        seed: the run's seed (from its ``config.yaml``).
+        total_steps: the run's configured length (from ``config.yaml``).
+        last_step: the last step it logged (below ``total_steps`` while a run is unfinished; its
+            last segment then ends there).
+        returns: (steps, returns) of its episodes.
+        segments: its task segments, in order (one segment for a stationary run).
+        curves: the other scalar series the figures draw (plasticity metrics).
+    """
+
+    run_dir: Path
+    method: str
+    seed: int
+    total_steps: int
+    last_step: int
+    returns: Series
+    segments: tuple[Segment, ...]
+    curves: Mapping[str, Series] = field(default_factory=dict)
+
+
+def method_of(run_dir: Path) -> str:
+    """A run's method label: its folder name without the sweep's ``__s<seed>`` (or a timestamp).
+
+    Examples:
+        >>> method_of(Path("runs/study/adamo__optimizer.lr=0.001__s3"))
+        'adamo__optimizer.lr=0.001'
+        >>> method_of(Path("runs/breakout_adam_20260101-120000"))
+        'breakout_adam'
+    """
+    name = run_dir.name
+    stripped = _SEED_SUFFIX.sub("", name)
+    if stripped != name:
+        return stripped
+    return _TIMESTAMP.sub("", name) or name
+
+
+def _config_value(config: Mapping[str, object], key: str) -> object:
+    node: object = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
+    """Read one run folder (event files and ``config.yaml``).
+
+    Args:
+        run_dir: a run folder written by ``plasticrl train`` or ``plasticrl sweep``.
+        group_by: a dotted config key whose value is the run's method (default: :func:`method_of`).
+
+    Raises:
+        ValueError: no such folder, no event files, no ``config.yaml``, no episode finished, or
+            ``group_by`` names no key of the run's config.
+    """
+    run_dir = Path(run_dir)
+    scalars = read_scalars(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(f"{str(run_dir)!r} has no config.yaml (not a plasticrl run folder)")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    if RETURN_TAG not in scalars or not scalars[RETURN_TAG][0]:
+        raise ValueError(f"run {str(run_dir)!r} logged no {RETURN_TAG} (no episode finished)")
+    method = method_of(run_dir)
+    if group_by is not None:
+        try:
+            method = f"{group_by}={_config_value(config, group_by)}"
+        except KeyError:
+            raise ValueError(f"--group-by {group_by!r}: no such key in {config_path}") from None
+    last = max(max(steps) for steps, _ in scalars.values() if steps)
+    total = int(config.get("total_steps", 0)) or last
+    last = min(last, total)
+    if (run_dir / "checkpoint.json").is_file() or (run_dir / "checkpoint.pt").is_file():
+        from trainers.checkpoint import load_summary
+
+        last = max(last, min(total, int(load_summary(run_dir / "checkpoint.pt").get("global_step", 0))))
+    task = scalars.get(TASK_TAG, ([], []))
+    patterns = [re.compile(p) for p in CURVE_TAGS.values()]
+    curves = {t: s for t, s in scalars.items() if any(p.fullmatch(t) for p in patterns)}
+    return RunData(
+        run_dir=run_dir,
+        method=method,
+        seed=int(config.get("seed", 0)),
+        total_steps=total,
+        last_step=last,
+        returns=scalars[RETURN_TAG],
+        segments=tuple(task_segments(task[0], task[1], last)),
+        curves=curves,
+    )
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def task_segments(steps: Sequence[int], task_ids: Sequence[float], total_steps: int) -> list[Segment]:
+    """The task segments of a run from its ``env/task_id`` points.
+
+    Args:
+        steps: the steps of the ``env/task_id`` points (logged at the first step and at each change).
+        task_ids: their values.
+        total_steps: where the last segment ends.
+
+    Returns:
+        Segments covering ``[0, total_steps)`` in order; one segment of task 0 without points.
+
+    Example:
+        >>> [(s.start, s.end, s.task_id) for s in task_segments([1, 250, 500], [0, 1, 0], 700)]
+        [(0, 250, 0), (250, 500, 1), (500, 700, 0)]
+    """
+    if not steps:
+        return [Segment(0, total_steps, 0)]
+    order = sorted(range(len(steps)), key=lambda i: steps[i])
+    first = int(task_ids[order[0]])
+    bounds = task_boundaries(steps, task_ids)
+    ids = [first]
+    for b in bounds:  # the id in force at each boundary: the last point logged at that step
+        ids.append(int([task_ids[i] for i in order if steps[i] <= b][-1]))
+    starts = [0, *bounds]
+    ends = [*bounds, max(total_steps, bounds[-1] + 1 if bounds else total_steps)]
+    return [Segment(s, e, t) for s, e, t in zip(starts, ends, ids, strict=True)]
+
+
+def binned_curve(
+    steps: Sequence[int],
+    values: Sequence[float],
+    bin_steps: int,
+    total_steps: int,
+    last_step: int | None = None,
+) -> np.ndarray:
+    """Per-episode returns → the mean return of the episodes ending in each bin of ``bin_steps``.
+
+    Bin ``i`` covers env steps ``(i * bin_steps, (i + 1) * bin_steps]``; there are
+    ``ceil(total_steps / bin_steps)`` bins. An empty bin repeats the previous bin's value (NaN
+    before the first episode, and from the first bin starting at or after ``last_step``, where an
+    unfinished run has no data yet).
+
+    Example:
+        >>> binned_curve([5, 8, 25], [1.0, 3.0, 7.0], 10, 50, last_step=35).tolist()
+        [2.0, 2.0, 7.0, 7.0, nan]
+    """
+    if bin_steps < 1:
+        raise ValueError(f"bin must be >= 1 env step, got {bin_steps}")
+    n = max(1, math.ceil(total_steps / bin_steps))
+    sums = np.zeros(n)
+    counts = np.zeros(n)
+    for s, v in zip(steps, values, strict=True):
+        i = min(max(math.ceil(s / bin_steps) - 1, 0), n - 1)
+        sums[i] += v
+        counts[i] += 1
+    out = np.full(n, np.nan)
+    last = np.nan
+    for i in range(n):
+        if counts[i]:
+            last = sums[i] / counts[i]
+        out[i] = last
+    if last_step is not None:
+        out[np.arange(n) * bin_steps >= last_step] = np.nan
+    return out
+
+
+def segment_scores(
+    run: RunData, curve: np.ndarray, bin_steps: int, final_fraction: float = 0.2
+) -> list[tuple[float, float]]:
+    """(final return, AUC) of each of ``run``'s task segments (definitions: module docstring).
+
+    Args:
+        run: the run.
+        curve: its :func:`binned_curve` with ``bin_steps``.
+        bin_steps: the curve's bin width.
+        final_fraction: the share of a segment's steps whose episodes make its final return.
+
+    Returns:
+        One (final, auc) per segment; NaN where the segment holds no finished episode.
+    """
+    if not 0.0 < final_fraction <= 1.0:
+        raise ValueError(f"final fraction must be in (0, 1], got {final_fraction}")
+    steps = np.asarray(run.returns[0])
+    values = np.asarray(run.returns[1])
+    centres = (np.arange(curve.size) + 1) * bin_steps  # a bin's value is known at its end
+    out = []
+    for seg in run.segments:
+        tail_start = seg.end - final_fraction * (seg.end - seg.start)
+        tail = values[(steps > tail_start) & (steps <= seg.end)]
+        if tail.size == 0:  # no episode ended in the tail: the last one of the segment, if any
+            inside = values[(steps > seg.start) & (steps <= seg.end)]
+            tail = inside[-1:]
+        final = float(tail.mean()) if tail.size else math.nan
+        in_segment = curve[(centres > seg.start) & (centres <= seg.end)]
+        in_segment = in_segment[np.isfinite(in_segment)]
+        auc = float(in_segment.mean()) if in_segment.size else math.nan
+        out.append((final, auc))
+    return out
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Every run's per-segment scores, grouped by method.
+
+    Attributes:
+        methods: method labels in first-seen order.
+        runs: the runs of each method, ordered by seed.
+        final / auc: method → (seeds, segments) matrices (NaN where a run has fewer segments).
+        task_ids: method → the task id of each segment (from its first run).
+        curves: method → (seeds, bins) learning curves.
+        bin_steps: the curves' bin width.
+    """
+
+    methods: tuple[str, ...]
+    runs: Mapping[str, tuple[RunData, ...]]
+    final: Mapping[str, np.ndarray]
+    auc: Mapping[str, np.ndarray]
+    task_ids: Mapping[str, tuple[int, ...]]
+    curves: Mapping[str, np.ndarray]
+    bin_steps: int
+
+
+def score_table(
+    runs: Sequence[RunData], *, bin_steps: int | None = None, final_fraction: float = 0.2
+) -> Scores:
+    """Group runs by method and score every segment.
+
+    Args:
+        runs: the runs (any order; several methods).
+        bin_steps: the learning-curve bin; default 1/100 of the longest run (at least 1 step).
+        final_fraction: see :func:`segment_scores`.
+    """
+    if not runs:
+        raise ValueError("report needs at least one run")
+    longest = max(r.total_steps for r in runs)
+    bin_steps = bin_steps or max(1, longest // 100)
+    grouped: dict[str, list[RunData]] = {}
+    for run in runs:
+        grouped.setdefault(run.method, []).append(run)
+    finals: dict[str, np.ndarray] = {}
+    aucs: dict[str, np.ndarray] = {}
+    curves: dict[str, np.ndarray] = {}
+    ids: dict[str, tuple[int, ...]] = {}
+    ordered: dict[str, tuple[RunData, ...]] = {}
+    for method, members in grouped.items():
+        members.sort(key=lambda r: r.seed)
+        ordered[method] = tuple(members)
+        n_seg = max(len(r.segments) for r in members)
+        finals[method] = np.full((len(members), n_seg), np.nan)
+        aucs[method] = np.full((len(members), n_seg), np.nan)
+        curves[method] = np.stack(
+            [binned_curve(*r.returns, bin_steps, longest, r.last_step) for r in members]
+        )
+        for i, run in enumerate(members):
+            for k, (final, auc) in enumerate(
+                segment_scores(run, curves[method][i], bin_steps, final_fraction)
+            ):
+                finals[method][i, k] = final
+                aucs[method][i, k] = auc
+        ids[method] = tuple(s.task_id for s in max(members, key=lambda r: len(r.segments)).segments)
+    return Scores(tuple(grouped), ordered, finals, aucs, ids, curves, bin_steps)
+
+
+def normalized(scores: Scores, which: Literal["final", "auc"], how: Normalize) -> dict[str, np.ndarray]:
+    """``scores.final`` or ``scores.auc``, min-max normalised per task id over all runs if asked."""
+    table = scores.final if which == "final" else scores.auc
+    if how == "none":
+        return {m: v.copy() for m, v in table.items()}
+    bounds: dict[int, list[float]] = {}
+    for m, matrix in table.items():
+        for k, task in enumerate(scores.task_ids[m]):
+            bounds.setdefault(task, []).extend(matrix[:, k][np.isfinite(matrix[:, k])].tolist())
+    out = {}
+    for m, matrix in table.items():
+        norm = matrix.copy()
+        for k, task in enumerate(scores.task_ids[m]):
+            values = bounds.get(task) or [0.0]
+            lo, hi = min(values), max(values)
+            norm[:, k] = (matrix[:, k] - lo) / (hi - lo) if hi > lo else 0.0
+        out[m] = norm
+    return out
+
+
+def iqm_interval(matrix: np.ndarray, *, reps: int, seed: int) -> Interval | None:
+    """IQM with its stratified-bootstrap 95 % CI over the complete segments (no NaN) of ``matrix``."""
+    complete = matrix[:, np.all(np.isfinite(matrix), axis=0)]
+    if complete.size == 0:
+        return None
+    return stratified_bootstrap_ci(complete, iqm, reps=reps, seed=seed)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _fmt(x: float) -> str:
+    return "—" if not math.isfinite(x) else f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def _ci(interval: Interval | None) -> str:
+    if interval is None:
+        return "—"
+    return f"{_fmt(interval.point)} [{_fmt(interval.low)}, {_fmt(interval.high)}]"
+
+
+def _mean_ci(column: np.ndarray, seed: int) -> Interval | None:
+    values = column[np.isfinite(column)]
+    if values.size == 0:
+        return None
+    mean, low, high = bootstrap_mean_ci(values[:, None], seed=seed)
+    return Interval(float(mean[0]), float(low[0]), float(high[0]))
+
+
+def markdown_tables(scores: Scores, *, normalize: Normalize = "none", reps: int = 50_000) -> str:
+    """The report's tables as markdown: IQM per method, then per-segment final return, AUC, gap."""
+    lines: list[str] = []
+    n_seg = max(v.shape[1] for v in scores.final.values())
+    seg_header = " | ".join(f"seg {k} (task {_task_of(scores, k)})" for k in range(n_seg))
+    final_n = normalized(scores, "final", normalize)
+    auc_n = normalized(scores, "auc", normalize)
+    unit = "normalised score" if normalize == "minmax" else "return"
+    lines += [
+        f"### IQM over seeds x task segments ({unit}; 95 % stratified-bootstrap CI, {reps} replicates)",
+        "",
+        "| method | seeds | IQM final return | IQM AUC | IQM final return, segments >= 1 |",
+        "|---|---|---|---|---|",
+    ]
+    for m in scores.methods:
+        later = iqm_interval(final_n[m][:, 1:], reps=reps, seed=0) if final_n[m].shape[1] > 1 else None
+        lines.append(
+            f"| {m} | {len(scores.runs[m])} | {_ci(iqm_interval(final_n[m], reps=reps, seed=0))} "
+            f"| {_ci(iqm_interval(auc_n[m], reps=reps, seed=0))} | {_ci(later)} |"
+        )
+    for title, table in (
+        ("Final return per task segment (mean over seeds, 95 % bootstrap CI)", scores.final),
+        ("AUC (mean return over the segment) per task segment", scores.auc),
+    ):
+        lines += ["", f"### {title}", "", f"| method | {seg_header} |", "|---|" + "---|" * n_seg]
+        for m in scores.methods:
+            cells = [_ci(_mean_ci(table[m][:, k], k)) if k < table[m].shape[1] else "—" for k in range(n_seg)]
+            lines.append(f"| {m} | {' | '.join(cells)} |")
+    if n_seg > 1:
+        lines += [
+            "",
+            "### Plasticity gap: final return on segment k minus on segment 0 (mean over seeds, 95 % CI)",
+            "",
+            f"| method | {' | '.join(f'seg {k}' for k in range(1, n_seg))} |",
+            "|---|" + "---|" * (n_seg - 1),
+        ]
+        for m in scores.methods:
+            f = scores.final[m]
+            cells = [_ci(_mean_ci(f[:, k] - f[:, 0], k)) if k < f.shape[1] else "—" for k in range(1, n_seg)]
+            lines.append(f"| {m} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _task_of(scores: Scores, k: int) -> str:
+    ids = {scores.task_ids[m][k] for m in scores.methods if k < len(scores.task_ids[m])}
+    return ",".join(str(i) for i in sorted(ids))
+
+
+def write_scores_csv(scores: Scores, path: Path) -> Path:
+    """One row per (run, segment): method, seed, run folder, segment, task, start, end, final, auc."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["method", "seed", "run_dir", "segment", "task_id", "start", "end", "final_return", "auc"]
+        )
+        for m in scores.methods:
+            for i, run in enumerate(scores.runs[m]):
+                for k, seg in enumerate(run.segments):
+                    writer.writerow(
+                        [m, run.seed, run.run_dir, k, seg.task_id, seg.start, seg.end]
+                        + [f"{scores.final[m][i, k]:.6g}", f"{scores.auc[m][i, k]:.6g}"]
+                    )
+    return path
+
+
+def write_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    group_by: str | None = None,
+    bin_steps: int | None = None,
+    final_fraction: float = 0.2,
+    normalize: Normalize = "none",
+    reps: int = 50_000,
+    command: str | None = None,
+) -> list[Path]:
+    """Read the runs and write ``report.md``, ``scores.csv`` and the figures into ``out_dir``.
+
+    Returns:
+        The written paths (report.md first).
+
+    Raises:
+        ValueError: no runs, a bad run folder (named), a bad option value.
+    """
+    from trainers.report_figures import write_figures
+
+    if not run_dirs:
+        raise ValueError("report needs at least one run folder")
+    if normalize not in ("none", "minmax"):
+        raise ValueError(f"--normalize must be one of ['none', 'minmax'], got {normalize!r}")
+    runs = [load_run(d, group_by=group_by) for d in run_dirs]
+    scores = score_table(runs, bin_steps=bin_steps, final_fraction=final_fraction)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(scores, out)
+    csv_path = write_scores_csv(scores, out / "scores.csv")
+    seeds = sorted({r.seed for r in runs})
+    text = [
+        "# Report",
+        "",
+        f"{len(runs)} runs, {len(scores.methods)} methods, seeds {seeds}; learning-curve bin "
+        f"{scores.bin_steps} env steps; final return = episodes ending in the last "
+        f"{final_fraction:.0%} of a segment. Definitions: `trainers/report.py`.",
+    ]
+    unfinished = [r for r in runs if r.last_step < r.total_steps]
+    if unfinished:
+        text += ["", "**Unfinished runs** (scored up to their last logged step):"]
+        text += [f"- `{r.run_dir}`: step {r.last_step} of {r.total_steps}" for r in unfinished]
+    if command:
+        text += ["", "Reproduce:", "", "```", command, "```"]
+    text += ["", markdown_tables(scores, normalize=normalize, reps=reps)]
+    text += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
+    report = out / "report.md"
+    report.write_text("\n".join(text) + "\n")
+    return [report, csv_path, *figures]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def register_report_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add ``report RUN_DIR... --out DIR [options]`` to ``plasticrl``'s subparsers."""
+    parser = subparsers.add_parser(
+        "report",
+        help="aggregate runs: learning curves with CIs, per-task scores, plasticity gap, IQM",
+        description="Read the event files of every RUN_DIR, group runs by method (folder name\n"
+        "without __s<seed>, or --group-by a config key), align them by task segment and write\n"
+        "report.md, scores.csv and PNGs into --out.",
+        epilog="examples:\n"
+        "  plasticrl report runs/permuted_breakout/* --out docs/results/permuted_breakout\n"
+        "  plasticrl report runs/a_* runs/b_* --out cmp --group-by optimizer.name",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (log files are skipped)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--group-by", metavar="KEY", help="group runs by this config key's value")
+    parser.add_argument("--bin", type=int, metavar="STEPS", help="learning-curve bin (default total/100)")
+    parser.add_argument(
+        "--final-fraction", type=float, default=0.2, help="tail of a segment for final return"
+    )
+    parser.add_argument("--normalize", default="none", help="none | minmax (per task id, over all runs)")
+    parser.add_argument("--reps", type=int, default=50_000, help="bootstrap replicates for IQM CIs (50000)")
+    return parser
+
+
+def _runs_argument(dirs: Sequence[Path]) -> str:
+    """``parent/*`` when ``dirs`` are every run folder of one parent, else the folders themselves."""
+    parents = {d.parent for d in dirs}
+    if len(parents) == 1:
+        parent = parents.pop()
+        if {p for p in parent.iterdir() if p.is_dir()} == set(dirs):
+            return f"{parent}/*"
+    return " ".join(str(d) for d in dirs)
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    """Run ``plasticrl report``; prints the written paths; returns 0."""
+    import shlex
+    import sys
+
+    dirs = [Path(p) for p in args.run_dirs if Path(p).is_dir()]  # a shell glob also matches *.log
+    if not dirs:
+        raise ValueError(f"no run folders among {args.run_dirs}")
+    if args.reps < 1:
+        raise ValueError(f"--reps must be >= 1, got {args.reps}")
+    command = None
+    if sys.argv[1:2] == ["report"]:  # the console script: record the command, runs as parent/* if all
+        options = [shlex.quote(a) for a in sys.argv[2:] if a not in args.run_dirs]
+        command = " ".join(["plasticrl", "report", _runs_argument(dirs), *options])
+    for path in write_report(
+        dirs,
+        args.out,
+        group_by=args.group_by,
+        bin_steps=args.bin,
+        final_fraction=args.final_fraction,
+        normalize=args.normalize,
+        reps=args.reps,
+        command=command,
+    ):
+        print(path)
+    return 0
