@@ -16,7 +16,8 @@ Contains:
     execute_sweep: run the planned runs as ``python -m trainers.cli train`` child processes,
         ``workers`` at a time, each logging to ``<run_dir>.log``.
     summary_line: ``sweep <name>: N ran, M skipped (complete), K resumed, F failed``.
-    register_sweep_command / run_sweep_command: the ``sweep`` subcommand of :mod:`trainers.cli`.
+    register_sweep_command / run_sweep_command: the ``sweep`` subcommand of :mod:`trainers.cli`;
+        ``--backend ray`` runs each run as a Ray task instead (:mod:`trainers.sweep_ray`).
 
 A sweep file::
 
@@ -580,14 +581,21 @@ def _command(run: SweepRun) -> list[str]:
     return [*cli, str(run.preset.resolve()), *run.overrides, "-q"]
 
 
+def _thread_env(run: SweepRun) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` of a run's child: the parent's, else ``torch_threads``."""
+    threads = run.config.torch_threads
+    env: dict[str, str] = {}
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+        elif threads is not None:
+            env[var] = str(threads)
+    return env
+
+
 def _child_env(run: SweepRun) -> dict[str, str]:
     """The parent's environment, with one OpenMP/MKL thread per child unless configured otherwise."""
-    env = dict(os.environ)
-    threads = run.config.torch_threads
-    if threads is not None:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(var, str(threads))
-    return env
+    return {**os.environ, **_thread_env(run)}
 
 
 @dataclass
@@ -597,16 +605,22 @@ class _Child:
     log: IO[bytes]
 
 
-def _launch(run: SweepRun) -> _Child:
-    """Start a run's child process; its output goes to ``run.log_path`` (appended on resume)."""
+def _open_log(run: SweepRun, command: Sequence[str]) -> IO[bytes]:
+    """Remove a started run's stale folder, open ``run.log_path`` (appended on resume), write ``command``."""
     if run.action == "start" and run.run_dir.exists():
         if (run.run_dir / CHECKPOINT_NAME).exists():  # appeared since planning: never delete it
             raise ConfigError(f"run {run.name!r}: {run.run_dir} now holds a checkpoint; run the sweep again")
         shutil.rmtree(run.run_dir)
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
     log = run.log_path.open("ab" if run.action == "resume" else "wb")
-    log.write(f"$ {' '.join(_command(run))}\n".encode())
+    log.write(f"$ {' '.join(command)}\n".encode())
     log.flush()
+    return log
+
+
+def _launch(run: SweepRun) -> _Child:
+    """Start a run's child process; its output goes to ``run.log_path`` (appended on resume)."""
+    log = _open_log(run, _command(run))
     process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
         _command(run),
         stdout=log,
@@ -619,9 +633,13 @@ def _launch(run: SweepRun) -> _Child:
 
 
 def _finish(child: _Child, code: int, result: SweepResult, out: IO[str]) -> None:
-    """Record a child's exit code in ``result`` and print one line about it."""
+    """Close a child's log, record its exit code in ``result`` and print one line about it."""
     child.log.close()
-    run = child.run
+    _record(child.run, code, result, out)
+
+
+def _record(run: SweepRun, code: int, result: SweepResult, out: IO[str]) -> None:
+    """Record a run's exit code in ``result`` and print one line (done / stopped / FAILED) about it."""
     if code == 0:
         (result.resumed if run.action == "resume" else result.ran).append(run.name)
         print(f"done    {run.name}", file=out, flush=True)
@@ -730,7 +748,10 @@ def summary_line(name: str, result: SweepResult) -> str:
 def register_sweep_command(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
-    """Add ``sweep SWEEP.yaml [key=value ...] [--seeds S] [--name N] [--workers N] [--dry-run]``."""
+    """Add ``sweep SWEEP.yaml [key=value ...] [--seeds S] [--name N] [--workers N] [--dry-run]``.
+
+    ``--backend ray [--address ADDR]`` runs each run as a Ray task (:mod:`trainers.sweep_ray`).
+    """
     parser = subparsers.add_parser(
         "sweep",
         help="run a sweep (base config x grid x seeds) in parallel processes",
@@ -740,7 +761,8 @@ def register_sweep_command(
         epilog="examples:\n"
         "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --dry-run\n"
         "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --workers 2\n"
-        "  plasticrl sweep configs/studies/permuted_breakout.yaml --seeds 0,1 total_steps=100000",
+        "  plasticrl sweep configs/studies/permuted_breakout.yaml --seeds 0,1 total_steps=100000\n"
+        "  plasticrl sweep configs/studies/permuted_breakout.yaml --backend ray --address auto",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
@@ -755,6 +777,20 @@ def register_sweep_command(
         help="runs at once, one process each (default: the number of CPU cores)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print each run and its action; run nothing")
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: child processes on this machine (default); ray: one Ray task per run, on a Ray "
+        "cluster sharing this filesystem (needs pip install -e '.[ray]')",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="--backend ray: the cluster ('auto', 'host:port' or 'ray://host:port'); "
+        "default: start a local Ray instance",
+    )
     return parser
 
 
@@ -763,8 +799,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     Raises:
         ValueError: a bad sweep file or run config (the CLI prints it and exits with its
-            bad-input code), before any run starts.
+            bad-input code), before any run starts; ``--backend ray`` without Ray installed.
     """
+    if args.backend == "ray" and args.workers is not None:
+        raise ValueError(
+            "--workers is for --backend local; Ray runs as many runs as the cluster has room for"
+        )
+    if args.backend != "ray" and args.address is not None:
+        raise ValueError(f"--address {args.address!r} needs --backend ray")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
@@ -781,7 +823,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             f"{counts['resume']} to resume, {counts['skip']} to skip (complete)"
         )
         return 0
-    result = execute_sweep(runs, workers=workers)
+    if args.backend == "ray":
+        from trainers.sweep_ray import execute_sweep_ray  # Ray is optional: imported only here
+
+        result = execute_sweep_ray(runs, resources=spec.resources, address=args.address)
+    else:
+        result = execute_sweep(runs, workers=workers)
     print(summary_line(spec.name, result))
     for name, code, log in result.failed:
         print(f"  failed: {name} (exit code {code}) log: {log}")
