@@ -1,25 +1,34 @@
 """Step throughput of a MinAtar game, raw and under NonStationary, in one process.
 
 Run:  python benchmarks/bench_nonstationary.py [--game breakout] [--steps 20000] [--rounds 7] [--num-envs 8]
+                                               [--clock cpu|wall]
 
 Variants, all built by ``envs.make`` (channel-first float32 with a time limit: what the trainer
 steps):
     raw            the game alone
-    bookkeeping    NonStationary with reward_scale at scale 1: the clock and the info key only
-    permute_obs    NonStationary with an active (non-identity) permutation of all cells
-    switch         NonStationary over TaskSet([game, other game]) while on the game: the TaskSet
-                   layer plus zero-padding where the other game has more channels
+    raw_padded     reference, no wrapper: the game with its observation zero-padded to the other
+                   game's channels (folded into the conversion), i.e. the observation that switch
+                   must deliver; switch minus raw_padded is the wrapper's own cost
+    bookkeeping    NonStationary with reward_scale at scale 1: the clock and the announcements only
+    permute_obs    NonStationary with an active (non-identity) permutation of all cells, folded
+                   into the MinAtar conversion (envs.nonstationary, Note [Folded observation gather])
+    switch         NonStationary over TaskSet([game, other game]) while on the game: zero-padding
+                   where the other game has more channels (folded likewise), steps sent straight
+                   to the game (Note [Step fast path])
 Two tables: one env stepped directly, and ``envs.vector.make_vector_env``'s SyncVectorEnv
 (same-step autoreset, episode statistics) of ``--num-envs`` sub-envs, each wrapped as the trainer
-wraps them. Variants are timed in interleaved rounds on one seeded action sequence; each table
-shows the fastest round per variant (the least disturbed by other processes) and the overhead
-relative to raw.
+wraps them. Variants are timed in interleaved rounds (in a shuffled order each round) on one
+seeded action sequence, with the garbage collector off; each table shows the fastest round per
+variant (the least disturbed by other processes) and the overhead relative to raw. The clock
+is this thread's CPU time by default, which time slices lost to other processes do not
+inflate; ``--clock wall`` times wall-clock instead (the same on a quiet machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +36,7 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-from envs.make import EnvConfig, make_env
+from envs.make import EnvConfig, MinAtarObservation, make_env
 from envs.nonstationary import NonStationary, PermuteObs, RewardScale, Switch, TaskSet
 from envs.schedules import At, Schedule
 
@@ -62,40 +71,65 @@ def wrappers(game: str, num_envs: int) -> dict[str, Callable[[gym.Env], gym.Env]
         # The trainer's way: task 0 is the env it built, the others come from its builder.
         return NonStationary(TaskSet([lambda: env, other], make_task=make), Switch(), NEVER, **common)
 
+    def padded(env: gym.Env) -> gym.Env:
+        # What TaskSet installs in the game for the switch variant, without any wrapper.
+        assert isinstance(env, MinAtarObservation)
+        channels = int(make(other).observation_space.shape[0])
+        size = int(np.prod(env.observation_space.shape))
+        index = np.full((max(channels, env.observation_space.shape[0]), 10, 10), size)
+        index.reshape(-1)[:size] = np.arange(size)
+        env.set_observation_gather(index)
+        return env
+
     # permute_obs: At(num_envs) with on="step" truncates the first step; every later episode is
     # permuted (time_steps takes that step before timing).
     first: Schedule = At([num_envs])
     return {
         "raw": None,
+        "raw_padded": padded,
         "bookkeeping": wrap((RewardScale(), NEVER, "episode")),
         "permute_obs": wrap((PermuteObs(), first, "step")),
         "switch": switch,
     }
 
 
-def time_steps(env: gym.Env | gym.vector.VectorEnv, actions: np.ndarray) -> float:
-    """Seconds for the steps of ``actions`` (one row per step), resets included."""
+def time_steps(env: gym.Env | gym.vector.VectorEnv, actions: np.ndarray, clock: Callable[[], float]) -> float:
+    """Seconds for the steps of ``actions`` (one row per step), resets included.
+
+    The garbage collector is off while the steps run: a full collection walks every variant's
+    envs (all alive in this process), a pause that would land on whichever variant runs.
+    """
     env.reset(seed=0)
     env.step(actions[0])  # past the permute_obs variant's truncation; nothing for the others
     env.reset(seed=0)
     step, reset = env.step, env.reset
     vector = isinstance(env, gym.vector.VectorEnv)
     rows = actions.tolist()
-    start = time.perf_counter()
-    for action in rows:
-        _, _, terminated, truncated, _ = step(action)
-        if not vector and (terminated or truncated):
-            reset()
-    return time.perf_counter() - start
+    gc.collect()
+    gc.disable()
+    try:
+        start = clock()
+        for action in rows:
+            _, _, terminated, truncated, _ = step(action)
+            if not vector and (terminated or truncated):
+                reset()
+        return clock() - start
+    finally:
+        gc.enable()
 
 
 def table(
-    title: str, envs: dict[str, gym.Env | gym.vector.VectorEnv], actions: np.ndarray, rounds: int
+    title: str,
+    envs: dict[str, gym.Env | gym.vector.VectorEnv],
+    actions: np.ndarray,
+    rounds: int,
+    clock: Callable[[], float],
 ) -> None:
     times: dict[str, list[float]] = {name: [] for name in envs}
+    order = np.random.default_rng(1)
     for _ in range(rounds):
-        for name, env in envs.items():
-            times[name].append(time_steps(env, actions))
+        for name in order.permutation(list(envs)).tolist():
+            times[name].append(time_steps(envs[name], actions, clock))
     raw = min(times["raw"])
     print(title)
     print(f"  {'variant':<12} {'steps/s':>10} {'us/step':>8} {'overhead':>9}")
@@ -113,7 +147,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000, help="env steps per variant per round")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--num-envs", type=int, default=8, help="sub-envs of the vector table (0: skip it)")
+    parser.add_argument(
+        "--clock", choices=["cpu", "wall"], default="cpu", help="this thread's CPU time or wall-clock time"
+    )
     args = parser.parse_args()
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
 
     rng = np.random.default_rng(0)
     with warnings.catch_warnings():
@@ -127,6 +165,7 @@ def main() -> None:
         single,
         rng.integers(0, 6, size=args.steps),
         args.rounds,
+        clock,
     )
     if args.num_envs > 0:
         n = args.num_envs
@@ -139,6 +178,7 @@ def main() -> None:
             vector,
             rng.integers(0, 6, size=(args.steps // n, n)),
             args.rounds,
+            clock,
         )
 
 

@@ -8,7 +8,8 @@ Contains:
     NonStationaryConfig: the ``nonstationary.*`` config section (what changes, when, how).
     build_sub_env: one seeded sub-env, wrapped by ``NonStationary`` when configured (vector
         envs, sync or async, are made of these: :mod:`envs.vector`).
-    MinAtarObservation: the (10, 10, C) bool → (C, 10, 10) float32 observation wrapper.
+    MinAtarObservation: the (10, 10, C) bool → (C, 10, 10) float32 observation wrapper; it folds
+        permutations and padding into that conversion (``envs.nonstationary.ObservationGather``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
-from envs.nonstationary import CHANGES, NonStationary, TaskSet
+from envs.nonstationary import CHANGES, NonStationary, TaskSet, check_gather_index, gathered_space
 from envs.schedules import SCHEDULES, Schedule
 from plasticity.registry import close_matches, resolve_import
 
@@ -187,16 +188,67 @@ def resolve_env_id(env_id: str) -> str:
 
 
 class MinAtarObservation(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
-    """Channel-last bool MinAtar frames → channel-first float32 ``(C, 10, 10)`` in {0, 1}."""
+    """Channel-last bool MinAtar frames → channel-first float32 ``(C, 10, 10)`` in {0, 1}.
+
+    Implements ``envs.nonstationary.ObservationGather``: the conversion copies every frame anyway,
+    so a gather installed with :meth:`set_observation_gather` (a ``permute_obs`` permutation, a
+    ``TaskSet``'s zero-padding) costs about what the plain conversion does (see Note [Folded
+    observation gather] in :mod:`envs.nonstationary`).
+    """
+
+    # Class-level defaults, so that a wrapper pickled before gathers existed unpickles without one.
+    _source: np.ndarray | None = None
+    """The installed gather as flat indices into ``_scratch`` (frame cells, then the zero cell)."""
+    _scratch: np.ndarray | None = None
+    """float32 buffer: one frame's cells (channel-last, as MinAtar gives them) and a last cell 0."""
+    _frame: np.ndarray | None = None
+    """``_scratch[:-1]``, made once: slicing on every step would cost as much as the gather."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         h, w, c = env.observation_space.shape
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (c, h, w), np.float32)
+        self.observation_space = self._plain_space = gym.spaces.Box(0.0, 1.0, (c, h, w), np.float32)
+
+    def set_observation_gather(self, index: np.ndarray | None) -> None:
+        """From the next observation on, return ``gather(plain, index)`` (None: the plain one).
+
+        ``plain`` is the channel-first float32 observation; see ``envs.nonstationary.gather``.
+        ``observation_space`` becomes the gathered space.
+
+        Raises:
+            ValueError: ``index`` has entries outside ``[0, C * 10 * 10]`` or is not integer.
+        """
+        if index is None:
+            self._source = self._scratch = self._frame = None
+            self.observation_space = self._plain_space
+            return
+        h, w, c = self.env.observation_space.shape
+        size = h * w * c
+        index = check_gather_index(index, size)
+        # Cell k of the plain observation is cell plain_to_frame[k] of the frame; the appended
+        # `size` keeps meaning "the zero cell", the last of _scratch.
+        plain_to_frame = np.arange(size, dtype=np.intp).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
+        self._source = np.append(plain_to_frame, size)[index]
+        self._scratch = np.zeros(size + 1, np.float32)
+        self._frame = self._scratch[:-1]
+        self.observation_space = gathered_space(self._plain_space, index)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
-        """Transpose to channel-first and cast (bool and uint8 inputs alike)."""
-        return np.ascontiguousarray(observation.transpose(2, 0, 1), dtype=np.float32)
+        """Transpose to channel-first and cast (bool and uint8 inputs alike), or gather and cast."""
+        source = self._source
+        if source is None:
+            # A fresh C-ordered array; measured faster than np.ascontiguousarray(..., dtype=float32).
+            return observation.transpose(2, 0, 1).astype(np.float32, order="C")
+        self._frame[...] = observation.ravel()  # type: ignore[index]  # the cast, into _scratch
+        return self._scratch.take(source)  # type: ignore[union-attr]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle (or deep-copy), making ``_frame`` a view of the new ``_scratch`` again."""
+        self.__dict__.update(state)
+        if "_plain_space" not in state:  # pickled before gathers existed: it had none
+            self._plain_space = self.observation_space
+        if self._scratch is not None:
+            self._frame = self._scratch[:-1]
 
 
 def make_env(cfg: EnvConfig, env_id: str | None = None) -> gym.Env:

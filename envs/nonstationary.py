@@ -9,6 +9,10 @@ Contains:
     RewardScale: ``reward_scale`` — multiply rewards by one of a list of scales (e.g. a sign flip).
     CHANGES: the registry of change kinds, ``CHANGES.get(name)(**options)``.
     TaskSet: an env presenting several tasks behind one padded observation space and one action set.
+    ObservationGather: the protocol of an env that folds a rearrangement or zero-padding of its
+        observation into a copy it makes anyway (``envs.make.MinAtarObservation``); see
+        Note [Folded observation gather]. ``supports_gather``, ``gather`` (the reference meaning),
+        ``gathered_space`` and ``check_gather_index`` go with it.
 
 The schedules (when a change happens) live in :mod:`envs.schedules`.
 
@@ -41,6 +45,53 @@ Note [Changes at episode boundaries]
     which it becomes due is returned with ``truncated=True`` (the old task's observation), stepping
     again without ``reset()`` raises ``ResetNeeded``, and the next ``reset()`` starts the new task.
     Several changes due within one episode are applied as the last of them.
+
+Note [Task announcements]
+    The wrapper says which task runs only when that is news. ``info["task_id"]`` (int) and
+    ``info["task_switched"]`` (bool) come with a ``reset()`` that starts a task other than the
+    previous episode's (``task_switched=True``) and with the first ``reset()`` of the wrapper's life
+    and the first after ``set_state()`` (``task_switched`` as the saved state implies); other reset
+    infos carry no task keys. ``step()`` infos carry none either, with one exception: the first
+    step after the first reset (and after ``set_state()``) repeats ``task_id``, for callers that
+    drop the info of their explicit reset (plasticrl's loops do: ``obs, _ = envs.reset()``). A task
+    changes only at a reset, so the last announced ``task_id`` is the task of every later step
+    until the next announcement (``NonStationary.task_id`` has it too). The reason is cost: in a
+    ``SyncVectorEnv`` every info key costs about 1 µs per sub-env step, and a MinAtar episode under
+    a random policy lasts about 11 steps, so even keys on every reset cost several per cent.
+    Under same-step autoreset (what ``envs.vector.make_vector_env`` builds) a sub-env's reset info
+    arrives in the infos of the step that ended its episode, masked by ``_task_id``;
+    ``infos["final_info"]`` holds the ending step's own info (so the finished episode ran the task
+    announced before, except that a first step's repetition is there). ``trainers.session.
+    EpisodeStats`` tracks every sub-env's task that way.
+
+Note [Step fast path]
+    A step that needs no work of its own (no action table, no generic observation gather, no
+    reward scale, no pending reset, no ``NEXT_STEP`` clock ticks: ``_direct``) costs the wrapper one
+    call into the env below, one clock addition and one integer comparison with ``_next_event``:
+    the lifetime step of the next scheduled change, or 0 while a step announcement is pending
+    (Note [Task announcements]). Everything else happens on the rare step that reaches
+    ``_next_event``. The call goes straight to ``_forward``, which for ``switch`` over a ``TaskSet``
+    directly under the wrapper is the active task's own ``step`` (``TaskSet.active_step``),
+    skipping the ``TaskSet`` layer when the task needs no padding or action wrapping of its own.
+    Likewise a reset that starts the same task as the last episode, with nothing to announce or
+    count (``_quiet_reset``), only forwards. ``_refresh`` decides both flags after every rare event.
+
+Note [Folded observation gather]
+    Converting a MinAtar frame to channel-first float32 copies every cell anyway; copying the cells
+    in another order costs the same (measured: within noise), into a larger zero-padded array only
+    the extra cells (about 0.1 µs for Breakout's 4 channels padded to 6). An env with a
+    ``set_observation_gather(index)`` method (protocol :class:`ObservationGather`) lets the env
+    *directly above it* install such a gather: from the next observation on it returns
+    ``gather(native, index)``, where ``native`` is what it returns without a gather and ``index`` is
+    an integer array of the output's shape whose entries pick flat cells of ``native``, the value
+    ``native.size`` standing for a cell that is always 0 (:func:`gather` is the reference
+    definition; ``None`` removes the gather). The env's ``observation_space`` becomes
+    :func:`gathered_space` (the bounds gathered likewise); the wrapper that installed the gather
+    presents its own space, as before. A gather is plain state of the env, so it pickles with it.
+    Users: ``NonStationary`` installs ``permute_obs`` permutations (at each activation, in place of
+    its own per-step ``obs.take``), ``TaskSet`` installs each task's zero-padding once (in place of
+    its per-step padded copy). An env without the method gets those generic numpy paths, with
+    identical observations.
 """
 
 from __future__ import annotations
@@ -48,7 +99,7 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, Literal, NamedTuple, SupportsFloat, TypeVar
+from typing import Any, ClassVar, Generic, Literal, NamedTuple, Protocol, SupportsFloat, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -70,6 +121,11 @@ __all__ = [
     "CHANGES",
     "TaskSet",
     "Transforms",
+    "ObservationGather",
+    "supports_gather",
+    "gather",
+    "gathered_space",
+    "check_gather_index",
 ]
 
 P = TypeVar("P")  # the parameters of one task, as a change kind represents them
@@ -81,15 +137,83 @@ _STATE_FORMAT = 1
 CHANGES: Registry[type[Change[Any]]] = Registry("change kind")
 
 
+StepResult = tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]
+"""What ``Env.step`` returns: (observation, reward, terminated, truncated, info)."""
+
+
 class Transforms(NamedTuple):
     """What ``NonStationary`` does on every step for the active task; None leaves a channel alone."""
 
     obs_index: np.ndarray | None = None
-    """Flat indices with the observation's shape: ``obs_out = obs.take(obs_index)``."""
+    """Flat indices with the observation's shape: ``obs_out = obs.take(obs_index)`` (folded into the
+    env below when it supports it: Note [Folded observation gather])."""
     action_lut: tuple[int, ...] | None = None
     """Agent action ``a`` runs env action ``action_lut[a]``."""
     reward_scale: float | None = None
     """The reward returned is ``reward_scale * reward``."""
+    env_step: Callable[[Any], StepResult] | None = None
+    """Steps the env under the wrapper exactly as its ``step`` would, with less indirection (None:
+    its ``step``); valid until the next activation (Note [Step fast path])."""
+
+
+class ObservationGather(Protocol):
+    """An env that can rearrange and zero-pad its observation within a copy it makes anyway.
+
+    See Note [Folded observation gather]; implemented by ``envs.make.MinAtarObservation``.
+    """
+
+    def set_observation_gather(self, index: np.ndarray | None) -> None:
+        """From the next observation on, return ``gather(native, index)``; None returns ``native``.
+
+        The env's ``observation_space`` becomes ``gathered_space(native_space, index)``.
+
+        Args:
+            index: integers in ``[0, native.size]`` with the gathered observation's shape (checked
+                with :func:`check_gather_index`), or None.
+
+        Raises:
+            ValueError: ``index`` is not such an array.
+        """
+        ...
+
+
+def supports_gather(env: gym.Env[Any, Any]) -> bool:
+    """Whether ``env`` itself (not an env it wraps) implements :class:`ObservationGather`."""
+    return callable(getattr(type(env), "set_observation_gather", None))
+
+
+def gather(observation: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The reference meaning of a gather: the flat cells of ``observation`` that ``index`` picks.
+
+    ``index`` has the result's shape; the value ``observation.size`` picks a cell that is 0.
+
+    Example:
+        >>> gather(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([3, 0, 4])).tolist()
+        [4.0, 1.0, 0.0]
+    """
+    flat = observation.reshape(-1)
+    return np.concatenate((flat, np.zeros(1, flat.dtype))).take(index)
+
+
+def gathered_space(space: Box, index: np.ndarray) -> Box:
+    """The space of ``gather(obs, index)`` for ``obs`` in ``space``: its bounds gathered likewise."""
+    low, high = gather(space.low, index), gather(space.high, index)
+    return Box(low, high, low.shape, space.dtype)  # type: ignore[arg-type]
+
+
+def check_gather_index(index: Any, size: int) -> np.ndarray:
+    """Return ``index`` as an ``intp`` array after checking it gathers from ``size`` cells (and 0).
+
+    Raises:
+        ValueError: ``index`` is not an integer array with entries in ``[0, size]``.
+    """
+    array = np.asarray(index)
+    if array.dtype.kind not in "iu" or array.size == 0 or array.min() < 0 or array.max() > size:
+        raise ValueError(
+            f"an observation gather index must be a non-empty integer array with entries in "
+            f"[0, {size}] ({size} picks a zero cell), got {index!r:.80}"
+        )
+    return array.astype(np.intp)
 
 
 class Change(Generic[P]):
@@ -194,6 +318,10 @@ class TaskSet(gym.Env[np.ndarray, int]):
     ``select(i)`` makes task ``i`` active; the next call must be ``reset()``. :class:`Switch` calls
     it at episode boundaries. No vector version exists; vectorise the wrapped env instead.
 
+    A task that implements :class:`ObservationGather` (MinAtar from ``envs.make``) pads its own
+    observation: the set installs the padding in it once, at construction (Note [Folded
+    observation gather]); the set owns its tasks from then on. Other tasks are padded here.
+
     Note [Extra actions]
         On a task with ``n`` actions, action ``a`` runs ``start + (a - start) % n``. Wrapping keeps
         every action meaningful without assuming that some action is a no-op (true of MinAtar's
@@ -262,6 +390,14 @@ class TaskSet(gym.Env[np.ndarray, int]):
             )
             for e in envs
         ]
+        for i, env in enumerate(envs):
+            if self._pads[i] is not None and supports_gather(env):
+                # The padded cells that this task fills, in order; the rest pick the zero cell.
+                size = int(np.prod(env.observation_space.shape))
+                index = np.full(shape, size, np.intp)
+                index[self._pads[i]] = np.arange(size).reshape(env.observation_space.shape)
+                env.set_observation_gather(index)  # type: ignore[attr-defined]
+                self._pads[i] = None
         self._blank = np.zeros(shape, self.observation_space.dtype)
         self._task_seeds: list[int | None] = [None] * len(envs)  # consumed at each task's next reset
         self.index = 0  # the active task
@@ -308,6 +444,14 @@ class TaskSet(gym.Env[np.ndarray, int]):
         self.index = int(index)
         self._env, self._pad, self._lut = self.tasks[index], self._pads[index], self._luts[index]
         self._needs_reset = True
+
+    def active_step(self) -> Callable[[int], StepResult]:
+        """What steps the active task exactly as :meth:`step` does, with the least indirection.
+
+        The task's own ``step`` when the task needs neither padding here nor action wrapping,
+        else :meth:`step`. Valid until the next :meth:`select`; ``reset()`` first, as for ``step``.
+        """
+        return self._env.step if self._pad is None and self._lut is None else self.step
 
     def _padded(self, obs: np.ndarray) -> np.ndarray:
         out = self._blank.copy()  # copying a zero template is faster than np.zeros for small arrays
@@ -372,6 +516,7 @@ class Switch(Change[int]):
         if len(taskset.tasks) < 2:
             raise ValueError(f"change 'switch' needs at least 2 tasks, got {taskset.names}")
         self._taskset, self._count = taskset, len(taskset.tasks)
+        self._direct = env is taskset  # no wrapper in between: steps may go to the task itself
         return env.observation_space, env.action_space
 
     def first(self) -> int:  # noqa: D102
@@ -385,7 +530,7 @@ class Switch(Change[int]):
 
     def activate(self, params: int) -> Transforms:  # noqa: D102
         self._taskset.select(params)
-        return Transforms()
+        return Transforms(env_step=self._taskset.active_step() if self._direct else None)
 
     def to_state(self, params: int) -> int:  # noqa: D102
         return int(params)
@@ -608,11 +753,15 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
     boundary (``on="episode"``) or truncates the running episode (``on="step"``); see
     Note [Changes at episode boundaries].
 
-    Announcements: ``info["task_id"]`` (int, the task the step or episode runs) comes with every
-    ``reset`` and ``step``; ``info["task_switched"]`` (bool) with every ``reset`` only — a task can
-    change only there, and in a ``SyncVectorEnv`` each info key costs about 1 µs per sub-env step.
-    It is True when the new episode's ``task_id`` differs from the previous episode's (several
-    changes due within one episode can lead back to the same task).
+    Announcements (Note [Task announcements]): a task changes only at a ``reset``; the reset
+    that starts a new task says so with ``info["task_id"]`` (int, the episode's task) and
+    ``info["task_switched"]`` (True). The first reset of the wrapper's life (and the first after
+    ``set_state``) announces too, with ``task_switched`` True only if the task differs from the
+    saved state's episode, and the step after it repeats ``task_id`` for callers that drop their
+    reset's info. Other resets and steps carry no task keys: the last announced ``task_id`` holds
+    (several changes due within one episode can lead back to the same task, announcing nothing).
+    The cost per step is nearly nothing (Note [Step fast path]); a ``permute_obs`` permutation is
+    folded into the env below when it supports that (Note [Folded observation gather]).
 
     Unlike most wrappers this one has **lifetime state** that survives ``reset()``: the step
     count, the change count, the current task's parameters and the task generator
@@ -632,11 +781,16 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         >>> obs, info = env.reset(seed=42)
         >>> info
         {'task_id': 0, 'task_switched': False}
-        >>> [env.step(0)[3] for _ in range(5)]  # the change is due at step 5: that step is truncated
+        >>> steps = [env.step(0) for _ in range(5)]
+        >>> [s[3] for s in steps]  # the change is due at step 5: that step is truncated
         [False, False, False, False, True]
+        >>> [s[4] for s in steps]  # the first step repeats the task (Note [Task announcements])
+        [{'task_id': 0}, {}, {}, {}, {}]
         >>> obs, info = env.reset()
         >>> obs.shape, info
         ((6,), {'task_id': 1, 'task_switched': True})
+        >>> env.reset()[1], env.task_id  # the same task again: nothing to announce
+        ({}, 1)
 
     Change logs:
      * v0.1.0 - Initially added
@@ -706,11 +860,14 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         self._on_step = on == "step"
         self._clock_scale = int(clock_scale)
         self._tick_on_reset = mode is AutoresetMode.NEXT_STEP
+        self._gatherer = supports_gather(env)  # Note [Folded observation gather]
 
         # Lifetime state: survives reset(), saved by get_state().
         self._rng: np.random.Generator | None = None  # task generator; None until seeded
         self._lifetime_step = 0  # env steps × clock_scale since the start of the run
         self._next_change = _NEVER  # lifetime step at which the next change is due
+        self._next_event = _NEVER  # _next_change, or 0 while _announce (Note [Step fast path])
+        self._announce = True  # the next step repeats task_id (Note [Task announcements])
         self._num_changes = 0  # changes that have become due
         self._params: Any = None  # parameters of the latest due task
         self._task_id = 0  # the running (or last run) episode's task
@@ -718,11 +875,15 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         # Per-episode state: the running task's rules and where the episode stands.
         self._activated = False  # whether the fields below reflect the latest due task ...
         self._active_changes = 0  # ... which is the case while this equals _num_changes
-        self._obs_index: np.ndarray | None = None
+        self._obs_index: np.ndarray | None = None  # the generic gather: obs.take(_obs_index)
+        self._folded: np.ndarray | None = None  # the obs_index installed in the env below, if any
         self._action_lut: tuple[int, ...] | None = None
         self._reward_scale: float | None = None
-        self._episode_over = False  # the last step terminated or truncated
+        self._forward: Callable[[Any], StepResult] = env.step  # steps the env below
+        self._episode_over = False  # the last step terminated or truncated (kept for NEXT_STEP)
         self._must_reset = False  # a change truncated the episode, or set_state() was called
+        self._direct = False  # whether step() may take the fast path (Note [Step fast path]) ...
+        self._quiet_reset = False  # ... and reset() (both kept by _refresh)
         if seed is not None:
             self._start(np.random.default_rng([int(seed), _TASK_SEED_SALT]))
 
@@ -731,7 +892,7 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
     def _start(self, rng: np.random.Generator) -> None:
         self._rng = rng
         self._params = self._change.first()
-        self._next_change = self._scheduled_after(0)
+        self._next_change = self._next_event = self._scheduled_after(0)
 
     def _scheduled_after(self, step: int) -> int:
         assert self._rng is not None
@@ -745,6 +906,25 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             )
         return int(nxt)
 
+    def _refresh(self) -> None:
+        """Decide the fast paths after a rare event (Note [Step fast path])."""
+        self._direct = (
+            not self._must_reset
+            and self._action_lut is None
+            and self._obs_index is None
+            and self._reward_scale is None
+            and not self._tick_on_reset
+        )
+        # A reset has nothing to do but forward when the latest due task runs already and
+        # there is nothing to announce or count.
+        self._quiet_reset = (
+            self._activated
+            and self._active_changes == self._num_changes
+            and not self._must_reset
+            and not self._announce
+            and not self._tick_on_reset
+        )
+
     def _advance(self) -> None:
         """Make every change that is due by ``_lifetime_step`` due (draws params, then the next step)."""
         assert self._rng is not None
@@ -754,7 +934,14 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             self._next_change = self._scheduled_after(self._next_change)
 
     def _activate(self) -> None:
-        self._obs_index, self._action_lut, self._reward_scale = self._change.activate(self._params)
+        obs_index, self._action_lut, self._reward_scale, env_step = self._change.activate(self._params)
+        if self._gatherer:  # Note [Folded observation gather]
+            if obs_index is not None or self._folded is not None:
+                self.env.set_observation_gather(obs_index)  # type: ignore[attr-defined]
+                self._folded = obs_index
+            obs_index = None
+        self._obs_index = obs_index
+        self._forward = self.env.step if env_step is None else env_step
         self._task_id = self._change.task_id(self._params, self._num_changes)
         self._active_changes = self._num_changes
         self._activated = True
@@ -765,6 +952,18 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[ObsType, dict[str, Any]]:
         """Start an episode under the latest due task; seeds the task generator on first use if needed."""
+        if not self._quiet_reset:
+            return self._reset_with_news(seed, options)
+        # The same task as the last episode, nothing to announce (Note [Step fast path]).
+        obs, info = self.env.reset(seed=seed, options=options)
+        index = self._obs_index
+        if index is not None:
+            obs = obs.take(index)  # type: ignore[attr-defined]
+        return obs, info
+
+    def _reset_with_news(
+        self, seed: int | None, options: dict[str, Any] | None
+    ) -> tuple[ObsType, dict[str, Any]]:
         if self._rng is None:
             self._start(np.random.default_rng(None if seed is None else [int(seed), _TASK_SEED_SALT]))
         elif self._tick_on_reset and self._episode_over:
@@ -777,39 +976,66 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             previous = self._task_id
             self._activate()
             switched = self._started and self._task_id != previous
+        announce = self._announce or switched  # Note [Task announcements]
         self._started = True
         self._episode_over = self._must_reset = False
+        self._next_event = 0 if self._announce else self._next_change
+        self._refresh()
         obs, info = self.env.reset(seed=seed, options=options)
         if self._obs_index is not None:
             obs = obs.take(self._obs_index)  # type: ignore[attr-defined]
-        info["task_id"] = self._task_id
-        info["task_switched"] = switched
+        if announce:
+            info["task_id"] = self._task_id
+            info["task_switched"] = switched
         return obs, info
 
     def step(self, action: ActType) -> tuple[ObsType, SupportsFloat, bool, bool, dict[str, Any]]:
         """Step under the active task's rules and advance the lifetime clock."""
+        if not self._direct:
+            return self._step_with_transforms(action)
+        # The fast path (Note [Step fast path]): keep it this short.
+        result = self._forward(action)
+        clock = self._lifetime_step + self._clock_scale
+        self._lifetime_step = clock
+        if clock < self._next_event:
+            return result
+        return self._event(result)
+
+    def _step_with_transforms(self, action: ActType) -> StepResult:
         if self._must_reset:
             raise ResetNeeded("NonStationary: the task changed (or set_state() was called); call reset()")
         lut = self._action_lut
         if lut is not None:
             action = lut[action]  # type: ignore[index]
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs, reward, terminated, truncated, info = self._forward(action)
         index = self._obs_index
         if index is not None:
-            obs = obs.take(index)  # type: ignore[attr-defined]
+            obs = obs.take(index)
         scale = self._reward_scale
         if scale is not None:
             reward = scale * float(reward)
+        if terminated or truncated:
+            self._episode_over = True
         self._lifetime_step += self._clock_scale
+        if self._lifetime_step < self._next_event:
+            return obs, reward, terminated, truncated, info
+        return self._event((obs, reward, terminated, truncated, info))
+
+    def _event(self, result: StepResult) -> StepResult:
+        """The rare part of a step that reached ``_next_event``: announce, make changes due."""
+        obs, reward, terminated, truncated, info = result
+        if self._announce and self._started:
+            info["task_id"] = self._task_id  # Note [Task announcements]
+            self._announce = False
         if self._lifetime_step >= self._next_change:
             self._advance()
             if self._on_step:
                 # Never continue an episode under new rules: end it here (Note [Changes at ...]).
                 truncated = truncated or not terminated
                 self._must_reset = True
-        if terminated or truncated:
-            self._episode_over = True
-        info["task_id"] = self._task_id
+                self._episode_over = True
+        self._next_event = self._next_change
+        self._refresh()
         return obs, reward, terminated, truncated, info
 
     # -- lifetime state --------------------------------------------------------------------
@@ -890,6 +1116,19 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         self._rng, self._params = rng, params
         self._lifetime_step, self._num_changes, self._task_id = (int(c) for c in counts)
         self._next_change = _NEVER if next_change is None else int(next_change)
+        self._next_event = self._next_change
         self._started, self._activated = True, False
         self._episode_over = False
         self._must_reset = True
+        self._announce = True  # the caller may drop the reset's info (Note [Task announcements])
+        self._refresh()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle; a wrapper pickled before the fast path existed continues on the generic path."""
+        self.__dict__.update(state)
+        if "_direct" not in state:  # pickled by plasticrl before Note [Step fast path]
+            # Its env below has no gather yet (the generic _obs_index runs until the next change),
+            # and the caller's task tracking may predate announcements: announce on the next step.
+            self._gatherer, self._folded, self._forward = supports_gather(self.env), None, self.env.step
+            self._announce, self._next_event = True, 0
+            self._refresh()

@@ -52,36 +52,54 @@ class EpisodeStats:
 
     ``record(infos)`` returns scalar dicts: one per finished episode (``charts/episodic_return``,
     ``charts/episodic_length`` and, in a non-stationary env, ``charts/episodic_return/task_<i>``
-    for the finished episode's task, from ``infos["final_info"]``), plus ``env/task_id`` at the
-    exact step where sub-env 0's active task changes. ``env/task_id`` has this one meaning, so
-    its steps are the task boundaries (``plasticrl plot`` draws them).
+    for the finished episode's task), plus ``env/task_id`` at the exact step where sub-env 0's
+    active task changes. ``env/task_id`` has this one meaning, so its steps are the task
+    boundaries (``plasticrl plot`` draws them).
+
+    Tasks are announced, not repeated on every step (Note [Task announcements] in
+    :mod:`envs.nonstationary`): ``infos["task_id"]`` holds, for the sub-envs its mask
+    ``_task_id`` marks, the task they run from this step on (a reset's, which same-step
+    autoreset puts in the infos of the step that ended the episode, or the first step's
+    repetition). ``tasks`` keeps every sub-env's last announced task; an episode that ends at a
+    step ran the task announced before it (counting a first step's repetition, which an episode
+    of one step has in ``infos["final_info"]``).
     """
 
     def __init__(self, window: int = 20) -> None:
         self.recent: collections.deque[float] = collections.deque(maxlen=window)
         self.task_id: int | None = None  # sub-env 0's current task
+        self.tasks: np.ndarray | None = None  # every sub-env's current task, -1 until announced
 
     def record(self, infos: Mapping[str, Any]) -> list[dict[str, float]]:
         """Update from one step's infos; return the scalars of the episodes that ended."""
         out: list[dict[str, float]] = []
-        if "task_id" in infos:
-            task_id = int(infos["task_id"][0])
-            if task_id != self.task_id:
-                out.append({"env/task_id": float(task_id)})
-            self.task_id = task_id
-        if "episode" not in infos:
-            return out
-        episode = infos["episode"]
-        final_info = infos.get("final_info", {})
-        tasks = final_info["task_id"] if "task_id" in final_info else None
-        for i in np.flatnonzero(infos["_episode"]):
-            ret = float(episode["r"][i])
-            self.recent.append(ret)
-            scalars = {"charts/episodic_return": ret, "charts/episodic_length": float(episode["l"][i])}
-            if tasks is not None:
-                scalars[f"charts/episodic_return/task_{int(tasks[i])}"] = ret
-            out.append(scalars)
+        # A step that ended an episode announced in its own info only if it was a first step.
+        self._track(infos.get("final_info", {}))
+        if "episode" in infos:
+            episode = infos["episode"]
+            for i in np.flatnonzero(infos["_episode"]):
+                ret = float(episode["r"][i])
+                self.recent.append(ret)
+                scalars = {"charts/episodic_return": ret, "charts/episodic_length": float(episode["l"][i])}
+                if self.tasks is not None and self.tasks[i] >= 0:
+                    scalars[f"charts/episodic_return/task_{int(self.tasks[i])}"] = ret
+                out.append(scalars)
+        self._track(infos)  # resets (autoreset ones included) and first steps
+        if self.tasks is not None and self.tasks[0] >= 0 and self.tasks[0] != self.task_id:
+            self.task_id = int(self.tasks[0])
+            out.insert(0, {"env/task_id": float(self.task_id)})
         return out
+
+    def _track(self, infos: Mapping[str, Any]) -> None:
+        """Take the tasks that ``infos`` announces (``task_id`` where ``_task_id`` is set)."""
+        if "task_id" not in infos:
+            return
+        announced = np.asarray(infos["task_id"])
+        if self.tasks is None:
+            self.tasks = np.full(len(announced), -1, dtype=np.int64)
+        present = infos.get("_task_id")
+        where = slice(None) if present is None else np.asarray(present, dtype=bool)
+        self.tasks[where] = announced[where]
 
     def mean_return(self) -> float | None:
         """Mean of the recent episode returns (None before the first episode ends)."""
@@ -92,21 +110,25 @@ class EpisodeStats:
         return "" if self.task_id is None else f"task {self.task_id}"
 
     def state_dict(self) -> dict[str, Any]:
-        """Recent returns and current task."""
-        return {"recent": list(self.recent), "task_id": self.task_id}
+        """Recent returns and current tasks."""
+        tasks = None if self.tasks is None else self.tasks.tolist()
+        return {"recent": list(self.recent), "task_id": self.task_id, "tasks": tasks}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (a checkpoint without ``tasks`` learns them from announcements)."""
         self.recent.clear()
         self.recent.extend(state["recent"])
         self.task_id = state["task_id"]
+        tasks = state.get("tasks")
+        self.tasks = None if tasks is None else np.asarray(tasks, dtype=np.int64)
 
 
 def task_switched(infos: Mapping[str, Any]) -> bool:
     """Whether sub-env 0 started an episode under a new task at this vector step.
 
-    ``info["task_switched"]`` comes with every reset of :class:`envs.NonStationary` (under
-    same-step autoreset, in the step's infos, masked by ``_task_switched``). Sub-env 0 is the
+    ``info["task_switched"]`` comes with the resets of :class:`envs.NonStationary` that start a
+    new task (True) and its first reset (under same-step autoreset, in the step's infos, masked
+    by ``_task_switched``; Note [Task announcements] in :mod:`envs.nonstationary`). Sub-env 0 is the
     reference, as for ``env/task_id`` in :class:`EpisodeStats`, so a switch counts once even when
     the sub-envs reach their episode boundaries at different steps.
     """

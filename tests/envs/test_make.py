@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import pickle
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.spaces import Box
 
 from envs.make import (
     ENV_ALIASES,
@@ -16,6 +18,7 @@ from envs.make import (
     make_env,
     resolve_env_id,
 )
+from envs.nonstationary import gather, supports_gather
 from envs.vector import final_observations, make_vector_env
 
 
@@ -133,6 +136,68 @@ def test_minatar_spaces_and_default_time_limit(game: str) -> None:
         # channel-first view of the game's (10, 10, C) bool state
         np.testing.assert_array_equal(obs, env.unwrapped.game.state().transpose(2, 0, 1).astype(np.float32))
         env.close()
+
+
+def gather_indices(channels: int) -> dict[str, np.ndarray]:
+    """Gathers over a (channels, 10, 10) observation: a permutation, padding, and both at once."""
+    size = channels * 100
+    rng = np.random.default_rng(0)
+    padded = np.full((channels + 2, 10, 10), size)
+    padded[:channels] = np.arange(size).reshape(channels, 10, 10)
+    mixed = rng.integers(0, size + 1, (channels + 3, 10, 10))  # repeats and zero cells
+    return {"permutation": rng.permutation(size).reshape(channels, 10, 10), "padding": padded, "mixed": mixed}
+
+
+@pytest.mark.parametrize("kind", ["permutation", "padding", "mixed"])
+def test_minatar_observation_gather_is_the_reference_gather(kind: str) -> None:
+    plain, gathering = make_env(EnvConfig(id="space_invaders")), make_env(EnvConfig(id="space_invaders"))
+    assert supports_gather(gathering) and not supports_gather(gathering.env)  # the wrapper itself only
+    index = gather_indices(6)[kind]
+    gathering.set_observation_gather(index)
+    space = plain.observation_space
+    assert gathering.observation_space == Box(gather(space.low, index), gather(space.high, index))
+    pairs = [(plain.reset(seed=3)[0], gathering.reset(seed=3)[0])]
+    rng = np.random.default_rng(1)
+    for action in rng.integers(0, 6, 200).tolist():
+        (obs, *rest), (gathered, *gathered_rest) = plain.step(action), gathering.step(action)
+        assert rest == gathered_rest
+        pairs.append((obs, gathered))
+        if rest[1] or rest[2]:
+            pairs.append((plain.reset()[0], gathering.reset()[0]))
+    for obs, gathered in pairs:
+        expected = gather(obs, index)
+        assert gathered in gathering.observation_space and gathered.flags.c_contiguous
+        assert gathered.tobytes() == expected.tobytes() and gathered.shape == index.shape
+    assert len({o.tobytes() for o, _ in pairs}) > 10  # the frames varied
+    copy = pickle.loads(pickle.dumps(gathering))  # the gather is state of the env
+    expected = gather(plain.step(0)[0], index).tobytes()
+    assert copy.step(0)[0].tobytes() == expected == gathering.step(0)[0].tobytes()
+    deep = copy_module.deepcopy(gathering)  # _frame must stay a view of the copy's own buffer
+    expected = gather(plain.step(2)[0], index).tobytes()
+    assert deep.step(2)[0].tobytes() == expected == gathering.step(2)[0].tobytes()
+    gathering.set_observation_gather(None)
+    assert gathering.step(1)[0].tobytes() == plain.step(1)[0].tobytes()
+    assert gathering.observation_space == plain.observation_space
+
+
+def test_minatar_observation_pickled_before_gathers_existed_gathers() -> None:
+    env, plain = make_env(EnvConfig(id="breakout")), make_env(EnvConfig(id="breakout"))
+    state = pickle.loads(pickle.dumps(env)).__dict__
+    del state["_plain_space"]  # what a checkpoint written before gathers holds
+    old = type(env).__new__(type(env))
+    old.__setstate__(state)
+    index = np.arange(400)[::-1].reshape(4, 10, 10)
+    old.set_observation_gather(index)
+    assert old.reset(seed=1)[0].tobytes() == gather(plain.reset(seed=1)[0], index).tobytes()
+    old.set_observation_gather(None)
+    assert old.observation_space == plain.observation_space
+
+
+def test_minatar_observation_gather_rejects_bad_indices() -> None:
+    env = make_env(EnvConfig(id="breakout"))
+    for bad in (np.array([0, 401]), np.array([-1, 0]), np.array([0.0, 1.0]), np.array([], dtype=int)):
+        with pytest.raises(ValueError, match=r"entries in \[0, 400\] \(400 picks a zero cell\)"):
+            env.set_observation_gather(bad)
 
 
 def test_minatar_time_limit_from_config() -> None:

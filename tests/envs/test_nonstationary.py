@@ -77,15 +77,34 @@ class EchoEnv(gym.Env[np.ndarray, int]):
 
 
 def run(env: gym.Env, n_steps: int, seed: int = 0, actions: Callable[[int], int] = lambda i: 0) -> list[dict]:
-    """Reset, then step ``n_steps`` times (resetting after every episode end); one record per step."""
+    """Reset, then step ``n_steps`` times (resetting after every episode end); one record per step.
+
+    ``task`` is the task of the step as a caller tracks it from the announcements (Note [Task
+    announcements]): the last ``task_id`` announced by a reset (or a step). It is checked against
+    the wrapper's ``task_id`` (the ground truth) on every step, and so are the infos against the
+    contract: a reset announces exactly when it switches (or is the first), a step's ``task_id``
+    only repeats the reset's, ``task_switched`` never comes with a step.
+    """
     _, info = env.reset(seed=seed)
+    task = info.get("task_id", getattr(env, "task_id", None))  # known already if not announced
     records = []
     for i in range(n_steps):
         obs, reward, terminated, truncated, info = env.step(actions(i))
-        records.append(dict(obs=obs, reward=reward, terminated=terminated, truncated=truncated, info=info))
+        assert "task_switched" not in info and info.get("task_id", task) == task
+        if isinstance(env, NonStationary):
+            assert env.task_id == task
+        records.append(
+            dict(obs=obs, reward=reward, terminated=terminated, truncated=truncated, info=info, task=task)
+        )
         if terminated or truncated:
             _, reset_info = env.reset()
             records[-1]["reset_info"] = reset_info
+            if isinstance(env, NonStationary):
+                switched = env.task_id != task
+                assert reset_info.get("task_switched", False) == switched
+                assert ("task_id" in reset_info) == switched
+                assert env.task_id == reset_info.get("task_id", task)
+            task = reset_info.get("task_id", task)
     return records
 
 
@@ -135,7 +154,7 @@ def test_task_table(
         clock_scale=clock_scale,
     )
     records = run(env, len(expected))
-    assert [r["info"]["task_id"] for r in records] == expected
+    assert [r["task"] for r in records] == expected
     assert [r["reward"] for r in records] == [SCALES[i] for i in expected]
     assert [i + 1 for i, r in enumerate(records) if r["truncated"]] == truncating
     assert env.lifetime_step == clock_scale * len(expected)
@@ -147,11 +166,12 @@ def test_task_switched_announces_a_new_task_on_reset_only() -> None:
     assert info == {"obs": info["obs"], "name": "echo", "task_id": 0, "task_switched": False}
     steps = [env.step(0) for _ in range(2)]
     assert ["task_switched" in s[4] for s in steps] == [False, False]  # resets only
-    assert [s[4]["task_id"] for s in steps] == [0, 0]  # the truncating step still ran task 0
+    assert [s[4].get("task_id") for s in steps] == [0, None]  # the first step repeats the task
+    assert env.task_id == 0  # the truncating step still ran task 0
     _, info = env.reset()
     assert (info["task_id"], info["task_switched"]) == (1, True)
-    _, info = env.reset()  # a reset without a new change: same task, no switch
-    assert (info["task_id"], info["task_switched"]) == (1, False)
+    _, info = env.reset()  # a reset without a new change: same task, nothing announced
+    assert "task_id" not in info and "task_switched" not in info and env.task_id == 1
 
 
 def test_changes_that_lead_back_to_the_same_task_do_not_announce_a_switch() -> None:
@@ -159,7 +179,7 @@ def test_changes_that_lead_back_to_the_same_task_do_not_announce_a_switch() -> N
     env = NonStationary(EchoEnv(episode_len=2), RewardScale(), Every(1), seed=0)
     records = run(env, 6)
     assert [r["reward"] for r in records] == [1.0] * 6
-    assert [r["reset_info"]["task_switched"] for r in records if "reset_info" in r] == [False] * 3
+    assert [set(r["reset_info"]) for r in records if "reset_info" in r] == [{"obs", "name"}] * 3
     assert env.get_state()["num_changes"] == 6
 
 
@@ -262,7 +282,7 @@ def test_random_order_always_moves_to_another_task(change: Change) -> None:
     env = NonStationary(
         stub if isinstance(change, Switch) else EchoEnv(), change, Every(1), on="step", seed=5
     )
-    ids = [r["info"]["task_id"] for r in run(env, 60)]
+    ids = [r["task"] for r in run(env, 60)]
     assert all(a != b for a, b in zip(ids, ids[1:], strict=False))
     assert set(ids) == {0, 1, 2}
     assert ids != [i % 3 for i in range(60)]
@@ -285,7 +305,7 @@ def test_switch_pads_observations_and_wraps_actions() -> None:
     assert env.action_space == Discrete(6)
     records = run(env, 7, actions=lambda i: 5)
     assert [r["info"]["name"] for r in records] == ["a"] * 3 + ["b"] * 3 + ["a"]
-    assert [r["info"]["task_id"] for r in records] == [0, 0, 0, 1, 1, 1, 0]
+    assert [r["task"] for r in records] == [0, 0, 0, 1, 1, 1, 0]
     assert [r["info"]["action"] for r in records] == [1] * 3 + [5] * 3 + [1]  # 5 % 4 on task a
     for r in records:
         obs, raw = r["obs"], r["info"]["obs"]
@@ -364,11 +384,11 @@ def test_spaces_fixed_and_obs_inside_them(index: int, on: str) -> None:
     observation_space, action_space = env.observation_space, env.action_space
     env.action_space.seed(0)
     records = run(env, 60, actions=lambda i: int(env.action_space.sample()))
-    assert len({r["info"]["task_id"] for r in records}) >= 2  # the test saw several tasks
+    assert len({r["task"] for r in records}) >= 2  # the test saw several tasks
     for r in records:
         assert r["obs"] in env.observation_space
-        assert isinstance(r["info"]["task_id"], int)
-        if "reset_info" in r:
+        assert isinstance(r["task"], int)
+        if "task_id" in r.get("reset_info", {}):
             assert isinstance(r["reset_info"]["task_id"], int)
             assert isinstance(r["reset_info"]["task_switched"], bool)
     assert env.observation_space is observation_space and env.action_space is action_space
@@ -398,7 +418,7 @@ def test_check_env_passes_on_task_set() -> None:
 
 def trace(env: gym.Env, n_steps: int = 60, seed: int = 0) -> list[tuple]:
     return [
-        (r["info"]["task_id"], r["reward"], r["truncated"], r["obs"].tobytes(), r["info"].get("action"))
+        (r["task"], r["reward"], r["truncated"], r["obs"].tobytes(), r["info"].get("action"))
         for r in run(env, n_steps, seed=seed, actions=lambda i: i % 4)
     ]
 
@@ -459,9 +479,10 @@ def test_pickled_wrapper_continues_mid_episode(index: int, on: str) -> None:
         out = []
         for i in range(n):
             obs, reward, terminated, truncated, info = env.step(i % 4)
-            out.append((obs.tobytes(), reward, terminated, truncated, info["task_id"], info.get("action")))
+            announced = info.get("task_id")
+            out.append((obs.tobytes(), reward, terminated, truncated, announced, info.get("action")))
             if terminated or truncated:
-                out.append(env.reset()[1]["task_id"])
+                out.append(env.reset()[1].get("task_id"))
         return out
 
     original = make_all_kinds(seed=3, on=on)[index]
@@ -715,9 +736,227 @@ def test_minatar_switch_pads_channels() -> None:
     records = run(env, 120, actions=lambda i: int(env.action_space.sample()))
     for r in records:
         assert r["obs"].shape == (6, 10, 10) and r["obs"] in env.observation_space
-    ids = [r["info"]["task_id"] for r in records]
+    ids = [r["task"] for r in records]
     assert ids[:50] == [0] * 50 and ids[50:100] == [1] * 50
     breakout = np.stack([r["obs"] for r in records[:50]])
     invaders = np.stack([r["obs"] for r in records[50:100]])
     assert not breakout[:, 4:].any() and breakout[:, :4].any()  # Breakout's 4 channels + padding
     assert invaders[:, 4:].any()  # Space Invaders fills all 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Task announcements (Note [Task announcements]) and a trainer tracking every sub-env from them.
+
+
+@pytest.mark.parametrize("on", ["episode", "step"])
+@pytest.mark.parametrize("index", range(6))
+def test_only_resets_and_the_first_step_announce_the_task(index: int, on: str) -> None:
+    env = make_all_kinds(on=on)[index]
+    records = run(env, 40)  # run() checks every announcement against env.task_id
+    assert [i for i, r in enumerate(records) if "task_id" in r["info"]] == [0]
+    switches = [r["reset_info"] for r in records if "task_id" in r.get("reset_info", {})]
+    assert switches and all(info["task_switched"] is True for info in switches)  # run() checks the rest
+    # set_state() announces again on the first step after its reset (the reset info may be dropped)
+    restored = make_all_kinds(on=on)[index]
+    restored.set_state(env.get_state())
+    assert [i for i, r in enumerate(run(restored, 10)) if "task_id" in r["info"]] == [0]
+
+
+@pytest.mark.parametrize("on", ["episode", "step"])
+def test_episode_stats_track_every_sub_env_from_announcements(on: str) -> None:
+    """The trainer's EpisodeStats (trainers.session) against the wrappers' own task_id, every step."""
+    from trainers.session import EpisodeStats, task_switched
+
+    def sub_env(episode_len: int) -> Callable[[], gym.Env]:
+        return lambda: NonStationary(
+            EchoEnv(episode_len=episode_len), RewardScale(SCALES), Every(6), on=on, seed=1, clock_scale=3
+        )
+
+    vector = SyncVectorEnv([sub_env(n) for n in (1, 3, 4)], autoreset_mode=AutoresetMode.SAME_STEP)
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(vector)
+    stats = EpisodeStats()
+    envs.reset(seed=0)  # its infos dropped, as the loops do: the first step announces
+    logged, expected_log, episodes = [], [], 0
+    for t in range(1, 31):
+        running = vector.get_attr("task_id")  # what every sub-env runs during this step
+        *_, infos = envs.step(np.zeros(3, dtype=np.int64))
+        now = vector.get_attr("task_id")
+        if t == 1 or now[0] != running[0]:
+            expected_log.append((t, float(now[0])))
+        scalars = stats.record(infos)
+        assert stats.tasks is not None and stats.tasks.tolist() == list(now)
+        assert stats.progress_text() == f"task {now[0]}"
+        ended = np.flatnonzero(infos.get("_episode", np.zeros(3, bool))).tolist()
+        returns = [s for s in scalars if "charts/episodic_return" in s]
+        assert len(returns) == len(ended)
+        for i, s in zip(ended, returns, strict=True):
+            assert f"charts/episodic_return/task_{running[i]}" in s  # the task the episode ran
+        episodes += len(ended)
+        logged += [(t, s["env/task_id"]) for s in scalars if "env/task_id" in s]
+        assert task_switched(infos) == (t > 1 and now[0] != running[0])
+    assert logged == expected_log and len(logged) >= 5 and episodes >= 40
+    # a checkpoint keeps the tracking; one from before the tracking existed learns it again
+    copy = EpisodeStats()
+    copy.load_state_dict(stats.state_dict())
+    assert copy.tasks is not None and copy.tasks.tolist() == stats.tasks.tolist()
+    old = EpisodeStats()
+    old.load_state_dict({"recent": [1.0], "task_id": 2})
+    assert old.tasks is None and old.progress_text() == "task 2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Folded observation gathers (Note [Folded observation gather]) and the step fast path.
+
+
+def minatar_folding(env_id: str = "MinAtar/Breakout-v0") -> gym.Env:
+    """The trainer's MinAtar env (envs.make), which implements ObservationGather."""
+    from envs.make import EnvConfig, make_env
+
+    return make_env(EnvConfig(id=env_id))
+
+
+@pytest.mark.filterwarnings("ignore:.*is out of date")
+@pytest.mark.parametrize("on", ["episode", "step"])
+@pytest.mark.parametrize("mode", ["all", "spatial", "channels"])
+def test_folded_permutation_equals_the_generic_path(mode: str, on: str) -> None:
+    def build(make: Callable[[str], gym.Env]) -> NonStationary:
+        return NonStationary(make("MinAtar/Breakout-v0"), PermuteObs(mode), Every(40), on=on, seed=2)
+
+    folded, generic = build(minatar_folding), build(minatar)
+    assert nonstationary.supports_gather(folded.env) and not nonstationary.supports_gather(generic.env)
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 6, 300).tolist()
+    traces = [run(env, 300, seed=4, actions=actions.__getitem__) for env in (folded, generic)]
+    assert folded.get_state()["num_changes"] == 7 and len({r["task"] for r in traces[0]}) >= 5
+    for a, b in zip(*traces, strict=True):
+        assert a["obs"].tobytes() == b["obs"].tobytes() and a["obs"].dtype == np.float32
+        assert (a["reward"], a["terminated"], a["truncated"], a["task"]) == (
+            b["reward"],
+            b["terminated"],
+            b["truncated"],
+            b["task"],
+        )
+        assert a.get("reset_info", {}).keys() == b.get("reset_info", {}).keys()
+    # The folded wrapper does no per-step gather of its own: the env below returns permuted frames.
+    assert folded._obs_index is None and folded._direct and folded.env._source is not None
+    assert generic._obs_index is not None and not generic._direct
+
+
+@pytest.mark.filterwarnings("ignore:.*is out of date")
+def test_folded_permutation_survives_pickling_and_state() -> None:
+    def build(make: Callable[[str], gym.Env] = minatar_folding, seed: int = 2) -> NonStationary:
+        return NonStationary(make("MinAtar/Breakout-v0"), PermuteObs(), Every(25), on="step", seed=seed)
+
+    def obs_stream(env: gym.Env, n: int) -> list[bytes]:
+        out = []
+        for i in range(n):
+            obs, _, terminated, truncated, _ = env.step(i % 6)
+            out.append(obs.tobytes())
+            if terminated or truncated:
+                out.append(env.reset()[0].tobytes())
+        return out
+
+    original = build()
+    run(original, 60, seed=1)  # two changes made, mid-episode of the third task
+    copy = pickle.loads(pickle.dumps(original))
+    assert copy.env._source is not None and copy._forward.__self__ is copy.env
+    assert obs_stream(copy, 80) == obs_stream(original, 80)  # a change at 75 included
+    # set_state into fresh envs, folded and generic: the same task, frames and changes after reset
+    # (not the original's frames: a MinAtar game keeps some state across resets, e.g. sticky actions)
+    state = original.get_state()
+    restored, generic = build(seed=9), build(minatar, seed=9)
+    for env in (restored, generic):
+        env.set_state(state)
+    frames = [env.reset(seed=5)[0].tobytes() for env in (original, restored, generic)]
+    assert frames[0] == frames[1] == frames[2]
+    assert obs_stream(restored, 60) == obs_stream(generic, 60)  # changes at 150, 175, 200 included
+    assert restored.get_state() == generic.get_state() and restored.get_state()["num_changes"] == 8
+
+
+@pytest.mark.filterwarnings("ignore:.*is out of date")
+@pytest.mark.filterwarnings("ignore:.*maximum and minimum values are equal")
+@pytest.mark.filterwarnings("ignore:.*is different from the unwrapped version")
+def test_task_set_folds_minatar_padding_and_switch_steps_the_task_directly() -> None:
+    games = ["MinAtar/Breakout-v0", "MinAtar/SpaceInvaders-v0"]
+    folded_set, generic_set = TaskSet(games, make_task=minatar_folding), TaskSet(games, make_task=minatar)
+    assert folded_set._pads == [None, None] and folded_set.tasks[0]._source is not None
+    assert generic_set._pads[0] is not None
+    folded = NonStationary(folded_set, Switch(), Every(50), on="step", seed=0)
+    generic = NonStationary(generic_set, Switch(), Every(50), on="step", seed=0)
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 6, 130).tolist()
+    traces = [run(env, 130, seed=3, actions=actions.__getitem__) for env in (folded, generic)]
+    for a, b in zip(*traces, strict=True):
+        assert a["obs"].tobytes() == b["obs"].tobytes()
+        assert (a["reward"], a["truncated"], a["task"]) == (b["reward"], b["truncated"], b["task"])
+    assert [r["task"] for r in traces[0]][::50] == [0, 1, 0]
+    # switch steps the active task itself; through TaskSet.step where the set must pad
+    assert folded._forward.__self__ is folded_set.tasks[0] and folded._direct
+    assert generic._forward == generic_set.step
+    check_env(folded, skip_render_check=True)
+    # a TaskSet under another wrapper is stepped through that wrapper
+    wrapped = NonStationary(gym.wrappers.TimeLimit(two_task_set(), 5), Switch(), Every(3), on="step", seed=0)
+    run(wrapped, 7)
+    assert wrapped._forward == wrapped.env.step
+
+
+def test_switch_steps_a_task_that_needs_nothing_from_the_set_directly() -> None:
+    same = [lambda: EchoEnv(name="a"), lambda: EchoEnv(name="b")]
+    env = NonStationary(TaskSet(same), Switch(), Every(3), on="step", seed=0)
+    records = run(env, 7, actions=lambda i: i % 4)
+    assert [r["info"]["name"] for r in records] == ["a"] * 3 + ["b"] * 3 + ["a"]
+    assert env._forward.__self__ is env.env.tasks[0]
+    copy = pickle.loads(pickle.dumps(env))
+    assert copy._forward.__self__ is copy.env.tasks[0]
+
+
+# What NonStationary holds since Note [Step fast path]: a checkpoint from before has none of it.
+NEW_ATTRIBUTES = ("_direct", "_quiet_reset", "_announce", "_next_event", "_forward", "_folded", "_gatherer")
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_a_wrapper_pickled_before_the_fast_path_continues_on_the_generic_path(index: int) -> None:
+    """Checkpoints written before Note [Step fast path] unpickle and continue identically."""
+    original = make_all_kinds(seed=3, on="step")[index]
+    run(original, 17)
+    state = pickle.loads(pickle.dumps(original)).__dict__
+    for key in NEW_ATTRIBUTES:
+        del state[key]
+    old = NonStationary.__new__(NonStationary)
+    old.__setstate__(state)
+    expected = [(r["obs"].tobytes(), r["reward"], r["truncated"]) for r in run(original, 30, seed=8)]
+    records = run(old, 30, seed=8)
+    assert [(r["obs"].tobytes(), r["reward"], r["truncated"]) for r in records] == expected
+    assert old.get_state() == original.get_state()
+
+
+def test_gather_index_checks() -> None:
+    assert nonstationary.check_gather_index([0, 3, 2], 3).dtype == np.intp
+    for bad in ([0, 4], [-1], [0.5], []):
+        with pytest.raises(ValueError, match=r"entries in \[0, 3\]"):
+            nonstationary.check_gather_index(bad, 3)
+    obs = np.arange(6, dtype=np.float32).reshape(2, 3) + 1
+    out = nonstationary.gather(obs, np.array([[6, 5], [0, 6]]))
+    assert out.dtype == np.float32 and out.tolist() == [[0.0, 6.0], [1.0, 0.0]]
+
+
+@pytest.mark.filterwarnings("ignore:.*is out of date")
+def test_a_minatar_wrapper_pickled_before_folding_folds_from_its_next_change() -> None:
+    def build() -> NonStationary:
+        return NonStationary(minatar_folding(), PermuteObs(), Every(20), on="step", seed=2)
+
+    original = build()
+    run(original, 30, seed=1)
+    # What a checkpoint written before folding holds: the permutation applied by the wrapper.
+    old_copy = pickle.loads(pickle.dumps(original))
+    state = old_copy.__dict__
+    state["_obs_index"], folded = state["_folded"], state["_folded"]
+    state["env"].set_observation_gather(None)
+    for key in NEW_ATTRIBUTES:
+        del state[key]
+    old = NonStationary.__new__(NonStationary)
+    old.__setstate__(state)
+    assert old._obs_index is folded and old.env._source is None
+    expected = [(r["obs"].tobytes(), r["reward"], r["truncated"]) for r in run(original, 40, seed=8)]
+    assert [(r["obs"].tobytes(), r["reward"], r["truncated"]) for r in run(old, 40, seed=8)] == expected
+    assert old._obs_index is None and old.env._source is not None  # folded since the change at 40
