@@ -28,8 +28,10 @@ from trainers.config import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-# Experiment presets; configs/sweeps/ holds sweep files (tests/trainers/test_sweep.py).
-PRESETS = sorted(p for p in (REPO / "configs").glob("**/*.yaml") if p.parent.name != "sweeps")
+# Experiment presets; configs/sweeps/ and configs/studies/ hold sweep files (tests/trainers/test_sweep.py).
+PRESETS = sorted(
+    p for p in (REPO / "configs").glob("**/*.yaml") if p.parent.name not in ("sweeps", "studies")
+)
 
 
 def write_yaml(path: Path, text: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import subprocess
@@ -188,6 +189,21 @@ def test_the_command_line_changes_seeds_name_and_adds_overrides(
             with_changes(spec, seeds=seeds)
     with pytest.raises(ConfigError, match="'seed' is set by the sweep"):
         with_changes(spec, overrides=["seed=3"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((REPO / "configs").glob("sweeps/*.yaml")) + sorted((REPO / "configs").glob("studies/*.yaml")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_shipped_sweep_files_plan_every_run(path: Path, tmp_path: Path) -> None:
+    spec = dataclasses.replace(load_sweep(path), dir=tmp_path)
+    runs = plan_sweep(spec)  # resolves and validates every run's config and names
+    assert runs and all(r.action == "start" for r in runs)
+    assert len(runs) == len(spec.methods) * len(spec.seeds or (0,)) * len(expand_grid(spec.grid))
+    if path.parent.name == "studies":  # nine methods x five seeds, each one preset or one change away
+        assert len(spec.methods) == 9 and spec.seeds == (0, 1, 2, 3, 4)
+        assert len({r.config.nonstationary.kind for r in runs}) == 1
 
 
 def test_sweep_name_defaults_to_the_file_stem_and_seeds_to_the_base_seed(
