@@ -203,14 +203,15 @@ def task_segments(steps: Sequence[int], task_ids: Sequence[float], total_steps: 
         Segments covering ``[0, total_steps)`` in order; one segment of task 0 without points.
 
     Example:
-        >>> [(s.start, s.end, s.task_id) for s in task_segments([1, 250, 500], [0, 1, 0], 700)]
+        >>> [(s.start, s.end, s.task_id) for s in task_segments([1, 250, 500, 700], [0, 1, 0, 1], 700)]
         [(0, 250, 0), (250, 500, 1), (500, 700, 0)]
     """
     if not steps:
         return [Segment(0, total_steps, 0)]
     order = sorted(range(len(steps)), key=lambda i: steps[i])
     first = int(task_ids[order[0]])
-    bounds = task_boundaries(steps, task_ids)
+    # A change at or after the run's end (the schedule's step == total_steps) opens no segment.
+    bounds = [b for b in task_boundaries(steps, task_ids) if b < total_steps]
     ids = [first]
     for b in bounds:  # the id in force at each boundary: the last point logged at that step
         ids.append(int([task_ids[i] for i in order if steps[i] <= b][-1]))

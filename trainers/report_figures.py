@@ -91,7 +91,9 @@ def _finish(fig: Figure, axes: Sequence[Axes], title: str, path: Path, switches:
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5))
+        fig.legend(
+            handles, labels, loc="outside lower center", ncols=min(len(labels), 3 if len(axes) == 1 else 5)
+        )
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
     return path

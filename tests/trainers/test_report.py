@@ -62,6 +62,7 @@ def episodes(offset: float, slope: float) -> list[tuple[int, float]]:
         ([1, 100], [0, 1], 200, [(0, 100, 0), (100, 200, 1)]),
         ([1, 10, 20, 30], [2, 0, 1, 2], 40, [(0, 10, 2), (10, 20, 0), (20, 30, 1), (30, 40, 2)]),  # a cycle
         ([1, 50, 50, 90], [0, 0, 1, 1], 100, [(0, 50, 0), (50, 100, 1)]),  # old id then new at one step
+        ([1, 50, 100], [0, 1, 2], 100, [(0, 50, 0), (50, 100, 1)]),  # a change at the last step: no segment
     ],
 )
 def test_task_segments_hand_values(steps: list[int], ids: list[float], total: int, expected: list) -> None:
