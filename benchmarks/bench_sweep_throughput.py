@@ -51,16 +51,21 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=20_000, help="env steps per run")
     parser.add_argument("--workers", type=int, default=2, help="runs at once (the machine's cores)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat all three; the fastest of each counts")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
     common = [f"total_steps={args.steps}", *OVERRIDES, *args.overrides]
     w = args.workers
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        one = sweep_sps(folder, "one", [0], common, workers=1)
-        threads = sweep_sps(folder, "threads", [0], [*common, f"torch_threads={w}"], workers=1)
-        many = sweep_sps(folder, "many", list(range(w)), common, workers=w)
-    print(f"{DEFAULT_CONFIG} ({args.steps} steps per run)")
+    one = threads = many = 0.0
+    for r in range(args.rounds):  # alternating, so a slow spell of a shared machine hits all three
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            one = max(one, sweep_sps(folder, f"one{r}", [0], common, workers=1))
+            threads = max(
+                threads, sweep_sps(folder, f"threads{r}", [0], [*common, f"torch_threads={w}"], workers=1)
+            )
+            many = max(many, sweep_sps(folder, f"many{r}", list(range(w)), common, workers=w))
+    print(f"{DEFAULT_CONFIG} ({args.steps} steps per run, fastest of {args.rounds} round(s))")
     print(f"  one run, 1 thread          : {one:7.1f} env steps/s")
     print(f"  one run, {w} threads         : {threads:7.1f} env steps/s  ({threads / one:.2f}x)")
     print(
