@@ -11,14 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 ray = pytest.importorskip("ray")
 
-from tests.trainers.test_sweep import REPO, TINY, summary, write_sweep  # noqa: E402
+# The sweep tests' fixtures: children run in the repo; the tiny CartPole preset as base_file.
+from tests.trainers.test_sweep import _in_repo, base_file, summary, write_sweep  # noqa: E402, F401
 from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
 from trainers.cli import main  # noqa: E402
-from trainers.config import apply_overrides  # noqa: E402
 from trainers.sweep import load_sweep, plan_sweep  # noqa: E402
 
 
@@ -32,22 +31,9 @@ def _ray_instance() -> Iterator[None]:
     signal.signal(signal.SIGTERM, sigterm)
 
 
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The children run in the driver's directory, where ``tests.trainers.test_sweep`` imports."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.delenv("PLASTICRL_DEBUG", raising=False)
-
-
-@pytest.fixture
-def base_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(apply_overrides({}, TINY)))
-    return path
-
-
+@pytest.mark.usefixtures("base_file")
 def test_ray_sweep_runs_each_run_as_a_task_reports_failures_and_skips_complete_runs(
-    tmp_path: Path, base_file: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = "tests.trainers.test_sweep:broken_env"
     path = write_sweep(tmp_path, seeds=[0], grid={"env.id": [bad, "CartPole-v1"]})
@@ -78,8 +64,9 @@ def test_ray_sweep_runs_each_run_as_a_task_reports_failures_and_skips_complete_r
     assert "ray: 1 run(s) as tasks" in out
 
 
+@pytest.mark.usefixtures("base_file")
 def test_stopping_a_ray_sweep_checkpoints_its_runs_and_the_next_one_resumes_them(
-    tmp_path: Path, base_file: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_sweep(tmp_path, seeds=[0, 1], overrides=["total_steps=10000000", "logging.every=1000"])
     run_dirs = [tmp_path / "runs" / "sw" / f"s{seed}" for seed in (0, 1)]
