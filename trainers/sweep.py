@@ -16,6 +16,8 @@ Contains:
     execute_sweep: run the planned runs as ``python -m trainers.cli train`` child processes,
         ``workers`` at a time, each logging to ``<run_dir>.log``.
     summary_line: ``sweep <name>: N ran, M skipped (complete), K resumed, F failed``.
+    child_command / thread_env / open_run_log / record_exit / raise_on_sigterm: the pieces of
+        running one run that the local and Ray backends share.
     register_sweep_command / run_sweep_command: the ``sweep`` subcommand of :mod:`trainers.cli`;
         ``--backend ray`` runs each run as a Ray task instead (:mod:`trainers.sweep_ray`).
 
@@ -96,6 +98,11 @@ __all__ = [
     "describe_run",
     "execute_sweep",
     "summary_line",
+    "child_command",
+    "thread_env",
+    "open_run_log",
+    "record_exit",
+    "raise_on_sigterm",
     "register_sweep_command",
     "run_sweep_command",
 ]
@@ -572,7 +579,7 @@ def describe_run(run: SweepRun) -> str:
 # ----------------------------------------------------------------------------- execution
 
 
-def _command(run: SweepRun) -> list[str]:
+def child_command(run: SweepRun) -> list[str]:
     """The ``trainers.cli`` command line of a run that is not skipped."""
     cli = [sys.executable, "-m", "trainers.cli", "train"]
     if run.action == "resume":
@@ -581,7 +588,7 @@ def _command(run: SweepRun) -> list[str]:
     return [*cli, str(run.preset.resolve()), *run.overrides, "-q"]
 
 
-def _thread_env(run: SweepRun) -> dict[str, str]:
+def thread_env(run: SweepRun) -> dict[str, str]:
     """``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` of a run's child: the parent's, else ``torch_threads``."""
     threads = run.config.torch_threads
     env: dict[str, str] = {}
@@ -595,7 +602,7 @@ def _thread_env(run: SweepRun) -> dict[str, str]:
 
 def _child_env(run: SweepRun) -> dict[str, str]:
     """The parent's environment, with one OpenMP/MKL thread per child unless configured otherwise."""
-    return {**os.environ, **_thread_env(run)}
+    return {**os.environ, **thread_env(run)}
 
 
 @dataclass
@@ -605,7 +612,7 @@ class _Child:
     log: IO[bytes]
 
 
-def _open_log(run: SweepRun, command: Sequence[str]) -> IO[bytes]:
+def open_run_log(run: SweepRun, command: Sequence[str]) -> IO[bytes]:
     """Remove a started run's stale folder, open ``run.log_path`` (appended on resume), write ``command``."""
     if run.action == "start" and run.run_dir.exists():
         if (run.run_dir / CHECKPOINT_NAME).exists():  # appeared since planning: never delete it
@@ -620,9 +627,9 @@ def _open_log(run: SweepRun, command: Sequence[str]) -> IO[bytes]:
 
 def _launch(run: SweepRun) -> _Child:
     """Start a run's child process; its output goes to ``run.log_path`` (appended on resume)."""
-    log = _open_log(run, _command(run))
+    log = open_run_log(run, child_command(run))
     process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-        _command(run),
+        child_command(run),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -635,10 +642,10 @@ def _launch(run: SweepRun) -> _Child:
 def _finish(child: _Child, code: int, result: SweepResult, out: IO[str]) -> None:
     """Close a child's log, record its exit code in ``result`` and print one line about it."""
     child.log.close()
-    _record(child.run, code, result, out)
+    record_exit(child.run, code, result, out)
 
 
-def _record(run: SweepRun, code: int, result: SweepResult, out: IO[str]) -> None:
+def record_exit(run: SweepRun, code: int, result: SweepResult, out: IO[str]) -> None:
     """Record a run's exit code in ``result`` and print one line (done / stopped / FAILED) about it."""
     if code == 0:
         (result.resumed if run.action == "resume" else result.ran).append(run.name)
@@ -679,7 +686,7 @@ def execute_sweep(
     result = SweepResult(skipped=[r.name for r in runs if r.action == "skip"])
     pending = [r for r in runs if r.action != "skip"]
     running: list[_Child] = []
-    previous_term = _raise_on_sigterm()
+    previous_term = raise_on_sigterm()
     try:
         while pending or running:
             while pending and len(running) < workers:
@@ -702,7 +709,7 @@ def execute_sweep(
     return result
 
 
-def _raise_on_sigterm() -> Any:
+def raise_on_sigterm() -> Any:
     """Make SIGTERM stop the sweep like Ctrl-C (main thread only); returns the previous handler."""
     if threading.current_thread() is not threading.main_thread():
         return None

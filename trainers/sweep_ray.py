@@ -52,11 +52,11 @@ from typing import IO, Any
 from trainers.sweep import (
     SweepResult,
     SweepRun,
-    _command,
-    _open_log,
-    _raise_on_sigterm,
-    _record,
-    _thread_env,
+    child_command,
+    open_run_log,
+    raise_on_sigterm,
+    record_exit,
+    thread_env,
 )
 
 __all__ = ["RAY_INSTALL", "task_options", "unschedulable", "execute_sweep_ray"]
@@ -185,8 +185,8 @@ def _run_task(run: SweepRun, cwd: str, thread_env: Mapping[str, str]) -> int:
             "--backend ray needs every node to see the driver's files at the same paths"
         )
     _let_cancel_interrupt()
-    command = [sys.executable, *_command(run)[1:]]  # this node's interpreter
-    with _open_log(run, command) as log:
+    command = [sys.executable, *child_command(run)[1:]]  # this node's interpreter
+    with open_run_log(run, command) as log:
         process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
             [sys.executable, "-c", _RESTORE_SIGINT_AND_EXEC, *command],
             cwd=cwd,
@@ -290,7 +290,7 @@ def _collect(ray: ModuleType, ref: Any, run: SweepRun, result: SweepResult, out:
         result.failed.append((run.name, 1, run.log_path))
         print(f"FAILED  {run.name} (Ray task: {detail}; log: {run.log_path})", file=out, flush=True)
         return
-    _record(run, code, result, out)
+    record_exit(run, code, result, out)
 
 
 def _wait_all(ray: ModuleType, refs: Sequence[Any], poll_s: float) -> None:
@@ -373,14 +373,14 @@ def _submit_and_wait(
     cwd = Path.cwd()
     runs_of: dict[Any, SweepRun] = {}
     queued = list(zip(todo, options, strict=True))
-    previous_term = _raise_on_sigterm()
+    previous_term = raise_on_sigterm()
     try:
         while queued:
             run, opts = queued[0]
             on_shared_fs = dataclasses.replace(
                 run, run_dir=cwd / run.run_dir, log_path=cwd / run.log_path, preset=cwd / run.preset
             )
-            ref = task.options(**opts).remote(on_shared_fs, str(cwd), _thread_env(run))
+            ref = task.options(**opts).remote(on_shared_fs, str(cwd), thread_env(run))
             runs_of[ref] = run
             queued.pop(0)
             print(f"{run.action:<7} {run.name}", file=out, flush=True)
