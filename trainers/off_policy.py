@@ -26,12 +26,11 @@ from agents.buffers import ReplayBuffer
 from agents.dqn import DQNAgent, DQNConfig
 from agents.networks import make_network
 from envs.vector import envs_state, final_observations, make_vector_env, restore_envs
-from plasticity.interventions import Intervention, make_interventions
+from plasticity.interventions import Intervention
 from plasticity.metrics import PlasticityProbe
-from plasticity.optimizers import make_optimizer, param_groups
-from plasticity.regularizers import make_regularizers
 from trainers.config import ExperimentConfig, config_to_dict
-from trainers.run import TrainResult, make_lr_scheduler, make_run_dir
+from trainers.learning import build_interventions, build_learning
+from trainers.run import TrainResult, make_run_dir
 from trainers.session import Companions, Session, prepare_process, task_switched
 
 __all__ = ["DQNSetup", "build_dqn", "train_off_policy"]
@@ -65,14 +64,9 @@ def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
     if not isinstance(act_space, gym.spaces.Discrete):
         raise ValueError(f"DQN needs a Discrete action space; {cfg.env.id!r} has {act_space}")
     q_net = make_network(obs_space, act_space, cfg.network).to(device)
-    # Built before any update: the probe keeps the initial weights (distance-to-init metrics).
-    measuring = cfg.metrics.every > 0 or cfg.metrics.ntk_every > 0
-    probe = PlasticityProbe(q_net, cfg.metrics) if measuring else None
-    groups = param_groups(q_net, iso_head=cfg.optimizer.iso_head)
-    optimizer = make_optimizer(groups, cfg.optimizer)
-    regularizers = make_regularizers(q_net, groups, cfg.regularizers)
     total_updates = math.ceil(max(cfg.total_steps - agent_cfg.learning_starts, 0) * agent_cfg.replay_ratio)
-    scheduler = make_lr_scheduler(optimizer, cfg.optimizer, total_updates)
+    learning = build_learning(q_net, cfg, total_updates)
+    probe, optimizer = learning.probe, learning.optimizer
     # Independent streams for exploration and replay sampling, both fixed by the run seed.
     explore_seed, replay_seed = np.random.SeedSequence(cfg.seed).spawn(2)
     agent = DQNAgent(
@@ -80,20 +74,13 @@ def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
         optimizer,
         agent_cfg,
         int(act_space.n),
-        regularizers=regularizers,
-        scheduler=scheduler,
+        regularizers=learning.regularizers,
+        scheduler=learning.scheduler,
         seed=explore_seed,
         device=device,
     )
     try:  # an impossible combination (e.g. ReDo on a constrained network) fails here, at start-up
-        interventions = make_interventions(
-            q_net,
-            optimizer,
-            cfg.interventions,
-            example_obs=torch.zeros((1, *obs_space.shape), device=device),
-            seed=np.random.SeedSequence(cfg.seed).spawn(5)[4],
-            init=cfg.network.init,
-        )
+        interventions = build_interventions(q_net, optimizer, cfg, obs_space, device)
     except BaseException:
         envs.close()
         raise

@@ -38,12 +38,11 @@ from agents.actor_critic import make_actor_critic
 from agents.ppo import PPOAgent, PPOConfig, gae
 from agents.rollout import Rollout, RolloutBatch
 from envs.vector import envs_state, final_observations, make_vector_env, restore_envs
-from plasticity.interventions import Intervention, make_interventions
+from plasticity.interventions import Intervention
 from plasticity.metrics import PlasticityProbe
-from plasticity.optimizers import make_optimizer, param_groups
-from plasticity.regularizers import make_regularizers
 from trainers.config import ExperimentConfig, config_to_dict
-from trainers.run import TrainResult, make_lr_scheduler, make_run_dir
+from trainers.learning import build_interventions, build_learning
+from trainers.run import TrainResult, make_run_dir
 from trainers.session import Companions, Session, prepare_process, task_switched
 
 __all__ = ["PPOSetup", "build_ppo", "train_on_policy"]
@@ -92,35 +91,22 @@ def build_ppo(cfg: ExperimentConfig, envs: gym.vector.VectorEnv) -> PPOSetup:
         shared_trunk=agent_cfg.shared_trunk,
         actor_head_gain=agent_cfg.actor_head_gain,
     ).to(device)
-    # Built before any update: the probe keeps the initial weights (distance-to-init metrics).
-    measuring = cfg.metrics.every > 0 or cfg.metrics.ntk_every > 0
-    probe = PlasticityProbe(model, cfg.metrics) if measuring else None
-    groups = param_groups(model, iso_head=cfg.optimizer.iso_head)
-    optimizer = make_optimizer(groups, cfg.optimizer)
-    regularizers = make_regularizers(model, groups, cfg.regularizers)
     num_iterations = math.ceil(cfg.total_steps / batch_size)
-    scheduler = make_lr_scheduler(optimizer, cfg.optimizer, num_iterations)
+    learning = build_learning(model, cfg, num_iterations)
     agent = PPOAgent(
         model,
-        optimizer,
+        learning.optimizer,
         agent_cfg,
         act_space,
-        regularizers=regularizers,
-        scheduler=scheduler,
+        regularizers=learning.regularizers,
+        scheduler=learning.scheduler,
         seed=np.random.SeedSequence(cfg.seed).spawn(1)[0],
         device=device,
     )
     rollout = Rollout(agent_cfg.num_steps, cfg.env.num_envs, obs_space, act_space, device)
     # An impossible combination (e.g. ReDo on a constrained network) fails here, at start-up.
-    interventions = make_interventions(
-        model,
-        optimizer,
-        cfg.interventions,
-        example_obs=torch.zeros((1, *obs_space.shape), device=device),
-        seed=np.random.SeedSequence(cfg.seed).spawn(5)[4],
-        init=cfg.network.init,
-    )
-    return PPOSetup(agent, rollout, probe, num_iterations, interventions)
+    interventions = build_interventions(model, learning.optimizer, cfg, obs_space, device)
+    return PPOSetup(agent, rollout, learning.probe, num_iterations, interventions)
 
 
 # ---------------------------------------------------------------------------------------------
