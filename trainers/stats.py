@@ -64,10 +64,11 @@ def iqm(scores: np.ndarray) -> float:
 
 
 def _percentiles(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two-sided percentile interval of ``samples`` along axis 0 (NaN samples ignored)."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(samples, [tail, 100.0 - tail], axis=0)
+    low, high = np.nanpercentile(samples, [tail, 100.0 - tail], axis=0)
     return low, high
 
 
@@ -135,12 +136,9 @@ def bootstrap_mean_ci(
         raise ValueError(f"curves must be a (seeds, points) matrix, got shape {data.shape}")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, data.shape[0], size=(reps, data.shape[0]))
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    tail = 50.0 * (1.0 - confidence)
     with warnings.catch_warnings():  # "Mean of empty slice": NaN is the right answer there
         warnings.simplefilter("ignore", category=RuntimeWarning)
         mean = np.nanmean(data, axis=0)
         samples = np.nanmean(data[idx], axis=1)  # (reps, points)
-        low, high = np.nanpercentile(samples, [tail, 100.0 - tail], axis=0)
+        low, high = _percentiles(samples, confidence)
     return mean, low, high
