@@ -190,24 +190,41 @@ def resolve_env_id(env_id: str) -> str:
 class MinAtarObservation(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
     """Channel-last bool MinAtar frames → channel-first float32 ``(C, 10, 10)`` in {0, 1}.
 
+    The conversion copies the frame into a channel-first buffer of the frame's dtype (through a
+    transposed view), then casts the whole buffer, contiguous, to a fresh float32 array: faster
+    than casting the transposed frame directly (about 0.65 µs instead of 0.85 µs for Breakout).
+
     Implements ``envs.nonstationary.ObservationGather``: the conversion copies every frame anyway,
     so a gather installed with :meth:`set_observation_gather` (a ``permute_obs`` permutation, a
     ``TaskSet``'s zero-padding) costs about what the plain conversion does (see Note [Folded
-    observation gather] in :mod:`envs.nonstationary`).
+    observation gather] in :mod:`envs.nonstationary`). A gather that only appends zero channels
+    (padding) is the buffer with extra channels that stay zero: no slower than no gather.
     """
 
     # Class-level defaults, so that a wrapper pickled before gathers existed unpickles without one.
     _source: np.ndarray | None = None
-    """The installed gather as flat indices into ``_scratch`` (frame cells, then the zero cell)."""
+    """The installed gather, unless it only pads: flat indices into ``_scratch`` (frame cells,
+    then the zero cell)."""
     _scratch: np.ndarray | None = None
     """float32 buffer: one frame's cells (channel-last, as MinAtar gives them) and a last cell 0."""
     _frame: np.ndarray | None = None
     """``_scratch[:-1]``, made once: slicing on every step would cost as much as the gather."""
+    _planes: np.ndarray | None = None
+    """Channel-first buffer of the frame's dtype, with the padding's zero channels if any."""
+    _planes_in: np.ndarray | None = None
+    """``_planes[:C].transpose(1, 2, 0)``: where a channel-last frame is copied (made once)."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         h, w, c = env.observation_space.shape
         self.observation_space = self._plain_space = gym.spaces.Box(0.0, 1.0, (c, h, w), np.float32)
+        self._set_planes(c)
+
+    def _set_planes(self, channels: int) -> None:
+        """Make the conversion buffer, ``channels`` deep (more than the frame's: zero-padded)."""
+        h, w, c = self.env.observation_space.shape
+        self._planes = np.zeros((channels, h, w), self.env.observation_space.dtype)
+        self._planes_in = self._planes[:c].transpose(1, 2, 0)
 
     def set_observation_gather(self, index: np.ndarray | None) -> None:
         """From the next observation on, return ``gather(plain, index)`` (None: the plain one).
@@ -218,37 +235,59 @@ class MinAtarObservation(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
         Raises:
             ValueError: ``index`` has entries outside ``[0, C * 10 * 10]`` or is not integer.
         """
+        h, w, c = self.env.observation_space.shape
+        self._source = self._scratch = self._frame = None
         if index is None:
-            self._source = self._scratch = self._frame = None
+            self._set_planes(c)
             self.observation_space = self._plain_space
             return
-        h, w, c = self.env.observation_space.shape
         size = h * w * c
         index = check_gather_index(index, size)
+        self.observation_space = gathered_space(self._plain_space, index)
+        if _appends_zero_channels(index, (c, h, w)):
+            self._set_planes(index.shape[0])
+            return
+        self._set_planes(c)
         # Cell k of the plain observation is cell plain_to_frame[k] of the frame; the appended
         # `size` keeps meaning "the zero cell", the last of _scratch.
         plain_to_frame = np.arange(size, dtype=np.intp).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
         self._source = np.append(plain_to_frame, size)[index]
         self._scratch = np.zeros(size + 1, np.float32)
         self._frame = self._scratch[:-1]
-        self.observation_space = gathered_space(self._plain_space, index)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
-        """Transpose to channel-first and cast (bool and uint8 inputs alike), or gather and cast."""
+        """Copy into the channel-first buffer and cast (bool and uint8 inputs alike), or gather and cast."""
         source = self._source
         if source is None:
-            # A fresh C-ordered array; measured faster than np.ascontiguousarray(..., dtype=float32).
-            return observation.transpose(2, 0, 1).astype(np.float32, order="C")
+            self._planes_in[...] = observation  # type: ignore[index]
+            return self._planes.astype(np.float32)  # type: ignore[union-attr]  # a fresh C-ordered copy
         self._frame[...] = observation.ravel()  # type: ignore[index]  # the cast, into _scratch
         return self._scratch.take(source)  # type: ignore[union-attr]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle (or deep-copy), making ``_frame`` a view of the new ``_scratch`` again."""
+        """Unpickle (or deep-copy), making the buffer views views of the new buffers again."""
         self.__dict__.update(state)
         if "_plain_space" not in state:  # pickled before gathers existed: it had none
             self._plain_space = self.observation_space
         if self._scratch is not None:
             self._frame = self._scratch[:-1]
+        if self._planes is None:  # pickled before the buffer existed: plain or a general gather
+            self._set_planes(self._plain_space.shape[0])
+        else:
+            self._planes_in = self._planes[: self.env.observation_space.shape[2]].transpose(1, 2, 0)
+
+
+def _appends_zero_channels(index: np.ndarray, plain_shape: tuple[int, int, int]) -> bool:
+    """Whether gathering ``index`` from a ``plain_shape`` observation only appends zero channels."""
+    size = int(np.prod(plain_shape))
+    flat = index.reshape(-1)
+    return (
+        index.ndim == 3
+        and index.shape[1:] == plain_shape[1:]
+        and index.shape[0] >= plain_shape[0]
+        and bool(np.array_equal(flat[:size], np.arange(size)))
+        and bool((flat[size:] == size).all())
+    )
 
 
 def make_env(cfg: EnvConfig, env_id: str | None = None) -> gym.Env:

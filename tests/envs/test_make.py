@@ -145,15 +145,24 @@ def gather_indices(channels: int) -> dict[str, np.ndarray]:
     padded = np.full((channels + 2, 10, 10), size)
     padded[:channels] = np.arange(size).reshape(channels, 10, 10)
     mixed = rng.integers(0, size + 1, (channels + 3, 10, 10))  # repeats and zero cells
-    return {"permutation": rng.permutation(size).reshape(channels, 10, 10), "padding": padded, "mixed": mixed}
+    not_only_padding = padded.copy()
+    not_only_padding[-1, 0, 0] = 0  # a padded cell repeats cell 0: a general gather
+    return {
+        "permutation": rng.permutation(size).reshape(channels, 10, 10),
+        "padding": padded,
+        "mixed": mixed,
+        "not_only_padding": not_only_padding,
+    }
 
 
-@pytest.mark.parametrize("kind", ["permutation", "padding", "mixed"])
+@pytest.mark.parametrize("kind", ["permutation", "padding", "mixed", "not_only_padding"])
 def test_minatar_observation_gather_is_the_reference_gather(kind: str) -> None:
     plain, gathering = make_env(EnvConfig(id="space_invaders")), make_env(EnvConfig(id="space_invaders"))
     assert supports_gather(gathering) and not supports_gather(gathering.env)  # the wrapper itself only
     index = gather_indices(6)[kind]
     gathering.set_observation_gather(index)
+    # padding is zero channels in the conversion's buffer; anything else is an indexed gather
+    assert (gathering._source is None) == (kind == "padding")
     space = plain.observation_space
     assert gathering.observation_space == Box(gather(space.low, index), gather(space.high, index))
     pairs = [(plain.reset(seed=3)[0], gathering.reset(seed=3)[0])]
@@ -180,12 +189,35 @@ def test_minatar_observation_gather_is_the_reference_gather(kind: str) -> None:
     assert gathering.observation_space == plain.observation_space
 
 
+def test_minatar_observation_converts_every_frame_and_copies_convert_alike() -> None:
+    """The plain conversion (through a reused buffer) returns fresh arrays, copies included."""
+    env = make_env(EnvConfig(id="seaquest"))
+    env.reset(seed=0)
+    copies = [env, pickle.loads(pickle.dumps(env)), copy_module.deepcopy(env)]
+    frames: list[list[np.ndarray]] = [[], [], []]
+    for action in np.random.default_rng(0).integers(0, 6, 150).tolist():
+        for out, e in zip(frames, copies, strict=True):
+            obs, _, terminated, truncated, _ = e.step(action)
+            state = e.unwrapped.game.state().transpose(2, 0, 1).astype(np.float32)
+            assert obs.flags.c_contiguous and obs.flags.owndata and obs.tobytes() == state.tobytes()
+            out.append(obs)
+            if terminated or truncated:
+                e.reset()
+    # each observation kept its own frame (nothing aliases the buffer), and the frames varied
+    assert [o.tobytes() for o in frames[0]] == [o.tobytes() for o in frames[1]]
+    assert [o.tobytes() for o in frames[0]] == [o.tobytes() for o in frames[2]]
+    assert len({o.tobytes() for o in frames[0]}) > 20
+
+
 def test_minatar_observation_pickled_before_gathers_existed_gathers() -> None:
     env, plain = make_env(EnvConfig(id="breakout")), make_env(EnvConfig(id="breakout"))
     state = pickle.loads(pickle.dumps(env)).__dict__
-    del state["_plain_space"]  # what a checkpoint written before gathers holds
+    # what a checkpoint written before gathers (and the conversion buffer) holds
+    for name in ("_plain_space", "_planes", "_planes_in"):
+        del state[name]
     old = type(env).__new__(type(env))
     old.__setstate__(state)
+    assert old.reset(seed=1)[0].tobytes() == plain.reset(seed=1)[0].tobytes()
     index = np.arange(400)[::-1].reshape(4, 10, 10)
     old.set_observation_gather(index)
     assert old.reset(seed=1)[0].tobytes() == gather(plain.reset(seed=1)[0], index).tobytes()

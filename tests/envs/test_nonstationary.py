@@ -879,7 +879,9 @@ def test_folded_permutation_survives_pickling_and_state() -> None:
 def test_task_set_folds_minatar_padding_and_switch_steps_the_task_directly() -> None:
     games = ["MinAtar/Breakout-v0", "MinAtar/SpaceInvaders-v0"]
     folded_set, generic_set = TaskSet(games, make_task=minatar_folding), TaskSet(games, make_task=minatar)
-    assert folded_set._pads == [None, None] and folded_set.tasks[0]._source is not None
+    # Breakout pads itself to Space Invaders' 6 channels (in its conversion buffer: no gather)
+    assert folded_set._pads == [None, None] and folded_set.tasks[0].observation_space.shape == (6, 10, 10)
+    assert folded_set.tasks[0]._source is None and folded_set.tasks[0]._planes.shape == (6, 10, 10)
     assert generic_set._pads[0] is not None
     folded = NonStationary(folded_set, Switch(), Every(50), on="step", seed=0)
     generic = NonStationary(generic_set, Switch(), Every(50), on="step", seed=0)
