@@ -38,13 +38,17 @@ Note [Hidden layers]
     shared ``self.act``) gives one layer per call: ``<name>/call_<k>``.
 
     A *hidden layer* for the Jacobian is a pair (weight module, activation) in which the
-    activation's input **is** the weight module's output tensor (found by forward hooks in the
-    probe forward, so ``Linear → ReLU`` pairs in forward order, whatever the module names); it is
-    named after the weight module (``conv``, ``fc``, like ``isometry_gap/<layer>``). Weights are
-    named after their owning module (a tensor not called ``weight`` is ``<module>.<name>``).
+    activation's input **is** the weight module's output tensor, or the output of normalisation
+    modules (:data:`plasticity.units.NORM_TYPES`: LayerNorm, GroupNorm, BatchNorm) applied to it
+    in a chain (found by forward hooks in the probe forward, so ``Linear → ReLU`` and ``Linear →
+    LayerNorm → ReLU`` pair in forward order, whatever the module names); the layer's function is
+    the whole chain, and it is named after the weight module (``conv``, ``fc``, like
+    ``isometry_gap/<layer>``). Weights are named after their owning module (a tensor not called
+    ``weight`` is ``<module>.<name>``).
 
 Note [Layer Jacobian]
-    For a layer ℓ = (weight module L, activation φ), ``f_ℓ(x) = φ(L(x))`` on **one** sample, and
+    For a layer ℓ = (weight module L, activation φ), ``f_ℓ(x) = φ(L(x))`` on **one** sample
+    (``φ(N(L(x)))`` with normalisations N between them, in eval mode), and
     ``J_ℓ(x) = ∂ vec f_ℓ(x) / ∂ vec x``, an ``m × n`` matrix with m, n the numbers of output and
     input entries. For a convolution this is the Jacobian of the whole feature map,
     ``(C_out·H'·W') × (C_in·H·W)`` with the layer's own stride and padding — *not* the flattened
@@ -63,7 +67,7 @@ Note [Layer Jacobian]
       ``Linear → ReLU`` this is ``diag(1[z > 0]) W`` (METHODS.md §3). Used while m ≤ 4096 (G is
       m × m).
     * **torch.func, the first ``metrics.jacobian_samples`` samples** — every other layer
-      (GroupSort, custom modules, very wide convs): exact per-sample Jacobians from
+      (GroupSort, normalised layers, custom modules, very wide convs): exact per-sample Jacobians from
       ``vmap(jacfwd)`` (or ``jacrev`` when m < n), see :func:`layer_jacobian`.
 
     Both are exact (no estimator). Their cost grows with m·n per layer, so for Atari-sized
@@ -91,6 +95,7 @@ from torch.nn.utils import parametrize
 from plasticity.isometry import isometry_gap
 from plasticity.layers import CReLU, GroupSort
 from plasticity.optimizers import head_module_names, param_groups
+from plasticity.units import NORM_TYPES, is_weight_module
 
 __all__ = [
     "MetricsConfig",
@@ -719,6 +724,15 @@ class _Call(NamedTuple):
     activity: Tensor | None = None  # unit modules: E|h_i| (reduced in the hook, before later in-place ops)
 
 
+class _Calls(NamedTuple):
+    """What one probe forward recorded."""
+
+    units: list[tuple[str, _Call]]  # (site, call) of every unit module call, in forward order
+    weights: dict[int, tuple[str, _Call]]  # weight module calls by id() of their output
+    norms: dict[int, _Call]  # normalisation calls by id() of their output (with Jacobians only)
+    head_inputs: list[tuple[str, Tensor]]
+
+
 class PlasticityProbe:
     """Measures every plasticity metric of one network on a probe batch, as TensorBoard tags.
 
@@ -795,7 +809,13 @@ class PlasticityProbe:
         self._weight_modules = {
             name: m
             for name, m in modules.items()
-            if name not in in_head and not isinstance(m, parametrize.ParametrizationList) and _owns_matrix(m)
+            if name not in in_head
+            and not isinstance(m, parametrize.ParametrizationList)
+            and is_weight_module(m)
+        }
+        # Normalisations outside the head: a hidden layer may be L → norm → φ (Note [Hidden layers]).
+        self._norm_modules = {
+            name: m for name, m in modules.items() if name not in in_head and isinstance(m, NORM_TYPES)
         }
         if layers is not None:
             missing = [n for n in layers if n not in modules]
@@ -853,17 +873,17 @@ class PlasticityProbe:
         flags = {m: m.training for m in self.model.modules()}
         self.model.eval()
         try:
-            unit_calls, weight_calls, head_inputs = self._probe_forward(obs)
+            calls = self._probe_forward(obs)
             out: dict[str, float] = {}
-            activity = {site: call.activity for site, call in unit_calls if call.activity is not None}
+            activity = {site: call.activity for site, call in calls.units if call.activity is not None}
             masks = _masks_from_activity(activity, cfg.taus)
             out |= _fractions("dormant_fraction", masks)
             if self._previous:
                 out |= persistent_dormant(self._previous, masks)
             self._previous = masks
-            out |= self._feature_metrics(head_inputs)
+            out |= self._feature_metrics(calls.head_inputs)
             if cfg.jacobian:
-                out |= self._jacobian_metrics(unit_calls, weight_calls)
+                out |= self._jacobian_metrics(calls)
             out |= weight_stats(self.model, self.groups, cfg.iso_target, self._init)
             out["param_rms"] = param_rms(self.model)
             norm = grad_norm_value if grad_norm_value is not None else grad_norm(self.model)
@@ -879,12 +899,11 @@ class PlasticityProbe:
         self.measurements += 1
         return {TAG_PREFIX + key: value for key, value in out.items()}
 
-    def _probe_forward(
-        self, obs: Tensor
-    ) -> tuple[list[tuple[str, _Call]], dict[int, tuple[str, _Call]], list[tuple[str, Tensor]]]:
-        """One hooked forward: (unit calls, weight calls by id of their output, head inputs)."""
+    def _probe_forward(self, obs: Tensor) -> _Calls:
+        """One hooked forward, recording the calls of unit, weight, norm and head modules."""
         raw_units: dict[str, list[_Call]] = {n: [] for n in self._unit_modules}
         raw_weights: dict[str, list[_Call]] = {n: [] for n in self._weight_modules}
+        norm_calls: dict[int, _Call] = {}
         head_inputs: list[tuple[str, Tensor]] = []
         keep = self.cfg.jacobian_samples if self.cfg.jacobian else 0
 
@@ -905,6 +924,10 @@ class PlasticityProbe:
 
             return hook
 
+        def norm_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, Tensor) and args and isinstance(args[0], Tensor):
+                norm_calls[id(output)] = _Call(module, output, id(args[0]))
+
         def head_hook(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
                 if args and isinstance(args[0], Tensor):
@@ -919,6 +942,9 @@ class PlasticityProbe:
                 handles.append(module.register_forward_hook(unit_hook(name)))
             for name, module in self._weight_modules.items():
                 handles.append(module.register_forward_hook(weight_hook(name)))
+            if self.cfg.jacobian:
+                for module in self._norm_modules.values():
+                    handles.append(module.register_forward_hook(norm_hook))
             for name in self.heads:
                 handles.append(modules[name].register_forward_pre_hook(head_hook(name)))
             self.model(obs)
@@ -935,7 +961,7 @@ class PlasticityProbe:
             for name, calls in raw_weights.items()
             for k, call in enumerate(calls)
         }
-        return unit_calls, weight_calls, head_inputs
+        return _Calls(unit_calls, weight_calls, norm_calls, head_inputs)
 
     def _feature_metrics(self, head_inputs: Sequence[tuple[str, Tensor]]) -> dict[str, float]:
         """Feature rank of the head's input; per head only when several heads see different features."""
@@ -950,27 +976,32 @@ class PlasticityProbe:
             out |= {f"{key}/{name}": v for key, v in feature_rank(x, self.cfg.srank_delta).items()}
         return out
 
-    def _jacobian_metrics(
-        self, unit_calls: Sequence[tuple[str, _Call]], weight_calls: Mapping[int, tuple[str, _Call]]
-    ) -> dict[str, float]:
+    def _jacobian_metrics(self, calls: _Calls) -> dict[str, float]:
         """σ² moments of every hidden layer's Jacobian (Note [Layer Jacobian]) and their pooled total."""
         weight_module_ids = {id(m) for m in self._weight_modules.values()}
-        layers: list[tuple[str, _Call, nn.Module | None]] = []  # (layer name, weight call, activation)
-        for _, call in unit_calls:
-            if id(call.module) in weight_module_ids and id(call.output) in weight_calls:
-                site, wcall = weight_calls[id(call.output)]
-                layers.append((site, wcall, None))  # the unit is a weight module's output: L alone
-            elif call.input_id in weight_calls:
-                site, wcall = weight_calls[call.input_id]
-                layers.append((site, wcall, call.module))
+        # (layer name, weight call, the normalisations between it and the activation, activation)
+        layers: list[tuple[str, _Call, list[nn.Module], nn.Module | None]] = []
+        for _, call in calls.units:
+            if id(call.module) in weight_module_ids and id(call.output) in calls.weights:
+                site, wcall = calls.weights[id(call.output)]
+                layers.append((site, wcall, [], None))  # the unit is a weight module's output: L alone
+                continue
+            source, norms = call.input_id, []
+            while source in calls.norms:  # L → norm(s) → φ: walk back to L
+                norms.insert(0, calls.norms[source].module)
+                source = calls.norms[source].input_id
+            if source in calls.weights:
+                site, wcall = calls.weights[source]
+                layers.append((site, wcall, norms, call.module))
         out: dict[str, float] = {}
         total = _Moments(0.0, 0.0, 0)
-        for site, wcall, act in layers:
+        for site, wcall, norms, act in layers:
             if wcall.inputs is None or wcall.pre_activation is None or wcall.inputs.shape[0] == 0:
                 continue
             module, z = wcall.module, wcall.pre_activation
             closed_form = (
                 isinstance(module, _AFFINE)
+                and not norms
                 and (act is None or isinstance(act, _ELEMENTWISE))
                 and z[0].numel() <= _MAX_CLOSED_FORM_OUTPUTS
             )
@@ -979,7 +1010,7 @@ class PlasticityProbe:
                 derivative = ones if act is None else jvp(act, (z.clone(),), (ones,))[1]
                 moments = _diag_scaled_moments(_transfer_matrix(module, wcall.inputs[:1]), derivative)
             else:  # the first jacobian_samples samples
-                fn = module if act is None else nn.Sequential(module, act)
+                fn = nn.Sequential(module, *norms, *([] if act is None else [act]))
                 moments = _jacobian_moments(layer_jacobian(fn, wcall.inputs))
             out |= {f"{key}/{site}": v for key, v in _moment_dict(moments).items()}
             k = total.k + moments.k
@@ -1032,14 +1063,6 @@ def _transfer_matrix(module: nn.Module, sample: Tensor) -> Tensor:
     if isinstance(module, nn.Linear) and sample.dim() == 2:
         return module.weight.detach()
     return layer_jacobian(module, sample)[0]
-
-
-def _owns_matrix(module: nn.Module) -> bool:
-    """Whether ``module`` has a ``weight`` of >= 2 dims (plain parameter or parametrized)."""
-    if parametrize.is_parametrized(module, "weight"):
-        return True
-    weight = dict(module.named_parameters(recurse=False)).get("weight")
-    return weight is not None and weight.dim() >= 2
 
 
 # ----------------------------------------------------------------------------- TensorBoard layout

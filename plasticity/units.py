@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from plasticity.surgery import unit_columns
 
-__all__ = ["UnitLayer", "find_unit_layers"]
+__all__ = ["UnitLayer", "find_unit_layers", "NORM_TYPES", "is_weight_module"]
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -82,12 +82,14 @@ class _Record:
     output: Tensor | None = None
 
 
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+"""Normalisation modules: per-unit gains, never weight matrices; they may sit between a layer and
+its activation."""
 
 
-def _is_weight_module(module: nn.Module) -> bool:
+def is_weight_module(module: nn.Module) -> bool:
     """A module owning a ≥ 2-d ``weight`` (plain or parametrized) that is not a normalisation."""
-    if isinstance(module, _NORMS):
+    if isinstance(module, NORM_TYPES):
         return False  # a LayerNorm((C, H, W)) gain is 3-d but per entry, not a weight matrix
     if parametrize.is_parametrized(module, "weight"):
         return True
@@ -155,7 +157,7 @@ def find_unit_layers(model: nn.Module, example_obs: Tensor) -> list[UnitLayer]:
             that also reaches the output directly, or a layout the column map does not describe.
     """
     names = {id(m): n for n, m in model.named_modules()}
-    weight_modules = {n: m for n, m in model.named_modules() if _is_weight_module(m)}
+    weight_modules = {n: m for n, m in model.named_modules() if is_weight_module(m)}
     other_modules = {
         n: m
         for n, m in model.named_modules()

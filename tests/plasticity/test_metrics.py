@@ -389,6 +389,39 @@ def test_probe_on_minatar_cnn() -> None:
     assert scalars["plasticity/weight_dist_init/fc"] == 0.0
 
 
+def autograd_moments(fn: nn.Module, x: Tensor) -> tuple[float, float]:
+    """σ² mean and variance of ``fn``'s per-sample Jacobians, each from torch.autograd and an SVD."""
+    jacobians = []
+    for sample in x:
+        out_shape = fn(sample.unsqueeze(0)).shape[1:]
+        jac = torch.autograd.functional.jacobian(lambda v: fn(v.unsqueeze(0))[0], sample)
+        jacobians.append(jac.reshape(math.prod(out_shape), sample.numel()))
+    return reference_moments(torch.stack(jacobians))
+
+
+def test_probe_jacobian_of_layers_normalised_before_their_activation() -> None:
+    """A layer L → LayerNorm/GroupNorm → φ is one hidden layer, its Jacobian that of the chain."""
+    torch.manual_seed(0)
+    mlp = make_network(*spaces((7,)), NetworkConfig(name="mlp", hidden_sizes=(9, 5), layernorm=True))
+    assert [type(m).__name__ for m in mlp][1:4] == ["Linear", "LayerNorm", "ReLU"]
+    x = torch.randn(10, 7)
+    scalars = PlasticityProbe(mlp, MetricsConfig(probe_size=10, ntk_probe_size=2, jacobian_samples=4))(x)
+    hidden = mlp[1:4](x)  # the second hidden layer's input
+    for name, chain, inputs in (("1", mlp[1:4], x), ("4", mlp[4:7], hidden)):
+        mean, var = autograd_moments(chain.eval(), inputs[:4])
+        assert scalars[f"plasticity/jacobian_sv2_mean/{name}"] == pytest.approx(mean, rel=1e-5)
+        assert scalars[f"plasticity/jacobian_sv2_var/{name}"] == pytest.approx(var, rel=1e-4, abs=1e-7)
+    # MinAtarCNN: conv → GroupNorm(1, C) → ReLU and fc → LayerNorm → ReLU
+    cfg = NetworkConfig(name="minatar_cnn", channels=4, hidden_sizes=(8,), layernorm=True)
+    cnn = make_network(*spaces((3, 10, 10)), cfg)
+    x = bits(6, 3, 10, 10)
+    scalars = PlasticityProbe(cnn, MetricsConfig(probe_size=6, ntk_probe_size=2, jacobian_samples=2))(x)
+    mean, var = autograd_moments(nn.Sequential(cnn.conv, cnn.conv_norm, cnn.conv_act), x[:2])
+    assert scalars["plasticity/jacobian_sv2_mean/conv"] == pytest.approx(mean, rel=1e-5)
+    assert scalars["plasticity/jacobian_sv2_var/conv"] == pytest.approx(var, rel=1e-4)
+    assert "plasticity/jacobian_sv2_mean/fc" in scalars and "plasticity/jacobian_sv2_mean" in scalars
+
+
 class SharedActivation(nn.Module):
     """A user network: one ReLU module applied twice, a BatchNorm, and a two-head readout."""
 
