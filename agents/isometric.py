@@ -74,11 +74,15 @@ __all__ = ["IsometricMLP", "IsometricMinAtarCNN", "isometric_mlp", "isometric_mi
 def _reject_variants(cfg: NetworkConfig) -> None:
     """Refuse the standard nets' architecture options rather than silently drop them."""
     if cfg.layernorm:
-        raise ValueError(f"network.layernorm is not supported by {cfg.name!r} (it would break the "
-                         "layer isometry); use mlp or minatar_cnn")
+        raise ValueError(
+            f"network.layernorm is not supported by {cfg.name!r} (it would break the "
+            "layer isometry); use mlp or minatar_cnn"
+        )
     if cfg.activation == "crelu":
-        raise ValueError(f"network.activation=crelu is not supported by {cfg.name!r} (its activation "
-                         "is GroupSort); use mlp or minatar_cnn")
+        raise ValueError(
+            f"network.activation=crelu is not supported by {cfg.name!r} (its activation "
+            "is GroupSort); use mlp or minatar_cnn"
+        )
 
 
 def _check_divisible(what: str, width: int, group_size: int) -> None:
@@ -132,8 +136,11 @@ class IsometricMLP(nn.Module):
         blocks: list[nn.Module] = []
         for i, width in enumerate(hidden_sizes):
             _check_divisible(f"network.hidden_sizes[{i}]", width, group_size)
-            blocks.append(nn.Sequential(orthogonal_(nn.Linear(in_dim, width), map=orthogonal_map),
-                                        GroupSort(group_size)))
+            blocks.append(
+                nn.Sequential(
+                    orthogonal_(nn.Linear(in_dim, width), map=orthogonal_map), GroupSort(group_size)
+                )
+            )
             in_dim = width
         self.hidden = nn.Sequential(*blocks)
         self.head = _make_head(in_dim, n_actions, orthogonal_head, init)
@@ -181,8 +188,9 @@ class IsometricMinAtarCNN(nn.Module):
     ) -> None:
         super().__init__()
         if len(obs_shape) != 3 or obs_shape[1] < 3 or obs_shape[2] < 3:
-            raise ValueError(f"isometric_minatar_cnn needs (C, H, W) observations with H, W >= 3, "
-                             f"got shape {obs_shape}")
+            raise ValueError(
+                f"isometric_minatar_cnn needs (C, H, W) observations with H, W >= 3, got shape {obs_shape}"
+            )
         c, h, w = obs_shape
         _check_divisible("network.channels", channels, group_size)
         _check_divisible("network.hidden_sizes[-1]", hidden, group_size)
@@ -204,9 +212,15 @@ def isometric_mlp(observation_space: gym.Space, action_space: gym.Space, cfg: Ne
     """:class:`IsometricMLP` over flattened Box observations (``hidden_sizes``, ``group_size``)."""
     _reject_variants(cfg)
     in_dim = int(np.prod(_obs_shape(observation_space)))
-    return IsometricMLP(in_dim, tuple(cfg.hidden_sizes), _n_actions(action_space),
-                        cfg.group_size, init=cfg.init, orthogonal_map=cfg.orthogonal_map,
-                        orthogonal_head=cfg.orthogonal_head)
+    return IsometricMLP(
+        in_dim,
+        tuple(cfg.hidden_sizes),
+        _n_actions(action_space),
+        cfg.group_size,
+        init=cfg.init,
+        orthogonal_map=cfg.orthogonal_map,
+        orthogonal_head=cfg.orthogonal_head,
+    )
 
 
 @NETWORKS.register("isometric_minatar_cnn")
@@ -215,7 +229,13 @@ def isometric_minatar_cnn(
 ) -> nn.Module:
     """:class:`IsometricMinAtarCNN` (``channels``, ``hidden_sizes[-1]``, ``group_size``)."""
     _reject_variants(cfg)
-    return IsometricMinAtarCNN(_obs_shape(observation_space), _n_actions(action_space),
-                               channels=cfg.channels, hidden=cfg.hidden_sizes[-1],
-                               group_size=cfg.group_size, init=cfg.init,
-                               orthogonal_map=cfg.orthogonal_map, orthogonal_head=cfg.orthogonal_head)
+    return IsometricMinAtarCNN(
+        _obs_shape(observation_space),
+        _n_actions(action_space),
+        channels=cfg.channels,
+        hidden=cfg.hidden_sizes[-1],
+        group_size=cfg.group_size,
+        init=cfg.init,
+        orthogonal_map=cfg.orthogonal_map,
+        orthogonal_head=cfg.orthogonal_head,
+    )

@@ -162,15 +162,23 @@ class AdamO(Optimizer):
     ) -> None:
         checks: tuple[tuple[str, object, bool], ...] = (
             ("lr", lr, _is_number(lr) and lr >= 0),
-            ("betas", betas, isinstance(betas, tuple | list) and len(betas) == 2
-             and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)),
+            (
+                "betas",
+                betas,
+                isinstance(betas, tuple | list)
+                and len(betas) == 2
+                and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas),
+            ),
             ("eps", eps, _is_number(eps) and eps >= 0),
             ("weight_decay", weight_decay, _is_number(weight_decay) and weight_decay >= 0),
             ("iso_coef", iso_coef, _is_number(iso_coef) and iso_coef >= 0),
             ("iso_target", iso_target, _is_number(iso_target) and iso_target >= 0),
             ("iso_lr", iso_lr, iso_lr is None or (_is_number(iso_lr) and iso_lr >= 0)),
-            ("iso_every", iso_every, isinstance(iso_every, int) and not isinstance(iso_every, bool)
-             and iso_every >= 1),
+            (
+                "iso_every",
+                iso_every,
+                isinstance(iso_every, int) and not isinstance(iso_every, bool) and iso_every >= 1,
+            ),
             ("iso_prefetch", iso_prefetch, isinstance(iso_prefetch, bool)),
             ("foreach", foreach, foreach is None or isinstance(foreach, bool)),
             ("fused", fused, fused is None or (isinstance(fused, bool) and not (fused and foreach))),
@@ -280,8 +288,7 @@ class AdamO(Optimizer):
                 out.append(None)
                 continue
             ready = prefetched.pop(p, None)
-            out.append(ready[1] if ready is not None and ready[0] == target
-                       else isometry_grad(p, target))
+            out.append(ready[1] if ready is not None and ready[0] == target else isometry_grad(p, target))
         return out
 
     @torch.no_grad()
@@ -313,10 +320,21 @@ class AdamO(Optimizer):
             beta1, beta2 = group["betas"]
             iso_lr = group["iso_lr"] if group["iso_lr"] is not None else group["lr"]
             adamo(
-                params, grads, exp_avgs, exp_avg_sqs, state_steps, iso_grads,
-                foreach=group["foreach"], fused=group["fused"], lr=group["lr"], beta1=beta1, beta2=beta2,
-                eps=group["eps"], weight_decay=group["weight_decay"],
-                iso_coef=group["iso_coef"] * group["iso_every"], iso_lr=iso_lr,
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                state_steps,
+                iso_grads,
+                foreach=group["foreach"],
+                fused=group["fused"],
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                iso_coef=group["iso_coef"] * group["iso_every"],
+                iso_lr=iso_lr,
                 maximize=group["maximize"],
             )
         self._launch_prefetch()
@@ -338,8 +356,12 @@ class AdamO(Optimizer):
                 state = self.state.get(p)
                 # CPU only: on CUDA the matmuls are asynchronous kernels already, and a worker
                 # thread would not see the trainer's current stream.
-                if (p.dim() >= 2 and p.device.type == "cpu" and state
-                        and self._iso_due(group, state["step"], 1)):
+                if (
+                    p.dim() >= 2
+                    and p.device.type == "cpu"
+                    and state
+                    and self._iso_due(group, state["step"], 1)
+                ):
                     params.append(p)
                     targets.append(group["iso_target"])
         if not params:
@@ -364,7 +386,11 @@ class AdamO(Optimizer):
         return {
             p: (target, grad)
             for p, version, ptr, target, grad in zip(
-                pending.params, pending.versions, pending.data_ptrs, pending.targets, grads,
+                pending.params,
+                pending.versions,
+                pending.data_ptrs,
+                pending.targets,
+                grads,
                 strict=True,
             )
             if p._version == version and p.data_ptr() == ptr
@@ -468,8 +494,19 @@ def adamo(
         _implementation(params, foreach, fused)
     ]
     impl(
-        params, grads, exp_avgs, exp_avg_sqs, state_steps, iso_grads, lr=lr, beta1=beta1,
-        beta2=beta2, eps=eps, weight_decay=weight_decay, iso_coef=iso_coef, iso_lr=iso_lr,
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        state_steps,
+        iso_grads,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        iso_coef=iso_coef,
+        iso_lr=iso_lr,
         maximize=maximize,
     )
 
@@ -588,10 +625,21 @@ def _fused_adamo(
         dev_steps = [state_steps[i] for i in indices]
         torch._foreach_add_(dev_steps, 1)
         torch._fused_adamw_(
-            dev_params, [grads[i] for i in indices], [exp_avgs[i] for i in indices],
-            [exp_avg_sqs[i] for i in indices], [], dev_steps, amsgrad=False, lr=lr,
-            beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=maximize,
-            grad_scale=None, found_inf=None,
+            dev_params,
+            [grads[i] for i in indices],
+            [exp_avgs[i] for i in indices],
+            [exp_avg_sqs[i] for i in indices],
+            [],
+            dev_steps,
+            amsgrad=False,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            eps=eps,
+            maximize=maximize,
+            grad_scale=None,
+            found_inf=None,
         )
         _add_isometry_step(params, iso_grads, indices, -iso_lr * iso_coef)
 
@@ -617,7 +665,16 @@ def _add_isometry_step(
 def _adamo_factory(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> AdamO:
     # fused=None lets AdamO choose (fused on CPU/CUDA unless foreach is set), like `adam` here.
     return AdamO(
-        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-        iso_coef=cfg.iso_coef, iso_target=cfg.iso_target, iso_lr=cfg.iso_lr,
-        iso_every=cfg.iso_every, iso_prefetch=cfg.iso_prefetch, foreach=cfg.foreach, fused=cfg.fused,
+        groups,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        iso_coef=cfg.iso_coef,
+        iso_target=cfg.iso_target,
+        iso_lr=cfg.iso_lr,
+        iso_every=cfg.iso_every,
+        iso_prefetch=cfg.iso_prefetch,
+        foreach=cfg.foreach,
+        fused=cfg.fused,
     )

@@ -369,16 +369,20 @@ def orthogonal_(module: nn.Module, name: str = "weight", map: str | None = None)
     if not isinstance(weight, Tensor):
         raise ValueError(f"{type(module).__name__} has no parameter or buffer named {name!r}")
     if parametrize.is_parametrized(module, name):
-        raise ValueError(f"{type(module).__name__}.{name} is already parametrized; "
-                         "orthogonal_ constrains a plain tensor")
+        raise ValueError(
+            f"{type(module).__name__}.{name} is already parametrized; orthogonal_ constrains a plain tensor"
+        )
     if weight.dim() < 2:
-        raise ValueError(f"orthogonal_ needs a tensor with >= 2 dimensions, "
-                         f"{type(module).__name__}.{name} has shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"orthogonal_ needs a tensor with >= 2 dimensions, "
+            f"{type(module).__name__}.{name} has shape {tuple(weight.shape)}"
+        )
     if not weight.is_floating_point():
         raise ValueError(f"orthogonal_ needs a real floating-point tensor, got {weight.dtype}")
     if isinstance(module, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
-        raise ValueError("orthogonal_ does not support transposed convolutions "
-                         "(their dim 0 is the input dimension)")
+        raise ValueError(
+            "orthogonal_ does not support transposed convolutions (their dim 0 is the input dimension)"
+        )
     rows = weight.shape[0]
     cols = weight.numel() // rows if rows else 0
     map = "qr" if map is None else map

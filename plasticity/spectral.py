@@ -190,8 +190,11 @@ class SpectralRegularizer(nn.Module):
             raise ValueError(f"spectral: power must be a number > 0, got {power!r}")
         if bias not in _BIAS_MODES:
             raise ValueError(f"spectral: bias must be one of {list(_BIAS_MODES)}, got {bias!r}")
-        if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) \
-                or n_power_iterations < 1:
+        if (
+            isinstance(n_power_iterations, bool)
+            or not isinstance(n_power_iterations, int)
+            or n_power_iterations < 1
+        ):
             raise ValueError(f"spectral: n_power_iterations must be an int >= 1, got {n_power_iterations!r}")
         if init not in _INIT_MODES:
             raise ValueError(f"spectral: init must be one of {list(_INIT_MODES)}, got {init!r}")
@@ -207,8 +210,9 @@ class SpectralRegularizer(nn.Module):
             if weight.dim() < 2:
                 raise ValueError(f"spectral: {name} has shape {tuple(weight.shape)}; needs >= 2 dims")
             if b is not None and b.shape != (weight.shape[0],):
-                raise ValueError(f"spectral: bias of {name} has shape {tuple(b.shape)}, "
-                                 f"expected ({weight.shape[0]},)")
+                raise ValueError(
+                    f"spectral: bias of {name} has shape {tuple(b.shape)}, expected ({weight.shape[0]},)"
+                )
             layer = _Layer(name, weight, b)
             self._layers.append(layer)
             iterations.append(_PowerIteration(self._matrix(layer).detach(), init, generator))
@@ -253,16 +257,23 @@ class SpectralRegularizer(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         """Reject a state saved for other layers or another bias mode."""
         mine = self.get_extra_state()
-        if not isinstance(state, Mapping) or list(state.get("names", [])) != mine["names"] \
-                or [tuple(s) for s in state.get("shapes", [])] != mine["shapes"]:
-            raise ValueError(f"spectral: state was saved for layers {dict(state).get('names')} with "
-                             f"shapes {dict(state).get('shapes')}; this regularizer penalises "
-                             f"{mine['names']} with shapes {mine['shapes']}")
+        if (
+            not isinstance(state, Mapping)
+            or list(state.get("names", [])) != mine["names"]
+            or [tuple(s) for s in state.get("shapes", [])] != mine["shapes"]
+        ):
+            raise ValueError(
+                f"spectral: state was saved for layers {dict(state).get('names')} with "
+                f"shapes {dict(state).get('shapes')}; this regularizer penalises "
+                f"{mine['names']} with shapes {mine['shapes']}"
+            )
 
     def extra_repr(self) -> str:
         """Options and number of penalised layers."""
-        return (f"coef={self.coef}, power={self.power}, bias={self.bias_mode!r}, "
-                f"n_power_iterations={self.n_power_iterations}, layers={len(self._layers)}")
+        return (
+            f"coef={self.coef}, power={self.power}, bias={self.bias_mode!r}, "
+            f"n_power_iterations={self.n_power_iterations}, layers={len(self._layers)}"
+        )
 
 
 def _penalised_layers(

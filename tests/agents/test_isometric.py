@@ -33,8 +33,10 @@ def test_registered() -> None:
         (NetworkConfig(name="isometric_mlp"), (4,)),
         (NetworkConfig(name="isometric_mlp", hidden_sizes=(12, 6), group_size=3), (3, 5)),
         (NetworkConfig(name="isometric_minatar_cnn"), (4, 10, 10)),
-        (NetworkConfig(name="isometric_minatar_cnn", channels=8, hidden_sizes=(32,), group_size=4),
-         (7, 10, 10)),
+        (
+            NetworkConfig(name="isometric_minatar_cnn", channels=8, hidden_sizes=(32,), group_size=4),
+            (7, 10, 10),
+        ),
     ],
 )
 def test_output_shapes(cfg: NetworkConfig, obs_shape: tuple[int, ...]) -> None:
@@ -56,7 +58,13 @@ def test_groups_and_plain_head() -> None:
 
 
 def test_init_orthogonal_sets_the_plain_head() -> None:
-    net = make_network(box(4,), ACTIONS, NetworkConfig(name="isometric_mlp", init="orthogonal"))
+    net = make_network(
+        box(
+            4,
+        ),
+        ACTIONS,
+        NetworkConfig(name="isometric_mlp", init="orthogonal"),
+    )
     w = net.head.weight
     torch.testing.assert_close(w @ w.T, torch.eye(6), atol=1e-5, rtol=0)
     assert not hasattr(net.head, "parametrizations")
@@ -66,8 +74,9 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match=r"hidden_sizes\[0\] \(6\) must be divisible by network.group_size"):
         make_network(box(4), ACTIONS, NetworkConfig(name="isometric_mlp", hidden_sizes=(6,), group_size=4))
     with pytest.raises(ValueError, match=r"network.channels \(6\) must be divisible"):
-        make_network(box(4, 10, 10), ACTIONS,
-                     NetworkConfig(name="isometric_minatar_cnn", channels=6, group_size=4))
+        make_network(
+            box(4, 10, 10), ACTIONS, NetworkConfig(name="isometric_minatar_cnn", channels=6, group_size=4)
+        )
     with pytest.raises(ValueError, match="needs \\(C, H, W\\) observations"):
         make_network(box(4, 10), ACTIONS, NetworkConfig(name="isometric_minatar_cnn"))
     with pytest.raises(ValueError, match="Box observation space"):
@@ -111,8 +120,13 @@ def test_isometric_mlp_layer_jacobians_stay_isometric_under_adamo() -> None:
             for seed in range(3):
                 sv = block_singular_values(block, (n_in,), seed)
                 assert sv.shape == (min(n_in, block[0].out_features),)
-                torch.testing.assert_close(sv, torch.ones_like(sv), rtol=0, atol=1e-5,
-                                           msg=lambda m, i=i, phase=phase: f"block {i} {phase}: {m}")
+                torch.testing.assert_close(
+                    sv,
+                    torch.ones_like(sv),
+                    rtol=0,
+                    atol=1e-5,
+                    msg=lambda m, i=i, phase=phase: f"block {i} {phase}: {m}",
+                )
         if phase == "before":
             losses = train_adamo(net, (12,), steps=100)
             assert losses[-1] < 0.5 * losses[0]

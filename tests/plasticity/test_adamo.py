@@ -77,8 +77,11 @@ def _closure_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor) -> No
     opt.step()
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match", "when"), ADAMO_ERRORS,
-                         ids=[f"{e[3]}-{i}" for i, e in enumerate(ADAMO_ERRORS)])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match", "when"),
+    ADAMO_ERRORS,
+    ids=[f"{e[3]}-{i}" for i, e in enumerate(ADAMO_ERRORS)],
+)
 def test_errors(kwargs: dict[str, Any], error: type[Exception], match: str, when: str) -> None:
     if when == "construct":
         with pytest.raises(error, match=match):
@@ -125,16 +128,15 @@ IMPL_IDS = ["single", "foreach", "fused", "defaults"]
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS, ids=IMPL_IDS)
 @pytest.mark.parametrize(("weight_decay", "maximize"), [(0.0, False), (0.1, False), (0.0, True)])
-def test_iso_coef_zero_equals_torch_adam(impl: dict[str, bool], weight_decay: float, maximize: bool
-                                         ) -> None:
+def test_iso_coef_zero_equals_torch_adam(impl: dict[str, bool], weight_decay: float, maximize: bool) -> None:
     """λ = 0 is Adam (AdamW with weight decay) over 50 steps on a small MLP, params and moments."""
     model, reference = _mlp(), _mlp()
-    opt = AdamO(model.parameters(), lr=1e-2, weight_decay=weight_decay, iso_coef=0.0,
-                maximize=maximize, **impl)
+    opt = AdamO(
+        model.parameters(), lr=1e-2, weight_decay=weight_decay, iso_coef=0.0, maximize=maximize, **impl
+    )
     # torch.optim.Adam itself; with weight decay, AdamW (AdamO's decay is decoupled).
     ref_cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
-    ref_opt = ref_cls(reference.parameters(), lr=1e-2, weight_decay=weight_decay, maximize=maximize,
-                      **impl)
+    ref_opt = ref_cls(reference.parameters(), lr=1e-2, weight_decay=weight_decay, maximize=maximize, **impl)
     torch.manual_seed(1)
     for _ in range(50):
         x = torch.randn(8, 3)
@@ -166,16 +168,29 @@ def test_one_step_by_hand() -> None:
         w.grad, t.grad = wide.grad.clone(), tall.grad.clone()
         opt = AdamO(
             [{"params": [w]}, {"params": [t], "iso_target": 2.0, "weight_decay": 0.5}],
-            lr=0.1, iso_coef=0.01, **impl,
+            lr=0.1,
+            iso_coef=0.01,
+            **impl,
         )
         opt.step()
-        assert_close(w.detach(), torch.tensor(
-            [[1 - 0.1 - 0.004, 0 + 0.1 - 0.0, 1 - 0.1 - 0.004],
-             [0 - 0.0 - 0.0, 1 - 0.1 - 0.0, 0 + 0.1 - 0.0]], dtype=dt), rtol=0, atol=1e-7)
-        assert_close(t.detach(), torch.tensor(
-            [[0.95 - 0.1 + 0.004, 0.0],
-             [0 + 0.1, 1.9 - 0.1 - 0.016],
-             [0 - 0.1, 0.0]], dtype=dt), rtol=0, atol=1e-7)
+        assert_close(
+            w.detach(),
+            torch.tensor(
+                [
+                    [1 - 0.1 - 0.004, 0 + 0.1 - 0.0, 1 - 0.1 - 0.004],
+                    [0 - 0.0 - 0.0, 1 - 0.1 - 0.0, 0 + 0.1 - 0.0],
+                ],
+                dtype=dt,
+            ),
+            rtol=0,
+            atol=1e-7,
+        )
+        assert_close(
+            t.detach(),
+            torch.tensor([[0.95 - 0.1 + 0.004, 0.0], [0 + 0.1, 1.9 - 0.1 - 0.016], [0 - 0.1, 0.0]], dtype=dt),
+            rtol=0,
+            atol=1e-7,
+        )
         # The moments see the task gradient only.
         assert_close(opt.state[w]["exp_avg"], 0.1 * wide.grad)
         assert_close(opt.state[w]["exp_avg_sq"], 0.001 * wide.grad.square())
@@ -285,8 +300,21 @@ def test_functional_matches_class() -> None:
     steps = [torch.tensor(0.0) for _ in params]
     with torch.no_grad():
         iso = [isometry_grad(p) if p.dim() >= 2 else None for p in params]
-        adamo(params, grads, *states, steps, iso, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
-              weight_decay=0.0, iso_coef=0.1, iso_lr=1e-2, maximize=False)
+        adamo(
+            params,
+            grads,
+            *states,
+            steps,
+            iso,
+            lr=1e-2,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            iso_coef=0.1,
+            iso_lr=1e-2,
+            maximize=False,
+        )
     for p, q in zip(model.parameters(), params, strict=True):
         assert_close(p, q)
 
@@ -331,8 +359,10 @@ def test_pickle_and_deepcopy_with_pending_prefetch() -> None:
 def test_no_prefetch_without_isometry_work() -> None:
     model = _mlp()
     x = torch.randn(4, 3)
-    for opt in (AdamO(model.parameters(), iso_prefetch=True, iso_coef=0.0),
-                AdamO([{"params": model.parameters(), "isometry": False}], iso_prefetch=True)):
+    for opt in (
+        AdamO(model.parameters(), iso_prefetch=True, iso_coef=0.0),
+        AdamO([{"params": model.parameters(), "isometry": False}], iso_prefetch=True),
+    ):
         _closure_step(model, opt, x)
         assert opt._iso_pending is None
 
@@ -342,8 +372,17 @@ def test_load_older_state_without_new_group_keys() -> None:
     opt = AdamO(model.parameters(), lr=1e-2)
     _closure_step(model, opt, torch.randn(4, 3))
     state = opt.state_dict()
-    new_keys = ("iso_coef", "iso_target", "iso_lr", "iso_every", "iso_prefetch", "isometry",
-                "foreach", "fused", "maximize")
+    new_keys = (
+        "iso_coef",
+        "iso_target",
+        "iso_lr",
+        "iso_every",
+        "iso_prefetch",
+        "isometry",
+        "foreach",
+        "fused",
+        "maximize",
+    )
     for group in state["param_groups"]:
         for key in new_keys:
             del group[key]
@@ -351,8 +390,15 @@ def test_load_older_state_without_new_group_keys() -> None:
     fresh.load_state_dict(state)
     group = fresh.param_groups[0]
     assert {k: group[k] for k in new_keys} == {
-        "iso_coef": 1e-2, "iso_target": 1.0, "iso_lr": None, "iso_every": 1,
-        "iso_prefetch": False, "isometry": None, "foreach": None, "fused": None, "maximize": False,
+        "iso_coef": 1e-2,
+        "iso_target": 1.0,
+        "iso_lr": None,
+        "iso_every": 1,
+        "iso_prefetch": False,
+        "isometry": None,
+        "foreach": None,
+        "fused": None,
+        "maximize": False,
     }
     _closure_step(model, fresh, torch.randn(4, 3))
     assert fresh.state[next(model.parameters())]["step"].item() == 2.0
@@ -361,8 +407,9 @@ def test_load_older_state_without_new_group_keys() -> None:
 def test_param_groups_zero_lr_and_two_groups_equal_two_optimizers() -> None:
     model = _mlp()
     first, second = model[0], model[2]
-    opt = AdamO([{"params": first.parameters(), "lr": 0.0},
-                 {"params": second.parameters()}], lr=1e-2, iso_coef=0.1)
+    opt = AdamO(
+        [{"params": first.parameters(), "lr": 0.0}, {"params": second.parameters()}], lr=1e-2, iso_coef=0.1
+    )
     before = [first.weight.detach().clone(), second.weight.detach().clone()]
     _closure_step(model, opt, torch.randn(4, 3))
     assert torch.equal(first.weight, before[0])  # lr 0 also stops the isometry step (η_iso = η)
@@ -370,10 +417,17 @@ def test_param_groups_zero_lr_and_two_groups_equal_two_optimizers() -> None:
 
     # Two groups with different hyperparameters behave as two optimizers.
     a, b = _mlp(1), _mlp(1)
-    grouped = AdamO([{"params": a[0].parameters(), "lr": 1e-2, "iso_coef": 0.5},
-                     {"params": a[2].parameters(), "lr": 3e-2, "iso_target": 2.0}], iso_coef=0.1)
-    separate = [AdamO(b[0].parameters(), lr=1e-2, iso_coef=0.5),
-                AdamO(b[2].parameters(), lr=3e-2, iso_coef=0.1, iso_target=2.0)]
+    grouped = AdamO(
+        [
+            {"params": a[0].parameters(), "lr": 1e-2, "iso_coef": 0.5},
+            {"params": a[2].parameters(), "lr": 3e-2, "iso_target": 2.0},
+        ],
+        iso_coef=0.1,
+    )
+    separate = [
+        AdamO(b[0].parameters(), lr=1e-2, iso_coef=0.5),
+        AdamO(b[2].parameters(), lr=3e-2, iso_coef=0.1, iso_target=2.0),
+    ]
     torch.manual_seed(10)
     for _ in range(5):
         x = torch.randn(4, 3)
@@ -423,8 +477,10 @@ def test_iso_every_and_iso_lr_and_schedule() -> None:
 def test_dead_relu_unit_moves_only_under_adamo() -> None:
     """A dead unit's incoming row has zero task gradient: Adam never moves it, AdamO does."""
     results = {}
-    for name, make in [("adam", lambda p: torch.optim.Adam(p, lr=1e-2)),
-                       ("adamo", lambda p: AdamO(p, lr=1e-2, iso_coef=0.1))]:
+    for name, make in [
+        ("adam", lambda p: torch.optim.Adam(p, lr=1e-2)),
+        ("adamo", lambda p: AdamO(p, lr=1e-2, iso_coef=0.1)),
+    ]:
         torch.manual_seed(12)
         model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
         with torch.no_grad():
@@ -448,23 +504,43 @@ def test_dead_relu_unit_moves_only_under_adamo() -> None:
 
 def _net() -> nn.Module:
     torch.manual_seed(13)
-    return nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 6), nn.ReLU(),
-                         nn.Linear(6, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)
+    )
 
 
 @pytest.mark.parametrize("iso_head", [False, True])
 def test_registered_factory_over_param_groups(iso_head: bool) -> None:
     assert "adamo" in OPTIMIZERS
     net = _net()
-    cfg = OptimizerConfig(name="adamo", lr=0.05, iso_coef=0.2, iso_target=2.0, iso_head=iso_head,
-                          weight_decay=0.0, foreach=True, iso_every=1, iso_prefetch=iso_head)
+    cfg = OptimizerConfig(
+        name="adamo",
+        lr=0.05,
+        iso_coef=0.2,
+        iso_target=2.0,
+        iso_head=iso_head,
+        weight_decay=0.0,
+        foreach=True,
+        iso_every=1,
+        iso_prefetch=iso_head,
+    )
     opt = make_optimizer(param_groups(net, iso_head=iso_head), cfg)
     assert isinstance(opt, AdamO)
     assert {g["kind"]: g["isometry"] for g in opt.param_groups} == {
-        "matrix": True, "head": iso_head, "vector": False}
+        "matrix": True,
+        "head": iso_head,
+        "vector": False,
+    }
     group = opt.param_groups[0]
-    assert (group["lr"], group["iso_coef"], group["iso_target"], group["foreach"], group["fused"],
-            group["iso_every"], group["iso_prefetch"]) == (0.05, 0.2, 2.0, True, None, 1, iso_head)
+    assert (
+        group["lr"],
+        group["iso_coef"],
+        group["iso_target"],
+        group["foreach"],
+        group["fused"],
+        group["iso_every"],
+        group["iso_prefetch"],
+    ) == (0.05, 0.2, 2.0, True, None, 1, iso_head)
     # Zero task gradients: only the isometry step acts, on exactly the tagged matrices.
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     _zero_grads(list(net.parameters()))
@@ -508,8 +584,9 @@ def test_orthogonal_parametrization_original_gets_no_isometry_step() -> None:
 # -- Note [Isometry prefetch] -----------------------------------------------------------------
 
 
-def _run_pair(edit: Callable[[nn.Module, AdamO], None] | None = None, **kwargs: Any
-              ) -> tuple[nn.Module, nn.Module]:
+def _run_pair(
+    edit: Callable[[nn.Module, AdamO], None] | None = None, **kwargs: Any
+) -> tuple[nn.Module, nn.Module]:
     """The same 8 steps with and without prefetch; ``edit`` runs on both after step 4."""
     models = []
     for prefetch in (False, True):
@@ -554,8 +631,7 @@ def _change_target(model: nn.Module, opt: AdamO) -> None:
     opt.param_groups[0]["iso_target"] = 2.0
 
 
-@pytest.mark.parametrize("edit", [_scale_in_place, _load_weights, _edit_data_and_discard,
-                                  _change_target])
+@pytest.mark.parametrize("edit", [_scale_in_place, _load_weights, _edit_data_and_discard, _change_target])
 def test_prefetch_is_discarded_when_weights_or_target_change(
     edit: Callable[[nn.Module, AdamO], None],
 ) -> None:

@@ -178,8 +178,12 @@ def test_orthogonal_errors() -> None:
 def test_qr_original_drifts_and_retract_resets_it_without_changing_weights() -> None:
     # Note [Default map]: the QR map is scale-invariant, so Adam steps lengthen the original.
     torch.manual_seed(0)
-    net = nn.Sequential(orthogonal_(nn.Linear(16, 16)), GroupSort(2),
-                        orthogonal_(nn.Linear(16, 16), map="cayley"), nn.Linear(16, 2))
+    net = nn.Sequential(
+        orthogonal_(nn.Linear(16, 16)),
+        GroupSort(2),
+        orthogonal_(nn.Linear(16, 16), map="cayley"),
+        nn.Linear(16, 2),
+    )
     original = net[0].parametrizations.weight.original
     torch_original = net[2].parametrizations.weight.original
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -256,8 +260,12 @@ def count_evaluations(model: nn.Module) -> list[int]:
 def small_net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        orthogonal_(nn.Conv2d(2, 4, 3)), GroupSort(2), nn.Flatten(),
-        orthogonal_(nn.Linear(4 * 4 * 4, 8)), GroupSort(2), nn.Linear(8, 3),
+        orthogonal_(nn.Conv2d(2, 4, 3)),
+        GroupSort(2),
+        nn.Flatten(),
+        orthogonal_(nn.Linear(4 * 4 * 4, 8)),
+        GroupSort(2),
+        nn.Linear(8, 3),
     )
 
 

@@ -187,11 +187,17 @@ class Net(nn.Module):
 @pytest.mark.parametrize(
     ("options", "names", "with_grad"),
     [
-        ({}, ["conv.weight", "fc.weight", "head.weight"],
-         {"conv.weight", "conv.bias", "fc.weight", "head.weight", "head.bias"}),
+        (
+            {},
+            ["conv.weight", "fc.weight", "head.weight"],
+            {"conv.weight", "conv.bias", "fc.weight", "head.weight", "head.bias"},
+        ),
         ({"include_head": False}, ["conv.weight", "fc.weight"], {"conv.weight", "conv.bias", "fc.weight"}),
-        ({"bias": "column"}, ["conv.weight", "fc.weight", "head.weight"],
-         {"conv.weight", "conv.bias", "fc.weight", "head.weight", "head.bias"}),
+        (
+            {"bias": "column"},
+            ["conv.weight", "fc.weight", "head.weight"],
+            {"conv.weight", "conv.bias", "fc.weight", "head.weight", "head.bias"},
+        ),
     ],
 )
 def test_only_intended_tensors_are_penalised(options: dict, names: list[str], with_grad: set[str]) -> None:
