@@ -25,6 +25,7 @@ from plasticity.optimizers import OPTIMIZERS, OptimizerConfig
 from plasticity.regularizers import REGULARIZERS
 from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trainers.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
+from trainers.runlock import LOCK_NAME, lock_run_dir, unlock_run_dir
 
 __all__ = [
     "check_names",
@@ -78,20 +79,33 @@ def run_name(cfg: ExperimentConfig) -> str:
 
 
 def make_run_dir(cfg: ExperimentConfig) -> Path:
-    """Create a fresh run folder and write config.yaml into it.
+    """Create a fresh run folder, take its lock (:mod:`trainers.runlock`) and write config.yaml.
 
-    A generated name that clashes (same second) gets a numeric suffix; a ``logging.name`` whose
-    folder already holds files is an error, never silently mixed with another run.
+    A generated name that clashes (same second, even in another process) gets a numeric suffix;
+    a ``logging.name`` whose folder already holds files, or that another process is training
+    into, is an error, never silently mixed with another run. The caller holds the lock until
+    the run ends (``trainers.session.Session`` releases it).
     """
     base = Path(cfg.logging.dir) / run_name(cfg)
-    if cfg.logging.name is not None and base.exists() and any(base.iterdir()):
-        raise ConfigError(
-            f"run folder {str(base)!r} already holds a run; use --resume or another logging.name"
-        )
-    run_dir, i = base, 1
-    while cfg.logging.name is None and run_dir.exists():
-        run_dir, i = base.with_name(f"{base.name}_{i}"), i + 1
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.logging.name is not None:
+        base.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(base)  # before looking inside: another process may be creating the same run
+        if any(p.name != LOCK_NAME for p in base.iterdir()):
+            unlock_run_dir(base)
+            raise ConfigError(
+                f"run folder {str(base)!r} already holds a run; use --resume or another logging.name"
+            )
+        run_dir = base
+    else:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        run_dir, i = base, 1
+        while True:
+            try:
+                run_dir.mkdir()  # atomic: of two processes asking for one name, one gets it
+                break
+            except FileExistsError:
+                run_dir, i = base.with_name(f"{base.name}_{i}"), i + 1
+        lock_run_dir(run_dir)
     write_config(cfg, run_dir)
     return run_dir
 
@@ -145,13 +159,18 @@ def resume(run_dir: str | Path, overrides: list[str] = (), *, quiet: bool = Fals
         key = text.partition("=")[0].strip()
         if key not in RESUME_OVERRIDABLE:
             raise ConfigError(f"cannot change {key!r} on resume; only {list(RESUME_OVERRIDABLE)} may change")
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    cfg = config_from_dict(apply_overrides(state["config"], overrides))
-    if cfg.total_steps <= state["global_step"]:
-        raise ConfigError(
-            f"run {str(run_dir)!r} is already at step {state['global_step']} of "
-            f"total_steps={cfg.total_steps}; pass a larger total_steps=N to extend it"
-        )
-    check_names(cfg)
-    write_config(cfg, run_dir)
+    lock_run_dir(run_dir)  # before reading the checkpoint another process may be writing
+    try:
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        cfg = config_from_dict(apply_overrides(state["config"], overrides))
+        if cfg.total_steps <= state["global_step"]:
+            raise ConfigError(
+                f"run {str(run_dir)!r} is already at step {state['global_step']} of "
+                f"total_steps={cfg.total_steps}; pass a larger total_steps=N to extend it"
+            )
+        check_names(cfg)
+        write_config(cfg, run_dir)
+    except BaseException:
+        unlock_run_dir(run_dir)
+        raise
     return _loop_for(cfg)(cfg, run_dir, state, quiet=quiet)

@@ -33,6 +33,7 @@ from trainers.config import ExperimentConfig, config_to_dict
 from trainers.interrupt import GracefulInterrupt
 from trainers.logging import TensorBoardLogger, config_markdown
 from trainers.progress import Progress
+from trainers.runlock import lock_run_dir, unlock_run_dir
 from trainers.seeding import rng_state, seed_everything, set_rng_state
 
 __all__ = ["prepare_process", "EpisodeStats", "task_switched", "Cadence", "Session", "NONFINITE_NAME"]
@@ -212,6 +213,9 @@ StateFn = Callable[[], dict[str, Any]]
 class Session:
     """A run's shared machinery around a loop: run folder, logger, progress, Ctrl-C, checkpoints.
 
+    The session holds the run folder's lock (:mod:`trainers.runlock`; taken by whoever made or
+    resumed the folder, else here) until :meth:`run` has written the last checkpoint.
+
     Args:
         cfg: the resolved config.
         run_dir: the run folder (created by the caller once everything is built).
@@ -225,6 +229,7 @@ class Session:
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        lock_run_dir(run_dir)  # a no-op when the caller took it (make_run_dir, resume)
         # Hide what a crashed run logged after its checkpoint; the checkpoint's own step stays.
         self.logger = TensorBoardLogger(run_dir, purge_step=start_step + 1 if resumed else None)
         if not resumed:
@@ -262,18 +267,21 @@ class Session:
         status = "finished"
         step = self.start_step
         try:
-            with self.interrupt:
-                step = loop()
-            if self.interrupt.requested:
-                status = "interrupted"
-        except NonFiniteLossError as exc:
-            status = f"stopped: {exc}"
-            self.save(state, NONFINITE_NAME)
+            try:
+                with self.interrupt:
+                    step = loop()
+                if self.interrupt.requested:
+                    status = "interrupted"
+            except NonFiniteLossError as exc:
+                status = f"stopped: {exc}"
+                self.save(state, NONFINITE_NAME)
+            finally:
+                self.t_end = time.perf_counter()
+                self.logger.close()
+            if not status.startswith("stopped"):
+                self.save(state)
         finally:
-            self.t_end = time.perf_counter()
-            self.logger.close()
-        if not status.startswith("stopped"):
-            self.save(state)
+            unlock_run_dir(self.run_dir)
         return status, step
 
 

@@ -43,6 +43,8 @@ grid cell, seed; a part is left out when the file has no methods or no grid) liv
 A run whose checkpoint has reached the config's ``total_steps`` is skipped; one with an earlier
 checkpoint is resumed (``train --resume``, with the sweep's ``total_steps``); a folder without a
 checkpoint (a run that crashed before its first checkpoint) is removed and the run started again.
+A run whose folder another process is training in now (its lock, :mod:`trainers.runlock`: the same
+sweep launched twice, say) is left alone and reported as "running elsewhere".
 In the summary, "ran" counts runs started from scratch that finished, "resumed" those continued
 from a checkpoint that finished. Ctrl-C (or SIGTERM) stops launching runs and forwards one SIGINT
 to each running child, which writes
@@ -81,6 +83,7 @@ from trainers.config import (
     yaml_load,
 )
 from trainers.run import RESUME_OVERRIDABLE, check_names
+from trainers.runlock import run_dir_holder
 
 __all__ = [
     "SWEEP_KEYS",
@@ -98,6 +101,7 @@ __all__ = [
     "describe_run",
     "execute_sweep",
     "summary_line",
+    "start_result",
     "child_command",
     "thread_env",
     "open_run_log",
@@ -116,7 +120,7 @@ RESERVED_KEYS = ("seed", "logging.dir", "logging.name")
 EXIT_INTERRUPTED = 130
 """Exit code of an interrupted sweep (and of an interrupted ``plasticrl train`` child)."""
 
-Action = Literal["start", "resume", "skip"]
+Action = Literal["start", "resume", "skip", "running"]
 """What a sweep does with a run: start it from scratch, resume it from its checkpoint, or skip it."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")
@@ -187,7 +191,7 @@ class SweepRun:
         overrides: every override applied to ``preset`` for this run, in order: the sweep's, the
             method's, the grid cell's, then seed, logging.dir and logging.name.
         config: the resolved config.
-        action: start, resume or skip.
+        action: start, resume, skip, or running (another process trains in its folder now).
         checkpoint_step: the global step of its checkpoint (0 without one).
         stale_dir: the run folder exists without a checkpoint and is removed before starting.
         preset: the YAML preset the overrides apply to (its method's).
@@ -204,6 +208,8 @@ class SweepRun:
     stale_dir: bool = False
     preset: Path = Path()
     method: str = ""
+    holder: str | None = None
+    """For ``running``: who holds the folder's lock (``"pid N on host"``)."""
 
 
 @dataclass
@@ -216,6 +222,7 @@ class SweepResult:
         resumed: continued from a checkpoint and finished.
         failed: (run name, exit code, log path) of every run that exited with an error.
         interrupted: stopped by Ctrl-C with a checkpoint (or never launched because of it).
+        elsewhere: being trained by another process (its folder's lock is held); left alone.
     """
 
     ran: list[str] = field(default_factory=list)
@@ -223,6 +230,7 @@ class SweepResult:
     resumed: list[str] = field(default_factory=list)
     failed: list[tuple[str, int, Path]] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- the sweep file
@@ -547,7 +555,8 @@ def plan_sweep(spec: SweepSpec) -> list[SweepRun]:
         if run_dir in seen:
             raise ConfigError(f"runs {seen[run_dir]!r} and {name!r} get the same folder name")
         seen[run_dir] = name
-        action, step, stale = _decide(run_dir, cfg, name)
+        holder = run_dir_holder(run_dir)  # another process trains there: touch nothing
+        action, step, stale = ("running", 0, False) if holder is not None else _decide(run_dir, cfg, name)
         runs.append(
             SweepRun(
                 name=name,
@@ -560,6 +569,7 @@ def plan_sweep(spec: SweepSpec) -> list[SweepRun]:
                 stale_dir=stale,
                 preset=method.preset,
                 method=method.name,
+                holder=holder,
             )
         )
     return runs
@@ -572,6 +582,7 @@ def describe_run(run: SweepRun) -> str:
         "skip": f"complete: step {run.checkpoint_step} of {total}",
         "resume": f"from step {run.checkpoint_step} of {total}",
         "start": f"{total} steps" + (" (removing a folder without checkpoint)" if run.stale_dir else ""),
+        "running": f"in use by {run.holder}; left alone",
     }[run.action]
     return f"{run.action:<6}  {run.name}  ({detail})"
 
@@ -615,8 +626,10 @@ class _Child:
 def open_run_log(run: SweepRun, command: Sequence[str]) -> IO[bytes]:
     """Remove a started run's stale folder, open ``run.log_path`` (appended on resume), write ``command``."""
     if run.action == "start" and run.run_dir.exists():
-        if (run.run_dir / CHECKPOINT_NAME).exists():  # appeared since planning: never delete it
-            raise ConfigError(f"run {run.name!r}: {run.run_dir} now holds a checkpoint; run the sweep again")
+        holder = run_dir_holder(run.run_dir)
+        if holder is not None or (run.run_dir / CHECKPOINT_NAME).exists():  # since planning: keep it
+            now = f"is in use by {holder}" if holder else "now holds a checkpoint"
+            raise ConfigError(f"run {run.name!r}: {run.run_dir} {now}; run the sweep again")
         shutil.rmtree(run.run_dir)
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
     log = run.log_path.open("ab" if run.action == "resume" else "wb")
@@ -683,8 +696,7 @@ def execute_sweep(
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     out = sys.stdout if out is None else out
-    result = SweepResult(skipped=[r.name for r in runs if r.action == "skip"])
-    pending = [r for r in runs if r.action != "skip"]
+    result, pending = start_result(runs)
     running: list[_Child] = []
     previous_term = raise_on_sigterm()
     try:
@@ -738,14 +750,25 @@ def _stop_children(running: list[_Child], result: SweepResult, out: IO[str]) -> 
         _finish(child, child.process.returncode, result, out)
 
 
+def start_result(runs: Sequence[SweepRun]) -> tuple[SweepResult, list[SweepRun]]:
+    """The result before anything runs (skipped, running elsewhere) and the runs left to run."""
+    result = SweepResult(
+        skipped=[r.name for r in runs if r.action == "skip"],
+        elsewhere=[r.name for r in runs if r.action == "running"],
+    )
+    return result, [r for r in runs if r.action in ("start", "resume")]
+
+
 def summary_line(name: str, result: SweepResult) -> str:
-    """``sweep <name>: N ran, M skipped (complete), K resumed, F failed`` (+ interrupted, if any)."""
+    """``sweep <name>: N ran, M skipped (complete), K resumed, F failed`` (+ interrupted, elsewhere)."""
     line = (
         f"sweep {name}: {len(result.ran)} ran, {len(result.skipped)} skipped (complete), "
         f"{len(result.resumed)} resumed, {len(result.failed)} failed"
     )
     if result.interrupted:
         line += f", {len(result.interrupted)} interrupted (run the sweep again to resume)"
+    if result.elsewhere:
+        line += f", {len(result.elsewhere)} running elsewhere (left alone)"
     return line
 
 
@@ -824,10 +847,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         for run in runs:
             print(describe_run(run))
-        counts = {a: sum(r.action == a for r in runs) for a in ("start", "resume", "skip")}
+        counts = {a: sum(r.action == a for r in runs) for a in ("start", "resume", "skip", "running")}
         print(
             f"sweep {spec.name}: {len(runs)} runs: {counts['start']} to start, "
             f"{counts['resume']} to resume, {counts['skip']} to skip (complete)"
+            + (f", {counts['running']} running elsewhere" if counts["running"] else "")
         )
         return 0
     if args.backend == "ray":

@@ -56,6 +56,7 @@ from trainers.sweep import (
     open_run_log,
     raise_on_sigterm,
     record_exit,
+    start_result,
     thread_env,
 )
 
@@ -333,8 +334,7 @@ def execute_sweep_ray(
     ray = _import_ray()
     address = None if address == "local" else address
     out = sys.stdout if out is None else out
-    result = SweepResult(skipped=[r.name for r in runs if r.action == "skip"])
-    todo = [r for r in runs if r.action != "skip"]
+    result, todo = start_result(runs)
     options = [task_options(r, resources or {}) for r in todo]
     if not todo:
         return result
