@@ -12,7 +12,9 @@ Note [Run folder lock]
     up, and no pid guessing. The file is never removed (removing it would let a second process lock
     a fresh file while a first still holds the old one); it holds the last holder's
     ``pid host``, which is what the error message quotes. Locks are per process and re-entrant
-    within it: :func:`lock_run_dir` on a folder this process holds does nothing. On Linux,
+    within it: :func:`lock_run_dir` on a folder this process holds does nothing; a forked child
+    (an ``AsyncVectorEnv`` worker) closes its inherited copies, so it never keeps a finished run
+    locked. On Linux,
     ``flock`` on NFS is carried to the server as a POSIX lock, so nodes of a cluster sharing the
     runs folder see each other's locks; on a platform without ``fcntl`` (Windows) locking is off.
 """
@@ -38,6 +40,22 @@ LOCK_NAME = ".lock"
 
 _HELD: dict[Path, IO[str]] = {}
 """Run folders this process holds, by resolved path, with the open lock file."""
+
+
+def _forget_in_child() -> None:
+    """In a forked child (an ``AsyncVectorEnv`` worker, say): drop the inherited lock files.
+
+    A forked child shares the parent's open lock files, and a flock lasts until *every*
+    descriptor of it is closed, so a child outliving the run would keep its folder locked.
+    Closing the child's copies leaves the parent's lock as it is.
+    """
+    for handle in _HELD.values():
+        handle.close()
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class RunFolderInUse(ConfigError):

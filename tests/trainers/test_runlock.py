@@ -68,6 +68,33 @@ def test_a_lock_is_per_process_reentrant_and_released(tmp_path: Path) -> None:
     unlock_run_dir(run_dir)  # releasing what is not held does nothing
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """AsyncVectorEnv workers are forked while a run holds its lock; they must not inherit it."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock_run_dir(run_dir)
+    read, write = os.pipe()
+    started_read, started_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child (the at-fork hooks have run): say so, then outlive the parent's unlock
+        os.close(write)
+        os.write(started_write, b"x")
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    os.close(started_write)
+    assert os.read(started_read, 1) == b"x"
+    os.close(started_read)
+    try:
+        assert run_dir_holder(run_dir) == "this process"
+        unlock_run_dir(run_dir)
+        assert run_dir_holder(run_dir) is None  # the child's copy did not keep it
+    finally:
+        os.close(write)
+        os.waitpid(pid, 0)
+
+
 def test_another_process_holds_until_it_dies_even_by_kill(holder: tuple[Path, subprocess.Popen[str]]) -> None:
     run_dir, process = holder
     expected = f"pid {process.pid} on {socket.gethostname()}"
