@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,7 @@ __all__ = [
     "Segment",
     "Scores",
     "method_of",
+    "qualify_methods",
     "load_run",
     "task_segments",
     "binned_curve",
@@ -134,6 +136,29 @@ def method_of(run_dir: Path) -> str:
     if stripped != name:
         return stripped
     return _TIMESTAMP.sub("", name) or name
+
+
+def qualify_methods(runs: Sequence[RunData]) -> list[RunData]:
+    """Keep runs apart that share a method label but not a sweep: ``<sweep folder>/<label>``.
+
+    Two sweeps with the same grid name their runs alike (``optimizer.iso_coef=1.0__s0``); a
+    report over both must not pool them. A label whose runs all sit in one folder is left as it
+    is; a label found in several folders gets each run's parent folder name as a prefix.
+
+    Example:
+        >>> runs = [RunData(Path(p), "x", 0, 1, 1, ([], []), ()) for p in ("a/x__s0", "b/x__s0")]
+        >>> [r.method for r in qualify_methods(runs)]
+        ['a/x', 'b/x']
+    """
+    folders: dict[str, set[Path]] = {}
+    for run in runs:
+        folders.setdefault(run.method, set()).add(run.run_dir.resolve().parent)
+    return [
+        dataclasses.replace(run, method=f"{run.run_dir.resolve().parent.name}/{run.method}")
+        if len(folders[run.method]) > 1
+        else run
+        for run in runs
+    ]
 
 
 def _config_value(config: Mapping[str, object], key: str) -> object:
@@ -499,6 +524,8 @@ def write_report(
     if normalize not in ("none", "minmax"):
         raise ValueError(f"--normalize must be one of ['none', 'minmax'], got {normalize!r}")
     runs = [load_run(d, group_by=group_by) for d in run_dirs]
+    if group_by is None:
+        runs = qualify_methods(runs)
     scores = score_table(runs, bin_steps=bin_steps, final_fraction=final_fraction)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

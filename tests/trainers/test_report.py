@@ -24,9 +24,11 @@ from trainers.report import (
     markdown_tables,
     method_of,
     normalized,
+    qualify_methods,
     score_table,
     segment_scores,
     task_segments,
+    write_report,
 )
 from trainers.stats import iqm, stratified_bootstrap_ci
 
@@ -96,6 +98,18 @@ def test_method_labels() -> None:
     assert method_of(Path("runs/s/adamo__s12")) == "adamo"
     assert method_of(Path("runs/s/s3")) == "s3"  # a sweep without methods or grid: the seed is all
     assert method_of(Path("runs/CartPole-v1__dqn_20260101-120000_1")) == "CartPole-v1__dqn"
+
+
+def test_runs_of_two_sweeps_with_one_grid_stay_apart(tmp_path: Path) -> None:
+    """Two sweeps name runs alike; a report over both keeps them apart, a report over one does not change."""
+    a = [synthetic_run(tmp_path / "sweep_a" / f"lr=1__s{s}", s, episodes(0.0, 1.0)) for s in (0, 1)]
+    b = [synthetic_run(tmp_path / "sweep_b" / f"lr=1__s{s}", s, episodes(0.0, 1.0)) for s in (0, 1)]
+    other = synthetic_run(tmp_path / "sweep_b" / "lr=2__s0", 0, episodes(0.0, 1.0))
+    runs = qualify_methods([load_run(p) for p in (*a, *b, other)])
+    assert [r.method for r in runs] == ["sweep_a/lr=1"] * 2 + ["sweep_b/lr=1"] * 2 + ["lr=2"]
+    assert [r.method for r in qualify_methods([load_run(p) for p in a])] == ["lr=1", "lr=1"]
+    write_report([*a, *b], tmp_path / "out", reps=200)
+    assert "| sweep_a/lr=1 | 2 |" in (tmp_path / "out" / "report.md").read_text()
 
 
 # ----------------------------------------------------------------------------- tables
