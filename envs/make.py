@@ -220,11 +220,15 @@ class MinAtarObservation(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
         self.observation_space = self._plain_space = gym.spaces.Box(0.0, 1.0, (c, h, w), np.float32)
         self._set_planes(c)
 
-    def _set_planes(self, channels: int) -> None:
-        """Make the conversion buffer, ``channels`` deep (more than the frame's: zero-padded)."""
+    def _set_planes(self, channels: int | None) -> None:
+        """Make the conversion buffer ``channels`` deep (beyond the frame's: zero padding), and its view.
+
+        ``None`` keeps the buffer and re-makes only the frame view (after unpickling).
+        """
         h, w, c = self.env.observation_space.shape
-        self._planes = np.zeros((channels, h, w), self.env.observation_space.dtype)
-        self._planes_in = self._planes[:c].transpose(1, 2, 0)
+        if channels is not None:
+            self._planes = np.zeros((channels, h, w), self.env.observation_space.dtype)
+        self._planes_in = self._planes[:c].transpose(1, 2, 0)  # type: ignore[index]
 
     def set_observation_gather(self, index: np.ndarray | None) -> None:
         """From the next observation on, return ``gather(plain, index)`` (None: the plain one).
@@ -244,10 +248,10 @@ class MinAtarObservation(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
         size = h * w * c
         index = check_gather_index(index, size)
         self.observation_space = gathered_space(self._plain_space, index)
-        if _appends_zero_channels(index, (c, h, w)):
-            self._set_planes(index.shape[0])
+        pads_only = _appends_zero_channels(index, (c, h, w))
+        self._set_planes(index.shape[0] if pads_only else c)
+        if pads_only:
             return
-        self._set_planes(c)
         # Cell k of the plain observation is cell plain_to_frame[k] of the frame; the appended
         # `size` keeps meaning "the zero cell", the last of _scratch.
         plain_to_frame = np.arange(size, dtype=np.intp).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
@@ -271,10 +275,8 @@ class MinAtarObservation(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
             self._plain_space = self.observation_space
         if self._scratch is not None:
             self._frame = self._scratch[:-1]
-        if self._planes is None:  # pickled before the buffer existed: plain or a general gather
-            self._set_planes(self._plain_space.shape[0])
-        else:
-            self._planes_in = self._planes[: self.env.observation_space.shape[2]].transpose(1, 2, 0)
+        # A wrapper pickled before the buffer existed had none: make a plain one.
+        self._set_planes(None if self._planes is not None else self._plain_space.shape[0])
 
 
 def _appends_zero_channels(index: np.ndarray, plain_shape: tuple[int, int, int]) -> bool:
