@@ -7,11 +7,11 @@ Contains:
 ``agents`` never imports a logger: agents return metric dicts and trainers log them.
 """
 
-import agents.isometric  # noqa: F401  (registers isometric_mlp, isometric_minatar_cnn)
-from agents.dqn import DQNAgent, DQNConfig
-from agents.networks import NETWORKS, NetworkConfig, make_network
-from agents.ppo import PPOAgent, PPOConfig
-from plasticity.registry import Registry
+import plasticrl.agents.isometric  # noqa: F401  (registers isometric_mlp, isometric_minatar_cnn)
+from plasticrl.agents.dqn import DQNAgent, DQNConfig
+from plasticrl.agents.networks import NETWORKS, NetworkConfig, make_network
+from plasticrl.agents.ppo import PPOAgent, PPOConfig
+from plasticrl.plasticity.registry import Registry
 
 AgentConfig = DQNConfig | PPOConfig
 """Union of the agent config classes."""

@@ -14,7 +14,7 @@ Contains:
     make_actor_critic: build either from a registered network factory.
 
 Note [Heads of an actor-critic]
-    The factory's own output layer is found as :mod:`plasticity.optimizers` finds it: the
+    The factory's own output layer is found as :mod:`plasticrl.plasticity.optimizers` finds it: the
     network's ``head_names`` if it declares them, else the last module owning a weight matrix.
     ``ActorCritic.head_names`` lists the actor's and the critic's output layers under their names
     in the actor-critic (``actor.5`` and ``critic.5`` for two ``mlp``; ``policy_head`` and
@@ -35,10 +35,9 @@ from typing import Protocol
 
 import gymnasium as gym
 import torch
+from plasticrl.agents.networks import NetworkConfig, make_network, orthogonal_init_
+from plasticrl.plasticity.optimizers import head_module_names
 from torch import Tensor, nn
-
-from agents.networks import NetworkConfig, make_network, orthogonal_init_
-from plasticity.optimizers import head_module_names
 
 __all__ = [
     "ActionDistribution",

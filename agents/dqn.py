@@ -21,12 +21,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from plasticrl.agents.buffers import Batch, ObsStorage
+from plasticrl.agents.common import NonFiniteLossError, linear_schedule
+from plasticrl.plasticity.layers import acting_cache, has_orthogonal_layers, retract_
+from plasticrl.plasticity.regularizers import Regularizer
 from torch import Tensor, nn
-
-from agents.buffers import Batch, ObsStorage
-from agents.common import NonFiniteLossError, linear_schedule
-from plasticity.layers import acting_cache, has_orthogonal_layers, retract_
-from plasticity.regularizers import Regularizer
 
 __all__ = ["DQNConfig", "dqn_loss", "DQNAgent"]
 
@@ -64,7 +63,7 @@ class DQNConfig:
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this value; None disables clipping."""
     obs_storage: ObsStorage = "auto"
-    """Replay observation storage: auto, float32, uint8 or bits (agents.buffers)."""
+    """Replay observation storage: auto, float32, uint8 or bits (plasticrl.agents.buffers)."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -156,7 +155,7 @@ class DQNAgent:
         self.rng = np.random.default_rng(seed)
         self.updates = 0  # gradient steps taken
         # Constrained (orthogonal) layers: reuse their weights across gradient-free forwards and
-        # retract their unconstrained tensors at target syncs (plasticity.layers). Checked once.
+        # retract their unconstrained tensors at target syncs (plasticrl.plasticity.layers). Checked once.
         self._constrained = has_orthogonal_layers(self.q_net)
 
     def epsilon(self, step: int) -> float:
@@ -221,7 +220,7 @@ class DQNAgent:
     def update_target(self) -> None:
         """θ⁻ ← τθ + (1−τ)θ⁻ (a hard copy when τ = 1).
 
-        Orthogonal layers are retracted first (``plasticity.layers.retract_``): their weights are
+        Orthogonal layers are retracted first (``plasticrl.plasticity.layers.retract_``): their weights are
         unchanged, the length of their unconstrained tensors is reset.
         """
         if self._constrained:

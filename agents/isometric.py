@@ -6,7 +6,7 @@ Contains:
         it can be: orthogonal Conv(C, channels, 3) → GroupSort → orthogonal Linear → GroupSort → head.
 
 Both factories are registered in ``NETWORKS``. They read ``hidden_sizes``, ``channels``,
-``group_size`` and ``init`` from :class:`~agents.networks.NetworkConfig`; ``activation`` is ignored
+``group_size`` and ``init`` from :class:`~plasticrl.agents.networks.NetworkConfig`; ``activation`` is ignored
 (GroupSort *is* the activation), except that the plasticity variants ``activation=crelu`` and
 ``layernorm=true`` are rejected: both would change the architecture a preset asks for, and a
 normalisation between an orthogonal layer and GroupSort would break the layer's isometry.
@@ -46,14 +46,14 @@ Note [Plain output head]
 
 Note [Training and acting with isometric networks]
     Every access of a constrained weight recomputes its orthogonal map (the default ``"qr"`` map;
-    Note [Default map] in :mod:`plasticity.layers`). Measured by ``benchmarks/bench_isometric.py``
+    Note [Default map] in :mod:`plasticrl.plasticity.layers`). Measured by ``benchmarks/bench_isometric.py``
     (1 thread): a batch-32 update costs 5.2 ms against 1.1 ms for ``minatar_cnn`` (torch's
     householder map: 227 ms), and a batch-1 acting forward 1.96 ms, or 0.15 ms inside
-    :func:`plasticity.layers.acting_cache` (``minatar_cnn``: 0.05 ms). So trainers and agents should
+    :func:`plasticrl.plasticity.layers.acting_cache` (``minatar_cnn``: 0.05 ms). So trainers and agents should
 
     - run acting forwards (and target-network forwards, whose weights change only at syncs) as
       ``with torch.no_grad(), acting_cache(net): ...``;
-    - call :func:`plasticity.layers.retract_` on the online network every few hundred updates,
+    - call :func:`plasticrl.plasticity.layers.retract_` on the online network every few hundred updates,
       which keeps the QR map's effective learning rate from decaying (a no-op for networks
       without ``"qr"`` layers).
 """
@@ -62,11 +62,11 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-from torch import Tensor, nn
 
 # The private helpers are shared on purpose, so every network rejects bad spaces with one message.
-from agents.networks import NETWORKS, NetworkConfig, _n_actions, _obs_shape, orthogonal_init_
-from plasticity.layers import GroupSort, orthogonal_
+from plasticrl.agents.networks import NETWORKS, NetworkConfig, _n_actions, _obs_shape, orthogonal_init_
+from plasticrl.plasticity.layers import GroupSort, orthogonal_
+from torch import Tensor, nn
 
 __all__ = ["IsometricMLP", "IsometricMinAtarCNN", "isometric_mlp", "isometric_minatar_cnn"]
 
@@ -110,7 +110,7 @@ class IsometricMLP(nn.Module):
         hidden_sizes: width of each hidden block; each divisible by ``group_size``.
         n_actions: output size.
         group_size: GroupSort group size (2 = MaxMin).
-        orthogonal_map: map of :func:`plasticity.layers.orthogonal_` (None: its default).
+        orthogonal_map: map of :func:`plasticrl.plasticity.layers.orthogonal_` (None: its default).
         orthogonal_head: also constrain the head (Note [Plain output head]).
         init: ``"orthogonal"`` gives the plain head an orthogonal initial value (gain 1); the
             hidden weights are orthogonal anyway.
@@ -163,7 +163,7 @@ class IsometricMinAtarCNN(nn.Module):
         channels: conv output channels; divisible by ``group_size``.
         hidden: dense width; divisible by ``group_size``.
         group_size: GroupSort group size (2 = MaxMin).
-        orthogonal_map: map of :func:`plasticity.layers.orthogonal_` (None: its default).
+        orthogonal_map: map of :func:`plasticrl.plasticity.layers.orthogonal_` (None: its default).
         orthogonal_head: also constrain the head (Note [Plain output head]).
         init: ``"orthogonal"`` gives the plain head an orthogonal initial value (gain 1).
 

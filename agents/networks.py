@@ -10,14 +10,14 @@ Contains:
 
 A network maps a batch of observations ``(B, *obs_shape)`` (float32) to ``(B, n_actions)``.
 It may declare ``head_names`` (module names of its output layers); otherwise the last layer with a
-weight matrix is its head (see Note [Parameter groups] in :mod:`plasticity.optimizers`).
+weight matrix is its head (see Note [Parameter groups] in :mod:`plasticrl.plasticity.optimizers`).
 
 Note [Architecture variants]
     Two plasticity baselines of METHODS.md §2 are options of the standard networks (``mlp`` and
     ``minatar_cnn``, and so of PPO's actor-critics built from them), not networks of their own:
 
     ``network.activation=crelu``
-        :class:`plasticity.layers.CReLU`, ``[ReLU(x), ReLU(−x)]`` (Abbas et al., arXiv
+        :class:`plasticrl.plasticity.layers.CReLU`, ``[ReLU(x), ReLU(−x)]`` (Abbas et al., arXiv
         2303.07507). Hidden widths keep their meaning (the number of pre-activation units:
         ``hidden_sizes``, ``channels``); each CReLU doubles the fan-in of the layer after it
         (``activation_expansion``), so the next Linear, MinAtarCNN's ``fc`` and the head are
@@ -47,10 +47,9 @@ from typing import Literal
 
 import gymnasium as gym
 import numpy as np
+from plasticrl.plasticity.layers import ORTHOGONAL_MAPS, CReLU
+from plasticrl.plasticity.registry import Registry
 from torch import Tensor, nn
-
-from plasticity.layers import ORTHOGONAL_MAPS, CReLU
-from plasticity.registry import Registry
 
 __all__ = [
     "NetworkConfig",
@@ -84,7 +83,7 @@ class NetworkConfig:
     group_size: int = 2
     """GroupSort group size for isometric networks (2 = MaxMin)."""
     orthogonal_map: str | None = None
-    """Isometric networks: the orthogonal constraint's map (plasticity.layers.ORTHOGONAL_MAPS);
+    """Isometric networks: the orthogonal constraint's map (plasticrl.plasticity.layers.ORTHOGONAL_MAPS);
     None = its default (qr)."""
     orthogonal_head: bool = False
     """Isometric networks: also constrain the output head (off: a free head keeps Q-value scale)."""
@@ -155,7 +154,7 @@ def orthogonal_init_(module: nn.Module, gain: float = math.sqrt(2.0)) -> nn.Modu
     """Orthogonal **initialisation** of every Linear/Conv weight (zero biases), in place.
 
     This is an initial value only: training leaves the orthogonal set immediately. For weights
-    that *stay* orthogonal use an orthogonal constraint (``plasticity.layers``).
+    that *stay* orthogonal use an orthogonal constraint (``plasticrl.plasticity.layers``).
     """
     for m in module.modules():
         if isinstance(m, nn.Linear | nn.Conv2d):

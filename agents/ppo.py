@@ -1,8 +1,8 @@
 r"""PPO (Schulman et al. 2017) with GAE (Schulman et al. 2016), clipped value loss and target-KL stop.
 
 Reading order, as CleanRL's ``ppo.py``: the config, the maths (pure functions), the agent. The
-networks and action distributions are in :mod:`agents.actor_critic`, the rollout storage in
-:mod:`agents.rollout`.
+networks and action distributions are in :mod:`plasticrl.agents.actor_critic`, the rollout storage in
+:mod:`plasticrl.agents.rollout`.
 
 Contains:
     PPOConfig: the ``agent.*`` section when ``agent.name=ppo``.
@@ -15,7 +15,7 @@ Contains:
 
 Learning-rate annealing is not an agent option: ``optimizer.lr_schedule: linear`` anneals over
 the run's PPO updates (one per rollout) through a LambdaLR that scales every param group's own lr
-(:func:`trainers.run.make_lr_scheduler`); the PPO presets set it.
+(:func:`plasticrl.trainers.run.make_lr_scheduler`); the PPO presets set it.
 """
 
 from __future__ import annotations
@@ -29,13 +29,12 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 import torch
+from plasticrl.agents.actor_critic import ActorCritic, action_distribution
+from plasticrl.agents.common import NonFiniteLossError
+from plasticrl.agents.rollout import RolloutBatch
+from plasticrl.plasticity.layers import acting_cache, has_orthogonal_layers, retract_
+from plasticrl.plasticity.regularizers import Regularizer
 from torch import Tensor, nn
-
-from agents.actor_critic import ActorCritic, action_distribution
-from agents.common import NonFiniteLossError
-from agents.rollout import RolloutBatch
-from plasticity.layers import acting_cache, has_orthogonal_layers, retract_
-from plasticity.regularizers import Regularizer
 
 __all__ = [
     "PPOConfig",
@@ -115,7 +114,7 @@ def gae(
 
     All inputs are ``(T, N)``: step t of sub-env i. ``next_values[t]`` is V of the **real** next
     state s'_t of step t: V(s_{t+1}) inside an episode, V(final observation) where the episode was
-    truncated (Note [Autoreset] in :mod:`envs.make`); where it terminated it is ignored. With
+    truncated (Note [Autoreset] in :mod:`plasticrl.envs.make`); where it terminated it is ignored. With
     done_t = term_t ∨ trunc_t:
 
     .. math::
@@ -234,7 +233,7 @@ class PPOAgent:
     """A PPO agent: actor-critic, optimizer, optional lr schedule, regularizers.
 
     Args:
-        model: the actor-critic (:func:`agents.actor_critic.make_actor_critic`).
+        model: the actor-critic (:func:`plasticrl.agents.actor_critic.make_actor_critic`).
         optimizer: built over ``model``'s tagged parameter groups (actor and critic together).
         cfg: the PPO section.
         action_space: one sub-env's action space (picks the distribution).
@@ -282,7 +281,7 @@ class PPOAgent:
 
         V(s) is left to :meth:`value`, which the loop calls once per rollout on all its
         observations: the weights do not change during a rollout, and one batched critic forward
-        costs about as much as two per-step ones (Note [Batched values] in ``trainers.on_policy``).
+        costs about as much as two per-step ones (Note [Batched values] in ``plasticrl.trainers.on_policy``).
         """
         with self._cache():
             dist = self.distribution(self.model.policy(obs))
@@ -326,7 +325,9 @@ class PPOAgent:
         if self.scheduler is not None:
             self.scheduler.step()
         if self._constrained:
-            retract_(self.model)  # keep the QR map's effective lr (Note [Default map], plasticity.layers)
+            retract_(
+                self.model
+            )  # keep the QR map's effective lr (Note [Default map], plasticrl.plasticity.layers)
         self.updates += 1
         return out
 

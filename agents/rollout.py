@@ -4,7 +4,7 @@ Contains:
     RolloutBatch: flat samples (observations, actions, old log-probs and values, advantages,
         returns) and their minibatches.
     Rollout: the ``(T, N, ...)`` tensors a rollout is written into, one step at a time, and the
-        V(s'_t) that GAE bootstraps from (:func:`agents.ppo.gae`).
+        V(s'_t) that GAE bootstraps from (:func:`plasticrl.agents.ppo.gae`).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class Rollout:
         env_outputs[2, t] = truncations
 
     def next_values(self, last_values: Tensor) -> Tensor:
-        """V(s'_t) of every step (see :func:`agents.ppo.gae`), the value of each step's real next state.
+        """V(s'_t) of every step, the value of each step's real next state (see ``ppo.gae``).
 
         That is V(s_{t+1}), with V(s_T) = ``last_values`` at the rollout's end, and the final
         observation's value where an episode was truncated (not where it terminated).

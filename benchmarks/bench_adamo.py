@@ -33,11 +33,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from plasticrl.plasticity.adamo import AdamO
+from plasticrl.plasticity.isometry import isometry_grad
+from plasticrl.plasticity.optimizers import param_groups
 from torch import nn
-
-from plasticity.adamo import AdamO
-from plasticity.isometry import isometry_grad
-from plasticity.optimizers import param_groups
 
 BATCH, N_ACTIONS, GAMMA, LR = 32, 6, 0.99, 2.5e-4
 

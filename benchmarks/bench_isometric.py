@@ -12,7 +12,7 @@ Variants are timed in interleaved rounds; each row shows the fastest round (the 
 by other processes on a shared machine), in microseconds per forward.
 
 ``--maps``: forward and forward+backward of the constrained weight alone for each map of
-``plasticity.layers.ORTHOGONAL_MAPS`` on the shapes of the MinAtar network (Note [Default map]).
+``plasticrl.plasticity.layers.ORTHOGONAL_MAPS`` on the shapes of the MinAtar network (Note [Default map]).
 
 ``--update``: one training update (batch 32: forward, MSE, backward, optimizer step) of
 minatar_cnn with Adam and of the isometric network with AdamO, under the default ``qr`` map and
@@ -27,14 +27,13 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
+import plasticrl.plasticity.adamo  # noqa: F401  (registers "adamo")
 import torch
+from plasticrl.agents.isometric import IsometricMinAtarCNN, isometric_minatar_cnn
+from plasticrl.agents.networks import NetworkConfig, minatar_cnn
+from plasticrl.plasticity.layers import ORTHOGONAL_MAPS, acting_cache, orthogonal_
+from plasticrl.plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
 from torch import nn
-
-import plasticity.adamo  # noqa: F401  (registers "adamo")
-from agents.isometric import IsometricMinAtarCNN, isometric_minatar_cnn
-from agents.networks import NetworkConfig, minatar_cnn
-from plasticity.layers import ORTHOGONAL_MAPS, acting_cache, orthogonal_
-from plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
 
 OBS = gym.spaces.Box(0.0, 1.0, (4, 10, 10), dtype=np.float32)
 ACTIONS = gym.spaces.Discrete(6)

@@ -2,7 +2,7 @@
 
 Measures, in one process, on the MinAtar reference network of a preset (default Breakout):
   * t_update — one DQN update (batch 32: online + target forward, backward, optimizer step);
-  * the probe (``plasticity.metrics.PlasticityProbe``, probe batch 256) without and with the
+  * the probe (``plasticrl.plasticity.metrics.PlasticityProbe``, probe batch 256) without and with the
     layer Jacobians, and the empirical NTK alone (probe with ``ntk=True`` minus probe);
   * the first call of each, which pays torch.func's one-time set-up;
 and prints the overhead of each cadence as a share of the update time alone (the env step and
@@ -21,13 +21,12 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 import torch
-
-from agents.buffers import Batch
-from agents.dqn import DQNAgent
-from agents.networks import make_network
-from plasticity.metrics import MetricsConfig, PlasticityProbe
-from plasticity.optimizers import make_optimizer, param_groups
-from trainers.config import load_config
+from plasticrl.agents.buffers import Batch
+from plasticrl.agents.dqn import DQNAgent
+from plasticrl.agents.networks import make_network
+from plasticrl.plasticity.metrics import MetricsConfig, PlasticityProbe
+from plasticrl.plasticity.optimizers import make_optimizer, param_groups
+from plasticrl.trainers.config import load_config
 
 DEFAULT_CONFIG = "configs/minatar/dqn_breakout.yaml"
 

@@ -3,7 +3,7 @@
 Run:  python benchmarks/bench_nonstationary.py [--game breakout] [--with GAME,...] [--steps 20000]
                                                [--rounds 15] [--num-envs 8] [--clock cpu|wall]
 
-Variants, all built by ``envs.make`` (channel-first float32 with a time limit: what the trainer
+Variants, all built by ``plasticrl.envs.make`` (channel-first float32 with a time limit: what the trainer
 steps):
     raw            the game alone
     raw_padded     reference, no wrapper: the game with its observation zero-padded to the most
@@ -14,11 +14,12 @@ steps):
                    in its conversion, the observation work of permute_obs without the wrapper
     bookkeeping    NonStationary with reward_scale at scale 1: the clock and the announcements only
     permute_obs    NonStationary with an active (non-identity) permutation of all cells, folded
-                   into the MinAtar conversion (envs.nonstationary, Note [Folded observation gather])
+                   into the MinAtar conversion (plasticrl.envs.nonstationary, Note [Folded observation
+                   gather])
     switch         NonStationary over TaskSet([game, *with games]) while on the game: zero-padding
                    to the most channels (folded likewise), steps sent straight to the game (Note
                    [Step fast path])
-Two tables: one env stepped directly, and ``envs.vector.make_vector_env``'s SyncVectorEnv
+Two tables: one env stepped directly, and ``plasticrl.envs.vector.make_vector_env``'s SyncVectorEnv
 (same-step autoreset, episode statistics) of ``--num-envs`` sub-envs, each wrapped as the trainer
 wraps them. Variants are timed in interleaved rounds (in a shuffled order each round) on one
 seeded action sequence, with the garbage collector off. Each table shows per variant its
@@ -42,16 +43,16 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
-
-from envs.make import EnvConfig, MinAtarObservation, make_env
-from envs.nonstationary import NonStationary, PermuteObs, RewardScale, Switch, TaskSet
-from envs.schedules import At, Schedule
+from plasticrl.envs.make import EnvConfig, MinAtarObservation, make_env
+from plasticrl.envs.nonstationary import NonStationary, PermuteObs, RewardScale, Switch, TaskSet
+from plasticrl.envs.schedules import At, Schedule
 
 NEVER = At([10**12])
 
 
 def vector_env(cfg: EnvConfig, wrap: Callable[[gym.Env], gym.Env] | None) -> gym.vector.VectorEnv:
-    """What ``envs.vector.make_vector_env`` builds, with ``wrap`` in place of the configured wrapper."""
+    """What ``plasticrl.envs.vector.make_vector_env`` builds, with ``wrap`` in place of the configured
+    wrapper."""
 
     def sub_env(index: int) -> gym.Env:
         env = make_env(cfg)

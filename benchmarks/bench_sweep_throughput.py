@@ -1,7 +1,7 @@
 """Sweep throughput: total env steps/s of ``plasticrl sweep --workers N`` against one run alone.
 
 Runs, one after the other in this process (each through the real sweep machinery: child
-processes of ``python -m trainers.cli train``):
+processes of ``python -m plasticrl.trainers.cli train``):
   * one run alone (``--workers 1``), at the config's ``torch_threads`` (1 by default);
   * one run alone with ``torch_threads=W`` (the other way to use the cores: one multi-thread run);
   * W runs at once (``--workers W``, one thread each);
@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
-
-from trainers.sweep import execute_sweep, load_sweep, plan_sweep
+from plasticrl.trainers.experiments.sweep import execute_sweep, load_sweep, plan_sweep
 
 DEFAULT_CONFIG = Path("configs/minatar/dqn_permuted_adam.yaml")
 OVERRIDES = ["agent.learning_starts=1000", "checkpoint.every=100000000"]

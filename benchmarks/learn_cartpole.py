@@ -18,10 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from plasticrl.trainers.config import load_config
+from plasticrl.trainers.run import train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from trainers.config import load_config
-from trainers.run import train
 
 THRESHOLD, WINDOW = 475.0, 20
 
@@ -39,7 +38,7 @@ def run_seed(job: tuple[str, int, list[str], str]) -> dict[str, float]:
     cfg = load_config(config, [*overrides, f"seed={seed}"])
     cfg = replace(cfg, logging=replace(cfg.logging, dir=tmp, progress=False))
     result = train(cfg, quiet=True)
-    steps, returns = episode_curve(result["run_dir"])
+    steps, returns = episode_curve(result.run_dir)
     running = np.convolve(returns, np.ones(WINDOW) / WINDOW, mode="valid")
     reached = np.flatnonzero(running >= THRESHOLD)
     return {
@@ -47,7 +46,7 @@ def run_seed(job: tuple[str, int, list[str], str]) -> dict[str, float]:
         "first_step": int(steps[reached[0] + WINDOW - 1]) if reached.size else -1,
         "final_mean": float(running[-1]) if running.size else float("nan"),
         "episodes": len(returns),
-        "sps": result["sps"],
+        "sps": result.sps,
     }
 
 

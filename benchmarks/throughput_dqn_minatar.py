@@ -5,7 +5,7 @@ Measures, in one process:
   * t_act    — one ε-greedy action at the learning-phase ε (batch-1 forward), alone;
   * t_update — one replay sample + gradient update (batch 32), alone;
   * the bound 1 / (t_env + t_act + t_update);
-  * the real training loop (trainers.off_policy) in its learning phase, env steps/s,
+  * the real training loop (plasticrl.trainers.off_policy) in its learning phase, env steps/s,
 and prints the ratio. Both are measured ``--rounds`` times, alternating, and the fastest round of
 each counts (the one least disturbed by other processes on a shared machine). The learning phase
 is measured at the final ε (``agent.eps_decay_steps=1``), where most of a run is spent: ~90 % of
@@ -22,9 +22,8 @@ import time
 
 import numpy as np
 import torch
-
-from trainers.config import load_config
-from trainers.off_policy import build_dqn, train_off_policy
+from plasticrl.trainers.config import load_config
+from plasticrl.trainers.off_policy import build_dqn, train_off_policy
 
 DEFAULT_CONFIG = "configs/minatar/dqn_breakout.yaml"
 # The final ε; plasticity metrics off: they are not one of the three parts of the bound, cost
@@ -90,7 +89,7 @@ def measure_loop(cfg, n: int) -> float:
         from pathlib import Path
 
         result = train_off_policy(run_cfg, Path(tmp), None, quiet=True)
-        return float(result["learning_sps"])
+        return float(result.learning_sps)
 
 
 def main() -> None:

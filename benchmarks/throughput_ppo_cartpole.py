@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from trainers.config import load_config
-from trainers.run import train
+from plasticrl.trainers.config import load_config
+from plasticrl.trainers.run import train
 
 CLEANRL_SETTINGS = (
     "agent.name=ppo",
@@ -55,15 +55,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [*CLEANRL_SETTINGS, f"total_steps={args.steps}", f"logging.dir={tmp}", *args.overrides]
         result = train(load_config(None, overrides), quiet=True)
-    steps, sps = result["global_step"], result["sps"]
-    rollout, update = result["rollout_seconds"], result["update_seconds"]
+    steps, sps = result.global_step, result.sps
+    rollout, update = result.rollout_seconds, result.update_seconds
     total = rollout + update
     print(f"PPO CartPole-v1, 4 envs x 128 steps, 4 epochs x 4 minibatches, {steps} env steps")
     print("| phase | seconds | share | env steps/s of the phase alone |")
     print("|---|---|---|---|")
     phases = {
         "rollout (act + env step + storage + GAE)": rollout,
-        f"update ({result['grad_steps']} gradient steps)": update,
+        f"update ({result.grad_steps} gradient steps)": update,
     }
     for name, seconds in phases.items():
         print(f"| {name} | {seconds:.2f} | {seconds / total:.0%} | {steps / seconds:,.0f} |")

@@ -18,9 +18,8 @@ import time
 
 import numpy as np
 import torch
-
-from trainers.config import load_config
-from trainers.off_policy import build_dqn
+from plasticrl.trainers.config import load_config
+from plasticrl.trainers.off_policy import build_dqn
 
 BASE = "configs/minatar/dqn_permuted_adam.yaml"
 VARIANTS: dict[str, list[str]] = {

@@ -1,5 +1,5 @@
 """Environments: MinAtar construction and the non-stationarity wrapper."""
 
-from envs.nonstationary import NonStationary
+from plasticrl.envs.nonstationary import NonStationary
 
 __all__ = ["NonStationary"]

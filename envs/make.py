@@ -7,9 +7,9 @@ Contains:
     make_env: one environment, MinAtar converted to channel-first float32, time limit applied.
     NonStationaryConfig: the ``nonstationary.*`` config section (what changes, when, how).
     build_sub_env: one seeded sub-env, wrapped by ``NonStationary`` when configured (vector
-        envs, sync or async, are made of these: :mod:`envs.vector`).
+        envs, sync or async, are made of these: :mod:`plasticrl.envs.vector`).
     MinAtarObservation: the (10, 10, C) bool → (C, 10, 10) float32 observation wrapper; it folds
-        permutations and padding into that conversion (``envs.nonstationary.ObservationGather``).
+        permutations and padding into that conversion (``plasticrl.envs.nonstationary.ObservationGather``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
-
-from envs.nonstationary import CHANGES, NonStationary, TaskSet, check_gather_index, gathered_space
-from envs.schedules import SCHEDULES, Schedule
-from plasticity.registry import close_matches, resolve_import
+from plasticrl.envs.nonstationary import CHANGES, NonStationary, TaskSet, check_gather_index, gathered_space
+from plasticrl.envs.schedules import SCHEDULES, Schedule
+from plasticrl.plasticity.registry import close_matches, resolve_import
 
 __all__ = [
     "EnvConfig",
@@ -75,7 +74,7 @@ class NonStationaryConfig:
 
     Exactly one schedule key is set when ``kind`` is: ``every``, ``at``, ``random`` or
     ``geometric``. Steps are global env steps (summed over sub-envs); every sub-env changes at the
-    same global step (see :mod:`envs.nonstationary`, Note [Lifetime clock]).
+    same global step (see :mod:`plasticrl.envs.nonstationary`, Note [Lifetime clock]).
     """
 
     kind: str | None = None
@@ -94,7 +93,7 @@ class NonStationaryConfig:
     """switch: the env ids (or aliases) visited; ``env.id`` must be the first."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Options of the change kind: switch {order}, permute_obs {mode, layout},
-    reward_scale {scales, order} (see ``envs.nonstationary``)."""
+    reward_scale {scales, order} (see ``plasticrl.envs.nonstationary``)."""
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -194,10 +193,10 @@ class MinAtarObservation(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
     transposed view), then casts the whole buffer, contiguous, to a fresh float32 array: faster
     than casting the transposed frame directly (0.76 µs instead of 0.89 µs per Breakout frame).
 
-    Implements ``envs.nonstationary.ObservationGather``: the conversion copies every frame anyway,
+    Implements ``plasticrl.envs.nonstationary.ObservationGather``: the conversion copies every frame anyway,
     so a gather installed with :meth:`set_observation_gather` (a ``permute_obs`` permutation, a
     ``TaskSet``'s zero-padding) costs about what the plain conversion does (see Note [Folded
-    observation gather] in :mod:`envs.nonstationary`). A gather that only appends zero channels
+    observation gather] in :mod:`plasticrl.envs.nonstationary`). A gather that only appends zero channels
     (padding) is the buffer with extra channels that stay zero: no slower than no gather.
     """
 
@@ -233,7 +232,7 @@ class MinAtarObservation(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
     def set_observation_gather(self, index: np.ndarray | None) -> None:
         """From the next observation on, return ``gather(plain, index)`` (None: the plain one).
 
-        ``plain`` is the channel-first float32 observation; see ``envs.nonstationary.gather``.
+        ``plain`` is the channel-first float32 observation; see ``plasticrl.envs.nonstationary.gather``.
         ``observation_space`` becomes the gathered space.
 
         Raises:
@@ -328,7 +327,7 @@ def make_env(cfg: EnvConfig, env_id: str | None = None) -> gym.Env:
 def build_sub_env(
     cfg: EnvConfig, seed: int, index: int, nonstationary: NonStationaryConfig | None = None
 ) -> gym.Env:
-    """Sub-env ``index`` of a run, as every vector env of plasticrl is made (:mod:`envs.vector`).
+    """Sub-env ``index`` of a run, as every vector env of plasticrl is made (:mod:`plasticrl.envs.vector`).
 
     ``make_env`` (a ``TaskSet`` of the tasks for ``switch``), wrapped by ``NonStationary`` with the
     run seed and ``clock_scale=num_envs`` when configured; its action space seeded ``seed + index``.

@@ -10,11 +10,11 @@ Contains:
     CHANGES: the registry of change kinds, ``CHANGES.get(name)(**options)``.
     TaskSet: an env presenting several tasks behind one padded observation space and one action set.
     ObservationGather: the protocol of an env that folds a rearrangement or zero-padding of its
-        observation into a copy it makes anyway (``envs.make.MinAtarObservation``); see
+        observation into a copy it makes anyway (``plasticrl.envs.make.MinAtarObservation``); see
         Note [Folded observation gather]. ``supports_gather``, ``gather`` (the reference meaning),
         ``gathered_space`` and ``check_gather_index`` go with it.
 
-The schedules (when a change happens) live in :mod:`envs.schedules`.
+The schedules (when a change happens) live in :mod:`plasticrl.envs.schedules`.
 
 Note [Lifetime clock]
     ``NonStationary`` counts lifetime steps: every ``step()`` adds ``clock_scale``, and nothing ever
@@ -24,7 +24,7 @@ Note [Lifetime clock]
     ``AutoresetMode.NEXT_STEP`` replaces the step of a finished sub-env by a ``reset()``; pass
     ``autoreset_mode=NEXT_STEP`` so that such a reset (one that follows a terminated or truncated
     step) advances the clock like the step it replaces. With ``SAME_STEP`` (what
-    ``envs.vector.make_vector_env`` builds) or ``DISABLED`` every sub-env is stepped on every vector
+    ``plasticrl.envs.vector.make_vector_env`` builds) or ``DISABLED`` every sub-env is stepped on every vector
     step and resets never count.
 
 Note [Task randomness]
@@ -58,10 +58,10 @@ Note [Task announcements]
     until the next announcement (``NonStationary.task_id`` has it too). The reason is cost: in a
     ``SyncVectorEnv`` every info key costs about 1 µs per sub-env step, and a MinAtar episode under
     a random policy lasts about 11 steps, so even keys on every reset cost several per cent.
-    Under same-step autoreset (what ``envs.vector.make_vector_env`` builds) a sub-env's reset info
+    Under same-step autoreset (what ``plasticrl.envs.vector.make_vector_env`` builds) a sub-env's reset info
     arrives in the infos of the step that ended its episode, masked by ``_task_id``;
     ``infos["final_info"]`` holds the ending step's own info (so the finished episode ran the task
-    announced before, except that a first step's repetition is there). ``trainers.session.
+    announced before, except that a first step's repetition is there). ``plasticrl.trainers.session.
     EpisodeStats`` tracks every sub-env's task that way.
 
 Note [Step fast path]
@@ -79,7 +79,7 @@ Note [Step fast path]
 Note [Folded observation gather]
     Converting a MinAtar frame to channel-first float32 copies every cell anyway. Copying them in
     another order (a permutation: one indexed gather) costs about 0.19 µs more than the plain
-    conversion; zero-padding costs only the larger array (``envs.make.MinAtarObservation``
+    conversion; zero-padding costs only the larger array (``plasticrl.envs.make.MinAtarObservation``
     converts through a channel-first buffer whose extra channels stay zero: about 0.1 µs for
     Breakout's 4 channels padded to 10). Either costs far less than doing it in a layer of its own
     would: a second per-step copy and a call frame on top of the conversion. An env with a
@@ -110,9 +110,8 @@ from gymnasium.core import ActType, ObsType
 from gymnasium.error import ResetNeeded
 from gymnasium.spaces import Box, Discrete
 from gymnasium.vector import AutoresetMode
-
-from envs.schedules import Schedule
-from plasticity.registry import Registry
+from plasticrl.envs.schedules import Schedule
+from plasticrl.plasticity.registry import Registry
 
 __all__ = [
     "NonStationary",
@@ -162,7 +161,7 @@ class Transforms(NamedTuple):
 class ObservationGather(Protocol):
     """An env that can rearrange and zero-pad its observation within a copy it makes anyway.
 
-    See Note [Folded observation gather]; implemented by ``envs.make.MinAtarObservation``.
+    See Note [Folded observation gather]; implemented by ``plasticrl.envs.make.MinAtarObservation``.
     """
 
     def set_observation_gather(self, index: np.ndarray | None) -> None:
@@ -321,7 +320,7 @@ class TaskSet(gym.Env[np.ndarray, int]):
     ``select(i)`` makes task ``i`` active; the next call must be ``reset()``. :class:`Switch` calls
     it at episode boundaries. No vector version exists; vectorise the wrapped env instead.
 
-    A task that implements :class:`ObservationGather` (MinAtar from ``envs.make``) pads its own
+    A task that implements :class:`ObservationGather` (MinAtar from ``plasticrl.envs.make``) pads its own
     observation: the set installs the padding in it once, at construction (Note [Folded
     observation gather]); the set owns its tasks from then on. Other tasks are padded here.
 
@@ -751,7 +750,7 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
 
     What changes is the ``change`` kind (:data:`CHANGES`: ``switch`` between the tasks of a
     :class:`TaskSet`, ``permute_obs``, ``permute_actions``, ``reward_scale``); when is the
-    ``schedule`` (:data:`envs.schedules.SCHEDULES`: ``every``, ``at``, ``random``, ``geometric``),
+    ``schedule`` (:data:`plasticrl.envs.schedules.SCHEDULES`: ``every``, ``at``, ``random``, ``geometric``),
     counted in lifetime steps (Note [Lifetime clock]). A change applies at the next episode
     boundary (``on="episode"``) or truncates the running episode (``on="step"``); see
     Note [Changes at episode boundaries].
@@ -777,7 +776,7 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
     sees every change at the same global step (Note [Lifetime clock]).
 
     Example:
-        >>> from envs.schedules import Every
+        >>> from plasticrl.envs.schedules import Every
         >>> env = NonStationary(TaskSet(["CartPole-v1", "Acrobot-v1"]), Switch(), Every(5), on="step", seed=0)
         >>> env.observation_space.shape, env.action_space
         ((6,), Discrete(3))

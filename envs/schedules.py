@@ -8,7 +8,7 @@ Contains:
     GeometricIntervals: seeded memoryless intervals with a given mean (``geometric``).
     SCHEDULES: the registry of the above, ``SCHEDULES.get(name)(**options)``.
 
-A schedule says *when* a task changes; the change kind of :class:`envs.nonstationary.NonStationary`
+A schedule says *when* a task changes; the change kind of :class:`plasticrl.envs.nonstationary.NonStationary`
 says *what* changes. Schedules are immutable and keep no state of their own: the wrapper stores the
 step of the next change and the generator the schedule draws from, and checkpoints both (see
 ``NonStationary.get_state``). Given the same previous step and the same generator state a schedule
@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-from plasticity.registry import Registry
+from plasticrl.plasticity.registry import Registry
 
 __all__ = ["Schedule", "Every", "At", "RandomIntervals", "GeometricIntervals", "SCHEDULES"]
 

@@ -1,7 +1,7 @@
 """Vector environments from config (sync or async) and their checkpoint form.
 
 Contains:
-    make_vector_env: ``num_envs`` sub-envs (:func:`envs.make.build_sub_env`) in a ``SyncVectorEnv``
+    make_vector_env: ``num_envs`` sub-envs (:func:`plasticrl.envs.make.build_sub_env`) in a ``SyncVectorEnv``
         or ``AsyncVectorEnv`` with same-step autoreset and episode statistics.
     envs_state / restore_envs: everything to continue a vector env mid-episode (checkpoints).
     final_observations: the true next observation of each sub-env under same-step autoreset.
@@ -32,8 +32,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-
-from envs.make import EnvConfig, NonStationaryConfig, build_sub_env
+from plasticrl.envs.make import EnvConfig, NonStationaryConfig, build_sub_env
 
 __all__ = ["make_vector_env", "envs_state", "restore_envs", "final_observations"]
 

@@ -4,13 +4,13 @@ Contains:
     AdamO: the optimizer (``plasticity.AdamO``), shaped like ``torch.optim.AdamW``.
     adamo: the functional form, dispatching to ``_single_tensor_adamo`` (the readable reference),
         ``_multi_tensor_adamo`` (``foreach``) and ``_fused_adamo`` (torch's fused AdamW kernel).
-    The ``"adamo"`` factory in :data:`plasticity.optimizers.OPTIMIZERS`.
+    The ``"adamo"`` factory in :data:`plasticrl.plasticity.optimizers.OPTIMIZERS`.
 
 Paper: *Preserving Plasticity in Continual Learning via Dynamical Isometry*, arXiv 2606.09762.
-The maths of the isometry term lives in :mod:`plasticity.isometry`; METHODS.md §1 is the spec.
+The maths of the isometry term lives in :mod:`plasticrl.plasticity.isometry`; METHODS.md §1 is the spec.
 
 Note [Which tensors take the isometry step]
-    Decided by the param-group key ``isometry`` set by :func:`plasticity.optimizers.param_groups`
+    Decided by the param-group key ``isometry`` set by :func:`plasticrl.plasticity.optimizers.param_groups`
     (Note [Parameter groups]), never by inspecting modules inside ``step``:
     ``True`` → every tensor of the group with two or more dimensions; ``False`` → none;
     absent (plain ``AdamO(model.parameters())``, stored as ``None``) → every tensor with two or more
@@ -58,11 +58,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from plasticrl.plasticity.isometry import isometry_grad
+from plasticrl.plasticity.optimizers import OPTIMIZERS, OptimizerConfig
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
-
-from plasticity.isometry import isometry_grad
-from plasticity.optimizers import OPTIMIZERS, OptimizerConfig
 
 __all__ = ["AdamO", "adamo"]
 

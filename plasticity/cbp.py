@@ -3,7 +3,7 @@ r"""Continual backpropagation (Dohare, Hernandez-Garcia, Lan, Rahman, Mahmood, S
 Contains:
     CBPOptions: the options of an ``{name: cbp, ...}`` entry.
     ContinualBackprop: the intervention, registered as ``cbp`` in
-        :data:`plasticity.interventions.INTERVENTIONS`.
+        :data:`plasticrl.plasticity.interventions.INTERVENTIONS`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-
-from plasticity.interventions import (
+from plasticrl.plasticity.interventions import (
     TAG_PREFIX,
     InterventionContext,
     ProbeSource,
@@ -26,8 +24,9 @@ from plasticity.interventions import (
     probe_batch,
     register_intervention,
 )
-from plasticity.metrics import unit_activity
-from plasticity.surgery import InitKind
+from plasticrl.plasticity.metrics import unit_activity
+from plasticrl.plasticity.surgery import InitKind
+from torch import nn
 
 __all__ = ["CBPOptions", "ContinualBackprop"]
 
@@ -62,7 +61,8 @@ class CBPOptions:
 class ContinualBackprop(UnitIntervention):
     r"""Continual backpropagation (Dohare, Hernandez-Garcia, Lan, Rahman, Mahmood, Sutton; Nature 2024).
 
-    After every update, for every hidden layer (units as in :class:`plasticity.redo.ReDo`), on a probe batch:
+    After every update, for every hidden layer (units as in :class:`plasticrl.plasticity.redo.ReDo`), on a
+    probe batch:
 
     .. math::
         a_i \leftarrow a_i + 1, \qquad
@@ -73,7 +73,7 @@ class ContinualBackprop(UnitIntervention):
     m are *eligible*; the layer's replacement credit grows by ρ · (number eligible) per update,
     and while it is ≥ 1 the eligible unit with the lowest utility is replaced (credit − 1):
     fresh incoming weights, zero bias, zero outgoing weights and the optimizer state of those
-    slices reset (:func:`plasticity.surgery.reinit_units_`), ``u_i = a_i = 0``.
+    slices reset (:func:`plasticrl.plasticity.surgery.reinit_units_`), ``u_i = a_i = 0``.
 
     Note [CBP utility]
         The contribution utility of Dohare et al. multiplies |h_i| by the *sum* of the unit's

@@ -6,14 +6,14 @@ Contains:
         the network's initialisation).
     Intervention: the protocol — ``after_update(update, model, optimizer, probe_obs, *,
         task_switched)`` returning scalars to log, and ``state_dict``/``load_state_dict``.
-    INTERVENTIONS: the registry: ``redo`` (:mod:`plasticity.redo`), ``shrink_perturb``
-        (:mod:`plasticity.shrink_perturb`), ``cbp`` (:mod:`plasticity.cbp`).
+    INTERVENTIONS: the registry: ``redo`` (:mod:`plasticrl.plasticity.redo`), ``shrink_perturb``
+        (:mod:`plasticrl.plasticity.shrink_perturb`), ``cbp`` (:mod:`plasticrl.plasticity.cbp`).
     register_intervention / parse_options: how those modules register themselves with typed options.
     InterventionBase / UnitIntervention: what the built-in interventions share.
     make_interventions / check_intervention: build the configured list; validate one entry's
         name and options without a model (start-up checks).
 
-Every edit goes through :mod:`plasticity.surgery`: parameters are changed in place (never
+Every edit goes through :mod:`plasticrl.plasticity.surgery`: parameters are changed in place (never
 replaced), and ReDo and CBP reset the optimizer state of exactly the slices they edit. All
 randomness comes from one ``torch.Generator`` per intervention, seeded from the run seed and
 checkpointed in ``state_dict``. Scalars are returned only when an intervention acts, under
@@ -57,12 +57,11 @@ from typing import Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch
+from plasticrl.plasticity.registry import Registry, close_matches
+from plasticrl.plasticity.surgery import InitKind, check_editable, check_optimizer, reinit_units_
+from plasticrl.plasticity.units import UnitLayer, find_unit_layers
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-
-from plasticity.registry import Registry, close_matches
-from plasticity.surgery import InitKind, check_editable, check_optimizer, reinit_units_
-from plasticity.units import UnitLayer, find_unit_layers
 
 __all__ = [
     "InterventionConfig",
@@ -87,7 +86,8 @@ __all__ = [
 
 TAG_PREFIX = "interventions/"
 HIDDEN_GAIN = math.sqrt(2.0)
-"""Orthogonal gain of hidden layers (``agents.networks.orthogonal_init_``'s convention; heads: 1)."""
+"""Orthogonal gain of hidden layers (``plasticrl.agents.networks.orthogonal_init_``'s convention; heads:
+1)."""
 
 ProbeSource = Tensor | Callable[[int], Tensor]
 """A probe batch, or a callable returning ``n`` probe observations (Note [Probe batches])."""
@@ -294,8 +294,8 @@ class InterventionBase:
 class UnitIntervention(InterventionBase):
     """Base of ReDo and CBP: the model's hidden layers, a forward reading their units, the edit.
 
-    The layers come from :func:`plasticity.units.find_unit_layers`, the edit is
-    :func:`plasticity.surgery.reinit_units_`.
+    The layers come from :func:`plasticrl.plasticity.units.find_unit_layers`, the edit is
+    :func:`plasticrl.plasticity.surgery.reinit_units_`.
 
     Raises (at construction):
         ValueError: a parametrized network, an optimizer whose state cannot be edited slice by
@@ -342,7 +342,7 @@ class UnitIntervention(InterventionBase):
         return {layer.name: layer.unit_view(seen[layer.name]) for layer in self.layers}
 
     def recycle(self, layer: UnitLayer, units: Tensor) -> None:
-        """Recycle ``units`` of ``layer`` (:func:`plasticity.surgery.reinit_units_`)."""
+        """Recycle ``units`` of ``layer`` (:func:`plasticrl.plasticity.surgery.reinit_units_`)."""
         reinit_units_(
             layer.producer,
             units,

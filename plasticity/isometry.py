@@ -26,7 +26,7 @@ Note [Fast isometry gradient]
     it times like the naive ``4 * (W @ W.T - I) @ W``. Exploiting the symmetry of ``G`` (computing
     only its upper blocks) saved at most ~7 % in ``benchmarks/bench_adamo.py``, within noise, and
     is not worth the code. The way to make the step cheap is to move it off the critical path:
-    see Note [Isometry prefetch] in :mod:`plasticity.adamo`.
+    see Note [Isometry prefetch] in :mod:`plasticrl.plasticity.adamo`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from plasticrl.plasticity.regularizers import REGULARIZERS, RegularizerConfig
 from torch import Tensor, nn
-
-from plasticity.regularizers import REGULARIZERS, RegularizerConfig
 
 __all__ = ["isometry_penalty", "isometry_grad", "isometry_gap", "IsometryPenalty"]
 
@@ -164,10 +163,10 @@ class IsometryPenalty:
     """The coupled isometry regularizer: ``coef · Σ_W R(W)`` added to the task loss.
 
     Penalises every tensor of two or more dimensions in the groups tagged ``isometry=True`` by
-    :func:`plasticity.optimizers.param_groups` (hidden weight matrices and conv kernels; the head
+    :func:`plasticrl.plasticity.optimizers.param_groups` (hidden weight matrices and conv kernels; the head
     only with ``optimizer.iso_head``). Because the penalty's gradient goes through Adam's moments,
     it is divided by √v̂ like the task gradient: this is the ablation of METHODS.md §1.2; the
-    method itself is the decoupled step of :class:`plasticity.adamo.AdamO`.
+    method itself is the decoupled step of :class:`plasticrl.plasticity.adamo.AdamO`.
 
     Args:
         model: the network (unused beyond the groups; kept for the factory signature).
@@ -178,7 +177,7 @@ class IsometryPenalty:
         TypeError: an unknown option (``make_regularizers`` reports it as a ``ValueError``).
 
     Example:
-        >>> from plasticity.optimizers import param_groups
+        >>> from plasticrl.plasticity.optimizers import param_groups
         >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
         >>> reg = IsometryPenalty(net, param_groups(net), RegularizerConfig("isometry", 0.1))
         >>> [tuple(p.shape) for p in reg.params]  # the head Linear(2, 1) is not penalised

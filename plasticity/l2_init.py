@@ -18,7 +18,7 @@ added to the loss (coupled: its gradient goes through the optimizer's moments, a
 λ = 1e-2 was best overall in the paper's sweep (METHODS.md).
 
 Which tensors (option ``kinds``, default all): every trainable parameter the optimizer sees, by the
-``kind`` tags of :func:`plasticity.optimizers.param_groups` — hidden weights (``matrix``), the
+``kind`` tags of :func:`plasticrl.plasticity.optimizers.param_groups` — hidden weights (``matrix``), the
 output head (``head``), biases and normalisation parameters (``vector``) and the unconstrained
 tensors of orthogonal constraints (``constrained``). The paper regularises all parameters;
 ``kinds: [matrix, head]`` restricts it to weights.
@@ -46,14 +46,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from plasticrl.plasticity.regularizers import REGULARIZERS, RegularizerConfig
 from torch import Tensor, nn
-
-from plasticity.regularizers import REGULARIZERS, RegularizerConfig
 
 __all__ = ["l2_init_penalty", "L2InitRegularizer", "l2_init", "PARAM_KINDS"]
 
 PARAM_KINDS: tuple[str, ...] = ("matrix", "head", "vector", "constrained")
-"""The ``kind`` tags of :func:`plasticity.optimizers.param_groups` (the values of option ``kinds``)."""
+"""The ``kind`` tags of :func:`plasticrl.plasticity.optimizers.param_groups` (the values of option
+``kinds``)."""
 
 
 def l2_init_penalty(params: Sequence[Tensor], inits: Sequence[Tensor]) -> Tensor:

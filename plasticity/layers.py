@@ -13,16 +13,16 @@ Contains:
 Together, orthogonal weights and GroupSort activations give "almost-everywhere isometric yet
 universal Lipschitz approximators" (Anil, Lucas, Grosse, *Sorting out Lipschitz function
 approximation*, arXiv 1811.05381; METHODS.md §1.3). The networks built from them live in
-``agents.isometric``.
+``plasticrl.agents.isometric``.
 
-Names kept apart (STYLE.md R8): orthogonal *initialisation* is ``agents.networks.orthogonal_init_``
+Names kept apart (STYLE.md R8): orthogonal *initialisation* is ``plasticrl.agents.networks.orthogonal_init_``
 (an initial value that training leaves at once); :func:`orthogonal_` here is the orthogonal
 *constraint* (the weight stays orthogonal after every optimizer step).
 
 Note [Optimizer contract of constrained layers]
     After ``orthogonal_(layer)`` the trainable tensor is ``layer.parametrizations.weight.original``
     (always 2-D: ``(out, in)`` for Linear, ``(C_out, C_in·kh·kw)`` for Conv), and ``layer.weight``
-    is recomputed from it. :func:`plasticity.optimizers.param_groups` tags that tensor
+    is recomputed from it. :func:`plasticrl.plasticity.optimizers.param_groups` tags that tensor
     ``kind="constrained", isometry=False``: AdamO gives it a plain Adam step and *no* isometry
     step, and the isometry/spectral penalties skip it. The layer is isometric by construction, and
     pushing the unconstrained ``original`` towards orthogonality would be meaningless. The
@@ -137,12 +137,12 @@ class CReLU(nn.Module):
     the plasticity metrics count the ``2n`` outputs as the layer's units.
 
     The output has twice the input's size along ``dim``, so the *next* layer's fan-in doubles
-    (:attr:`expansion`; ``agents.networks`` sizes its layers with it). ``dim=1`` is the feature
+    (:attr:`expansion`; ``plasticrl.agents.networks`` sizes its layers with it). ``dim=1`` is the feature
     axis of ``(B, F)`` and the channel axis of ``(B, C, H, W)``: a conv's ``C`` channels become
     ``2C``.
 
     Not elementwise (it changes the shape), so the layer-Jacobian metric takes the exact
-    ``torch.func`` path for it (``plasticity.metrics``), not the closed form ``diag(φ'(z)) W``.
+    ``torch.func`` path for it (``plasticrl.plasticity.metrics``), not the closed form ``diag(φ'(z)) W``.
 
     Args:
         dim: the axis to concatenate along.

@@ -39,7 +39,7 @@ Note [Hidden layers]
 
     A *hidden layer* for the Jacobian is a pair (weight module, activation) in which the
     activation's input **is** the weight module's output tensor, or the output of normalisation
-    modules (:data:`plasticity.units.NORM_TYPES`: LayerNorm, GroupNorm, BatchNorm) applied to it
+    modules (:data:`plasticrl.plasticity.units.NORM_TYPES`: LayerNorm, GroupNorm, BatchNorm) applied to it
     in a chain (found by forward hooks in the probe forward, so ``Linear → ReLU`` and ``Linear →
     LayerNorm → ReLU`` pair in forward order, whatever the module names); the layer's function is
     the whole chain, and it is named after the weight module (``conv``, ``fc``, like
@@ -88,14 +88,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+from plasticrl.plasticity.isometry import isometry_gap
+from plasticrl.plasticity.layers import CReLU, GroupSort
+from plasticrl.plasticity.optimizers import head_module_names, param_groups
+from plasticrl.plasticity.units import NORM_TYPES, is_weight_module
 from torch import Tensor, nn
 from torch.func import functional_call, jacfwd, jacrev, jvp, vmap
 from torch.nn.utils import parametrize
-
-from plasticity.isometry import isometry_gap
-from plasticity.layers import CReLU, GroupSort
-from plasticity.optimizers import head_module_names, param_groups
-from plasticity.units import NORM_TYPES, is_weight_module
 
 __all__ = [
     "MetricsConfig",
@@ -384,7 +383,7 @@ def measured_weights(
     """The weight matrices that :func:`weight_stats` measures, by layer name (detached).
 
     Which: every parameter of ≥ 2 dims in a group of kind ``matrix`` or ``head`` (hidden weights,
-    conv kernels, output head; Note [Parameter groups] in :mod:`plasticity.optimizers`), and the
+    conv kernels, output head; Note [Parameter groups] in :mod:`plasticrl.plasticity.optimizers`), and the
     **constrained** weight of every parametrized tensor of ≥ 2 dims (``module.weight`` of an
     orthogonal layer, not its unconstrained ``original``). A layer is named after the module
     owning the tensor (Note [Hidden layers]).
@@ -426,7 +425,7 @@ def weight_stats(
       singular values of its null space are not counted);
     * ``stable_rank`` = ‖W‖²_F / σ_1² (0 for a zero matrix);
     * ``isometry_gap`` = ‖G − sI‖_F / √dim, G the Gram on the smaller side
-      (:func:`plasticity.isometry.isometry_gap`; METHODS.md §1.1).
+      (:func:`plasticrl.plasticity.isometry.isometry_gap`; METHODS.md §1.1).
 
     Args:
         model: the network.

@@ -4,7 +4,7 @@ Contains:
     OptimizerConfig: the ``optimizer.*`` config section.
     param_groups: split a network's parameters into tagged groups (``kind`` and ``isometry`` keys).
     OPTIMIZERS: the optimizer registry (``adam``, ``adamw``, ``sgd``, ``rmsprop``; ``adamo`` is
-        registered by :mod:`plasticity.adamo`).
+        registered by :mod:`plasticrl.plasticity.adamo`).
     make_optimizer: build an optimizer by name or ``package.module:Class`` from tagged groups.
 
 Note [Parameter groups]
@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from plasticrl.plasticity.registry import Registry
+from plasticrl.plasticity.rmsprop import RMSprop
 from torch import nn
-
-from plasticity.registry import Registry
-from plasticity.rmsprop import RMSprop
 
 __all__ = [
     "OptimizerConfig",
@@ -256,7 +255,7 @@ def _sgd(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Opti
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    # Ours, not torch's: torch's centred RMSprop can write NaN (plasticity.rmsprop).
+    # Ours, not torch's: torch's centred RMSprop can write NaN (plasticrl.plasticity.rmsprop).
     return RMSprop(
         groups,
         lr=cfg.lr,

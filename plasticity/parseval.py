@@ -30,13 +30,13 @@ Not implemented: the paper's relaxations of the constraint (extra diagonal layer
 Parseval on subgroups of rows).
 
 Which tensors: every ≥2-d parameter of the groups tagged ``kind="matrix"`` by
-:func:`plasticity.optimizers.param_groups` (plus ``"head"`` with ``include_head``); never
+:func:`plasticrl.plasticity.optimizers.param_groups` (plus ``"head"`` with ``include_head``); never
 ``"vector"`` (biases, LayerNorm/GroupNorm gains) nor ``"constrained"`` (the unconstrained tensor of
 an orthogonal constraint, whose layer is orthogonal by construction). The ``isometry`` tag
 (``optimizer.iso_head``) does not apply: it belongs to AdamO and the ``isometry`` penalty.
 
 Note [Parseval vs the isometry penalty]
-    The ``isometry`` regularizer (:mod:`plasticity.isometry`, METHODS.md §1.1) takes the Gram of
+    The ``isometry`` regularizer (:mod:`plasticrl.plasticity.isometry`, METHODS.md §1.1) takes the Gram of
     the *smaller* side, ``‖Wᵀ W − s I_in‖²`` for a tall ``W`` (out > in), and defaults to s = 1.
     Parseval takes the rows' Gram ``W Wᵀ`` whatever the shape, and s = 2. For a wide or square
     ``W`` (every hidden layer of the MinAtar network: conv 16 × 36, fc 128 × 1024) the two
@@ -61,11 +61,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 # The private helpers are shared on purpose: one Gram and one matmul per layer, as for isometry.
-from plasticity.isometry import _as_matrix, _PenaltyFn
-from plasticity.regularizers import REGULARIZERS, RegularizerConfig
+from plasticrl.plasticity.isometry import _as_matrix, _PenaltyFn
+from plasticrl.plasticity.regularizers import REGULARIZERS, RegularizerConfig
+from torch import Tensor, nn
 
 __all__ = ["parseval_penalty", "parseval_grad", "ParsevalRegularizer", "parseval"]
 
@@ -117,7 +117,7 @@ class ParsevalRegularizer:
 
     Computed as the smaller-side Gram penalty plus the constant ``s² · max(out − in, 0)`` (Note
     [Parseval vs the isometry penalty]), with the analytic backward ``4 (G − sI) W`` of
-    :mod:`plasticity.isometry`: one Gram and one matmul per layer. Stateless.
+    :mod:`plasticrl.plasticity.isometry`: one Gram and one matmul per layer. Stateless.
 
     Args:
         params: the ≥2-d tensors to penalise.
@@ -129,7 +129,7 @@ class ParsevalRegularizer:
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
-        >>> from plasticity.optimizers import param_groups
+        >>> from plasticrl.plasticity.optimizers import param_groups
         >>> reg = parseval(net, param_groups(net), RegularizerConfig("parseval", 1e-3))
         >>> [tuple(p.shape) for p in reg.params]  # hidden only: the head Linear(2, 1) is free
         [(2, 3)]

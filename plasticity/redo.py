@@ -2,7 +2,8 @@
 
 Contains:
     ReDoOptions: the options of an ``{name: redo, ...}`` entry.
-    ReDo: the intervention, registered as ``redo`` in :data:`plasticity.interventions.INTERVENTIONS`.
+    ReDo: the intervention, registered as ``redo`` in
+    :data:`plasticrl.plasticity.interventions.INTERVENTIONS`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-
-from plasticity.interventions import (
+from plasticrl.plasticity.interventions import (
     TAG_PREFIX,
     InterventionContext,
     ProbeSource,
@@ -24,8 +23,9 @@ from plasticity.interventions import (
     probe_batch,
     register_intervention,
 )
-from plasticity.metrics import dormant_masks, tau_tag
-from plasticity.surgery import InitKind
+from plasticrl.plasticity.metrics import dormant_masks, tau_tag
+from plasticrl.plasticity.surgery import InitKind
+from torch import nn
 
 __all__ = ["ReDoOptions", "ReDo"]
 
@@ -58,9 +58,9 @@ class ReDo(UnitIntervention):
     r"""Recycling dormant neurons (Sokar, Agarwal, Castro, Evci, ICML 2023, arXiv 2302.12902).
 
     Every ``every`` updates, on a probe batch: the score of unit i of a hidden layer is
-    ``s_i = E|h_i| / mean_k E|h_k|`` (:func:`plasticity.metrics.dormant_fraction`'s definition,
+    ``s_i = E|h_i| / mean_k E|h_k|`` (:func:`plasticrl.plasticity.metrics.dormant_fraction`'s definition,
     computed by its ``dormant_masks``; a conv channel is a unit, averaged over batch and space);
-    every unit with ``s_i ≤ τ`` is recycled by :func:`plasticity.surgery.reinit_units_`: fresh
+    every unit with ``s_i ≤ τ`` is recycled by :func:`plasticrl.plasticity.surgery.reinit_units_`: fresh
     incoming weights from the layer's own initialisation, zero bias, zero outgoing weights (the
     output loses only the recycled units' former contributions: none for silent units, little
     for dormant ones), and the optimizer moments of exactly those slices zeroed.
@@ -68,7 +68,7 @@ class ReDo(UnitIntervention):
     The units are the producer's outputs (the pre-activation features), read where the next layer
     reads them; with CReLU both halves of a unit count (E|h| over the pair), so a unit is dormant
     only when its pre-activation is silent. The hidden layers are found by
-    :func:`plasticity.surgery.find_unit_layers`; the heads are never recycled.
+    :func:`plasticrl.plasticity.surgery.find_unit_layers`; the heads are never recycled.
 
     Note [Order]
         Layers are recycled in forward order, each with the scores of the same probe forward.

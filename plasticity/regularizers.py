@@ -3,14 +3,14 @@
 Contains:
     RegularizerConfig: one entry of the ``regularizers`` config list (``{name, coef, ...}``).
     Regularizer: the protocol — a callable returning the scaled penalty, with a ``state_dict``.
-    REGULARIZERS: the registry (``isometry`` from :mod:`plasticity.isometry`, ``spectral`` from
-        :mod:`plasticity.spectral`; later ``l2_init``, ``parseval``).
+    REGULARIZERS: the registry (``isometry`` from :mod:`plasticrl.plasticity.isometry`, ``spectral`` from
+        :mod:`plasticrl.plasticity.spectral`; later ``l2_init``, ``parseval``).
     make_regularizers: build the configured list for a model and its tagged parameter groups.
 
 A regularizer is bound to its model at construction (it keeps references to the parameters it
 penalises and any state such as power-iteration vectors) and is called with no arguments once per
 update; the agent adds the returned scalar to its task loss. Which tensors it penalises comes from
-the ``kind``/``isometry`` tags of :func:`plasticity.optimizers.param_groups`, so regularizers and
+the ``kind``/``isometry`` tags of :func:`plasticrl.plasticity.optimizers.param_groups`, so regularizers and
 optimizers agree on what a "hidden weight matrix" is.
 """
 
@@ -21,9 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from plasticrl.plasticity.registry import Registry
 from torch import Tensor, nn
-
-from plasticity.registry import Registry
 
 __all__ = ["RegularizerConfig", "Regularizer", "RegularizerFactory", "REGULARIZERS", "make_regularizers"]
 

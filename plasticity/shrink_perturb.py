@@ -3,7 +3,7 @@ r"""Shrink and Perturb (Ash & Adams, NeurIPS 2020, arXiv 1910.08475).
 Contains:
     ShrinkPerturbOptions: the options of an ``{name: shrink_perturb, ...}`` entry.
     ShrinkPerturb: the intervention, registered as ``shrink_perturb`` in
-        :data:`plasticity.interventions.INTERVENTIONS`.
+        :data:`plasticrl.plasticity.interventions.INTERVENTIONS`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-
-from plasticity.interventions import (
+from plasticrl.plasticity.interventions import (
     HIDDEN_GAIN,
     TAG_PREFIX,
     InterventionBase,
@@ -26,8 +24,9 @@ from plasticity.interventions import (
     refuse_parametrized,
     register_intervention,
 )
-from plasticity.optimizers import head_module_names
-from plasticity.surgery import InitKind, check_optimizer, init_sample, reset_state_
+from plasticrl.plasticity.optimizers import head_module_names
+from plasticrl.plasticity.surgery import InitKind, check_optimizer, init_sample, reset_state_
+from torch import nn
 
 __all__ = ["ShrinkPerturbOptions", "ShrinkPerturb"]
 
@@ -68,7 +67,7 @@ class ShrinkPerturb(InterventionBase):
         \varepsilon \sim \text{the layer's own initialisation distribution}
 
     applied every ``every`` updates and/or at the first update after a task switch. ε is a fresh
-    draw of each layer's initialisation (:func:`plasticity.surgery.init_sample`): torch's default
+    draw of each layer's initialisation (:func:`plasticrl.plasticity.surgery.init_sample`): torch's default
     ``U(±1/√fan_in)`` for weights and biases, or orthogonal weights and zero biases under
     ``init: orthogonal`` (gain √2 hidden, 1 for the heads, the networks' convention) — so
     ``p = 1, σ = 0`` is the identity, and ``p = 0, σ = 1`` is a full re-initialisation.

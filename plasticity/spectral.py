@@ -35,7 +35,7 @@ Options (``regularizers: [{name: spectral, coef: 1e-3, <option>: ...}]``):
     touched).
 
 Which tensors: every ≥2-d parameter of the groups tagged ``kind="matrix"`` (and ``"head"`` if
-``include_head``) by :func:`plasticity.optimizers.param_groups`; never ``"constrained"``
+``include_head``) by :func:`plasticrl.plasticity.optimizers.param_groups`; never ``"constrained"``
 (unconstrained tensors of a parametrization) nor ``"vector"``. A conv kernel
 ``(C_out, C_in, kh, kw)`` is read as the matrix ``(C_out, C_in·kh·kw)``. The bias of a weight is the
 ``bias`` parameter of the module that owns it as ``weight``.
@@ -73,9 +73,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from plasticrl.plasticity.regularizers import REGULARIZERS, RegularizerConfig
 from torch import Tensor, nn
-
-from plasticity.regularizers import REGULARIZERS, RegularizerConfig
 
 __all__ = ["SpectralRegularizer", "spectral"]
 
@@ -300,7 +299,7 @@ def spectral(model: nn.Module, groups: list[dict[str, Any]], cfg: RegularizerCon
 
     Args:
         model: the network (used to name weights and find their biases).
-        groups: tagged parameter groups (Note [Parameter groups] in :mod:`plasticity.optimizers`).
+        groups: tagged parameter groups (Note [Parameter groups] in :mod:`plasticrl.plasticity.optimizers`).
         cfg: ``coef`` and the options ``power``, ``bias``, ``include_head``,
             ``n_power_iterations``, ``init``, ``seed`` (see the module docstring).
 

@@ -11,9 +11,9 @@ Contains:
     reinit_units_: the ReDo / Continual-Backprop surgery — fresh incoming weights, zero bias, zero
         outgoing weights, and the optimizer state of exactly those slices reset.
 
-Which layers read which units is found by :mod:`plasticity.units`.
+Which layers read which units is found by :mod:`plasticrl.plasticity.units`.
 
-Every intervention of :mod:`plasticity.interventions` edits weights through this module, so the
+Every intervention of :mod:`plasticrl.plasticity.interventions` edits weights through this module, so the
 rules below hold for all of them (METHODS.md §2: "any intervention that edits weights must edit
 the optimizer state of the same slices and must never leave a new parameter outside the
 optimizer").
@@ -23,7 +23,7 @@ Note [In place]
     the optimizer, the regularizers (L2-Init's anchor, spectral vectors) and any other holder of a
     reference keep the same tensor objects, so an edited parameter is trained on the next step like
     every other (tests prove it). In-place edits bump the tensor's ``_version``, which is how
-    AdamO's isometry prefetch notices them (Note [Isometry prefetch] in :mod:`plasticity.adamo`).
+    AdamO's isometry prefetch notices them (Note [Isometry prefetch] in :mod:`plasticrl.plasticity.adamo`).
 
 Note [Optimizer state]
     "Reset" means: the state a freshly built optimizer would hold for those entries. For every
@@ -42,13 +42,13 @@ Note [Flatten layout]
     ``flatten(1)`` (or ``nn.Flatten``) of a contiguous ``(B, C, H, W)`` tensor: channel ``c``
     becomes the contiguous input columns ``c·H·W … (c+1)·H·W − 1`` (channel-major, PyTorch's
     default memory order). The block size is derived from the consumer,
-    ``in_features // (copies · C)``, so it needs no input shape; ``plasticity.units`` checks
+    ``in_features // (copies · C)``, so it needs no input shape; ``plasticrl.plasticity.units`` checks
     the layout on the real network by perturbing units and watching which columns move, and
     refuses a network whose layout differs (channel-last flatten, pooling, a permutation).
 
 Note [Copies]
     An activation may hand the next layer several copies of each unit, concatenated along the
-    unit axis: :class:`plasticity.layers.CReLU` gives ``[relu(x), relu(−x)]``, so unit ``u`` of
+    unit axis: :class:`plasticrl.plasticity.layers.CReLU` gives ``[relu(x), relu(−x)]``, so unit ``u`` of
     ``F`` is read at positions ``u`` and ``F + u``. ``copies`` is that count (1 for elementwise
     activations); copy ``r`` of unit ``u`` sits at unit-axis position ``r·F + u``, then the
     flatten blocks of Note [Flatten layout] apply.
@@ -70,11 +70,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
+from plasticrl.plasticity.adamo import AdamO
+from plasticrl.plasticity.rmsprop import RMSprop
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-
-from plasticity.adamo import AdamO
-from plasticity.rmsprop import RMSprop
 
 __all__ = [
     "SUPPORTED_OPTIMIZERS",
@@ -207,7 +206,7 @@ def init_sample(
     of the same seed (tested). Any other module (LayerNorm, GroupNorm, …) is deep-copied and its
     ``reset_parameters`` run under a forked global RNG seeded from ``generator``, so the global
     streams are untouched. ``init="orthogonal"`` draws ``nn.init.orthogonal_(W, gain)`` and a zero
-    bias for Linear/Conv (``agents.networks.orthogonal_init_``'s distribution), and falls back to
+    bias for Linear/Conv (``plasticrl.agents.networks.orthogonal_init_``'s distribution), and falls back to
     ``default`` for other modules.
 
     Args:
@@ -287,7 +286,7 @@ def unit_columns(units: Tensor, n_units: int, consumer: nn.Module, *, copies: in
         if width % (copies * n_units):
             raise ValueError(
                 f"a Linear with in_features={width} cannot read {copies} × {n_units} units in equal "
-                f"blocks (Note [Flatten layout] in plasticity.surgery)"
+                f"blocks (Note [Flatten layout] in plasticrl.plasticity.surgery)"
             )
         block = width // (copies * n_units)
         columns = positions.unsqueeze(1) * block + torch.arange(block, device=units.device)

@@ -6,9 +6,10 @@ Contains:
     find_unit_layers: every such layer of a network, discovered from the autograd graph of one
         forward (Note [Discovery]); no module names or types are assumed.
 
-ReDo and Continual Backprop (:mod:`plasticity.redo`, :mod:`plasticity.cbp`) recycle units of these
-layers with :func:`plasticity.surgery.reinit_units_`; the column layout they rely on is
-Note [Flatten layout] and Note [Copies] of :mod:`plasticity.surgery`.
+ReDo and Continual Backprop (:mod:`plasticrl.plasticity.redo`, :mod:`plasticrl.plasticity.cbp`) recycle
+units of these
+layers with :func:`plasticrl.plasticity.surgery.reinit_units_`; the column layout they rely on is
+Note [Flatten layout] and Note [Copies] of :mod:`plasticrl.plasticity.surgery`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from plasticrl.plasticity.surgery import unit_columns
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-
-from plasticity.surgery import unit_columns
 
 __all__ = ["UnitLayer", "find_unit_layers", "NORM_TYPES", "is_weight_module"]
 
@@ -56,7 +56,7 @@ class UnitLayer:
     def unit_view(self, consumer_input: Tensor) -> Tensor:
         """The first consumer's input as ``(B, F, copies · positions)``: unit u's every reading in row u.
 
-        :func:`plasticity.metrics.unit_activity` of this view is E|h_u| over the batch, the copies
+        :func:`plasticrl.plasticity.metrics.unit_activity` of this view is E|h_u| over the batch, the copies
         and the spatial positions — the ReDo score's numerator for a producer unit.
         """
         b = consumer_input.shape[0]
@@ -327,6 +327,6 @@ def _check_layout(model: nn.Module, example_obs: Tensor, layer: UnitLayer) -> No
                 raise ValueError(
                     f"unit {unit} of layer {layer.name!r} is read by inputs "
                     f"{moved.nonzero().flatten().tolist()[:8]}… of layer {name!r}, not by the "
-                    f"channel-major block plasticity.surgery assumes (Note [Flatten layout] in "
-                    f"plasticity.surgery); its units cannot be recycled"
+                    f"channel-major block plasticrl.plasticity.surgery assumes (Note [Flatten layout] in "
+                    f"plasticrl.plasticity.surgery); its units cannot be recycled"
                 )

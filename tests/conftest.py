@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from plasticity.regularizers import REGULARIZERS, RegularizerConfig
-from trainers.config import ExperimentConfig, load_config
+from plasticrl.plasticity.regularizers import REGULARIZERS, RegularizerConfig
+from plasticrl.trainers.config import ExperimentConfig, load_config
 
 TINY_DQN_OVERRIDES: tuple[str, ...] = (
     "env.id=CartPole-v1",
@@ -64,13 +63,13 @@ def run_minatar_preset(
     Returns the trained agent and the values of every logged scalar whose tag starts with
     ``prefix`` (e.g. ``plasticity/`` or ``losses/reg_``).
     """
-    from trainers.plot import read_scalars
-    from trainers.run import train
+    from plasticrl.trainers.experiments.plot import read_scalars
+    from plasticrl.trainers.run import train
 
     overrides = [*TINY_DQN_OVERRIDES, *TINY_MINATAR_OVERRIDES, f"logging.dir={runs_dir}", *extra]
     result = train(load_config(PRESETS_DIR / f"dqn_permuted_{method}.yaml", overrides), quiet=True)
-    scalars = read_scalars(result["run_dir"])
-    return result["agent"], {tag: values for tag, (_, values) in scalars.items() if tag.startswith(prefix)}
+    scalars = read_scalars(result.run_dir)
+    return result.agent, {tag: values for tag, (_, values) in scalars.items() if tag.startswith(prefix)}
 
 
 @pytest.fixture

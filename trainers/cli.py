@@ -22,10 +22,9 @@ import sys
 from collections.abc import Sequence
 
 import gymnasium as gym
-
-from trainers.plot import register_plot_command, run_plot_command
-from trainers.report import register_report_command, run_report_command
-from trainers.sweep import register_sweep_command, run_sweep_command
+from plasticrl.trainers.experiments.plot import DEFAULT_TAGS, run_plot_command
+from plasticrl.trainers.experiments.report import run_report_command
+from plasticrl.trainers.experiments.sweep import run_sweep_command
 
 __all__ = ["main", "build_parser"]
 
@@ -70,9 +69,111 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("config", nargs="?", help="YAML preset")
     config.add_argument("overrides", nargs="*", metavar="key=value")
-    register_plot_command(sub)
-    register_sweep_command(sub)
-    register_report_command(sub)
+    _add_plot_parser(sub)
+    _add_sweep_parser(sub)
+    _add_report_parser(sub)
+    return parser
+
+
+def _add_plot_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add ``plot RUN_DIR [RUN_DIR ...] [--out DIR] [--window N]`` to ``plasticrl``'s subparsers."""
+    parser = subparsers.add_parser(
+        "plot",
+        help="plot returns and plasticity metrics of one or more runs as PNGs",
+        description="Read the TensorBoard event files of each RUN_DIR and write\n"
+        f"{', '.join(f'{n}.png' for n in DEFAULT_TAGS)}\n"
+        "(those with data), runs overlaid, task boundaries dashed.",
+        epilog="examples:\n"
+        "  plasticrl plot runs/<run>                 PNGs into runs/<run>\n"
+        "  plasticrl plot runs/a runs/b --out cmp    overlay two runs into cmp/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders with event files")
+    parser.add_argument(
+        "--out", metavar="DIR", help="output folder (default: the run folder, or plots/ for several runs)"
+    )
+    parser.add_argument(
+        "--window", type=int, default=20, metavar="N", help="episodes in the return moving average (20)"
+    )
+    return parser
+
+
+def _add_sweep_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add ``sweep SWEEP.yaml [key=value ...] [--seeds S] [--name N] [--workers N] [--dry-run]``.
+
+    ``--backend ray [--address ADDR]`` runs each run as a Ray task
+    (:mod:`plasticrl.trainers.experiments.sweep_ray`).
+    """
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a sweep (base config x grid x seeds) in parallel processes",
+        description="Run every run of SWEEP.yaml (base or methods, seeds, overrides, grid, name, dir),\n"
+        "skipping complete runs and resuming interrupted ones; each run logs to <run_dir>.log.\n"
+        "key=value overrides after the file apply to every run, after the file's own overrides.",
+        epilog="examples:\n"
+        "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --dry-run\n"
+        "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --workers 2\n"
+        "  plasticrl sweep configs/studies/permuted_breakout.yaml --seeds 0,1 total_steps=100000\n"
+        "  plasticrl sweep configs/studies/permuted_breakout.yaml --backend ray --address auto",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
+    parser.add_argument("--seeds", metavar="S,S,...", help="these seeds instead of the file's (e.g. 0,1,2)")
+    parser.add_argument("--name", help="the sweep's folder name instead of the file's (keep variants apart)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs at once, one process each (default: the number of CPU cores)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print each run and its action; run nothing")
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: child processes on this machine (default); ray: one Ray task per run, on a Ray "
+        "cluster sharing this filesystem (needs pip install -e '.[ray]')",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="--backend ray: the cluster ('auto', 'host:port' or 'ray://host:port'); "
+        "default: start a local Ray instance",
+    )
+    return parser
+
+
+def _add_report_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add ``report RUN_DIR... --out DIR [options]`` to ``plasticrl``'s subparsers."""
+    parser = subparsers.add_parser(
+        "report",
+        help="aggregate runs: learning curves with CIs, per-task scores, plasticity gap, IQM",
+        description="Read the event files of every RUN_DIR, group runs by method (folder name\n"
+        "without __s<seed>, or --group-by a config key), align them by task segment and write\n"
+        "report.md, scores.csv and PNGs into --out.",
+        epilog="examples:\n"
+        "  plasticrl report runs/permuted_breakout/* --out docs/results/permuted_breakout\n"
+        "  plasticrl report runs/a_* runs/b_* --out cmp --group-by optimizer.name",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (log files are skipped)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--group-by", metavar="KEY", help="group runs by this config key's value")
+    parser.add_argument("--bin", type=int, metavar="STEPS", help="learning-curve bin (default total/100)")
+    parser.add_argument(
+        "--final-fraction", type=float, default=0.2, help="tail of a segment for final return"
+    )
+    parser.add_argument("--normalize", default="none", help="none | minmax (per task id, over all runs)")
+    parser.add_argument("--reps", type=int, default=50_000, help="bootstrap replicates for IQM CIs (50000)")
     return parser
 
 
@@ -87,8 +188,8 @@ def _split_positionals(args: argparse.Namespace) -> tuple[str | None, list[str]]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from trainers.config import load_config
-    from trainers.run import resume, train
+    from plasticrl.trainers.config import load_config
+    from plasticrl.trainers.run import resume, train
 
     config, overrides = _split_positionals(args)
     if args.resume:
@@ -101,15 +202,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "missing CONFIG (a YAML preset, e.g. configs/cartpole/dqn.yaml) or --resume RUN_DIR"
             )
         result = train(load_config(config, overrides), quiet=args.quiet)
-    status = result["status"]
-    print(f"{status}: {result['global_step']} steps, {result['updates']} updates -> {result['run_dir']}")
+    status = result.status
+    print(f"{status}: {result.global_step} steps, {result.updates} updates -> {result.run_dir}")
     if status == "interrupted":
-        print(f"resume with: plasticrl train --resume {result['run_dir']}", file=sys.stderr)
+        print(f"resume with: plasticrl train --resume {result.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if status.startswith("stopped"):
         print(
             f"plasticrl: {status}; checkpoint.pt (if one was written) is untouched, "
-            f"the state at the stop is in {result['run_dir']}/nonfinite_stop.pt",
+            f"the state at the stop is in {result.run_dir}/nonfinite_stop.pt",
             file=sys.stderr,
         )
         return EXIT_NONFINITE
@@ -117,10 +218,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from agents import AGENTS, NETWORKS
-    from envs.make import ENV_ALIASES
-    from plasticity import OPTIMIZERS, REGULARIZERS
-    from plasticity.interventions import INTERVENTIONS
+    from plasticrl.agents import AGENTS, NETWORKS
+    from plasticrl.envs.make import ENV_ALIASES
+    from plasticrl.plasticity import OPTIMIZERS, REGULARIZERS
+    from plasticrl.plasticity.interventions import INTERVENTIONS
 
     sections = {
         "agents": AGENTS.names(),
@@ -140,7 +241,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from trainers.config import describe_config, load_config
+    from plasticrl.trainers.config import describe_config, load_config
 
     config, overrides = _split_positionals(args)
     for key, value, doc in describe_config(load_config(config, overrides)):

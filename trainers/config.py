@@ -2,8 +2,9 @@
 
 Contains:
     LoggingConfig, CheckpointConfig, ExperimentConfig: the top-level schema. Component sections
-        live beside their components (``EnvConfig`` in :mod:`envs.make`, ``NetworkConfig`` in
-        :mod:`agents.networks`, ``OptimizerConfig`` in :mod:`plasticity.optimizers`, agent configs
+        live beside their components (``EnvConfig`` in :mod:`plasticrl.envs.make`, ``NetworkConfig`` in
+        :mod:`plasticrl.agents.networks`, ``OptimizerConfig`` in :mod:`plasticrl.plasticity.optimizers`,
+        agent configs
         in ``agents/``) and are composed here.
     ConfigError: a bad key, type or value, naming the key and where it came from.
     load_config: YAML file + ``key=value`` overrides → validated ``ExperimentConfig``.
@@ -32,16 +33,15 @@ from typing import Any, Literal, Union
 
 import torch
 import yaml
-
-from agents import AGENTS, AgentConfig
-from agents.dqn import DQNConfig
-from agents.networks import NetworkConfig
-from envs.make import EnvConfig, NonStationaryConfig
-from plasticity.interventions import INTERVENTIONS, InterventionConfig, check_intervention
-from plasticity.metrics import MetricsConfig
-from plasticity.optimizers import OptimizerConfig
-from plasticity.registry import close_matches
-from plasticity.regularizers import RegularizerConfig
+from plasticrl.agents import AGENTS, AgentConfig
+from plasticrl.agents.dqn import DQNConfig
+from plasticrl.agents.networks import NetworkConfig
+from plasticrl.envs.make import EnvConfig, NonStationaryConfig
+from plasticrl.plasticity.interventions import INTERVENTIONS, InterventionConfig, check_intervention
+from plasticrl.plasticity.metrics import MetricsConfig
+from plasticrl.plasticity.optimizers import OptimizerConfig
+from plasticrl.plasticity.registry import close_matches
+from plasticrl.plasticity.regularizers import RegularizerConfig
 
 __all__ = [
     "ConfigError",
@@ -151,7 +151,7 @@ class ExperimentConfig:
     """Loss regularizers: a list of ``{name, coef, ...options}``."""
     interventions: tuple[InterventionConfig, ...] = ()
     """Weight interventions after updates (``redo``, ``shrink_perturb``, ``cbp``): a list of
-    ``{name, ...options}`` (plasticity.interventions)."""
+    ``{name, ...options}`` (plasticrl.plasticity.interventions)."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """Plasticity metrics section (cadence in updates, probe size, thresholds)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)

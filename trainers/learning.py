@@ -4,6 +4,7 @@ Contains:
     Learning: a model's probe, optimizer, regularizers and lr schedule.
     build_learning: those four from ``cfg``, in the order that matters (the probe first).
     build_interventions: the configured interventions, bound to the model and its optimizer.
+    make_lr_scheduler: the configured schedule as a LambdaLR that scales every group's own lr.
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from plasticrl.plasticity.interventions import Intervention, make_interventions
+from plasticrl.plasticity.metrics import PlasticityProbe
+from plasticrl.plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
+from plasticrl.plasticity.regularizers import Regularizer, make_regularizers
+from plasticrl.trainers.config import ExperimentConfig
 from torch import nn
 
-from plasticity.interventions import Intervention, make_interventions
-from plasticity.metrics import PlasticityProbe
-from plasticity.optimizers import make_optimizer, param_groups
-from plasticity.regularizers import Regularizer, make_regularizers
-from trainers.config import ExperimentConfig
-from trainers.run import make_lr_scheduler
-
-__all__ = ["Learning", "build_learning", "build_interventions", "INTERVENTION_SEED_INDEX"]
+__all__ = [
+    "Learning",
+    "build_learning",
+    "build_interventions",
+    "make_lr_scheduler",
+    "INTERVENTION_SEED_INDEX",
+]
 
 INTERVENTION_SEED_INDEX = 4
 """Interventions draw from child 4 of ``SeedSequence(cfg.seed).spawn(5)`` (fixed: checkpoints and
@@ -82,3 +87,21 @@ def build_interventions(
         seed=seed,
         init=cfg.network.init,
     )
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_updates: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """None for a constant lr; a linear decay to ``lr_end_factor`` over ``total_updates`` otherwise.
+
+    LambdaLR multiplies each param group's own base lr, keeping per-group ratios.
+    """
+    if cfg.lr_schedule == "constant":
+        return None
+    horizon = max(total_updates, 1)
+    end = cfg.lr_end_factor
+
+    def factor(update: int) -> float:
+        return 1.0 - (1.0 - end) * min(update / horizon, 1.0)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -4,7 +4,7 @@ Contains:
     build_dqn: env, network, optimizer, regularizers, agent, replay buffer and interventions from a config.
     train_off_policy: the loop, reading top to bottom like CleanRL's ``dqn.py`` main block.
 
-The loop owns the logger and the checkpoints (through :class:`trainers.session.Session`); the agent
+The loop owns the logger and the checkpoints (through :class:`plasticrl.trainers.session.Session`); the agent
 only returns metric dicts. Each iteration is one vector-env step (``num_envs`` env steps);
 ``global_step`` counts env steps.
 """
@@ -21,17 +21,16 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-
-from agents.buffers import ReplayBuffer
-from agents.dqn import DQNAgent, DQNConfig
-from agents.networks import make_network
-from envs.vector import envs_state, final_observations, make_vector_env, restore_envs
-from plasticity.interventions import Intervention
-from plasticity.metrics import PlasticityProbe
-from trainers.config import ExperimentConfig, config_to_dict
-from trainers.learning import build_interventions, build_learning
-from trainers.run import TrainResult, make_run_dir
-from trainers.session import Companions, Session, prepare_process, task_switched
+from plasticrl.agents.buffers import ReplayBuffer
+from plasticrl.agents.dqn import DQNAgent, DQNConfig
+from plasticrl.agents.networks import make_network
+from plasticrl.envs.vector import envs_state, final_observations, make_vector_env, restore_envs
+from plasticrl.plasticity.interventions import Intervention
+from plasticrl.plasticity.metrics import PlasticityProbe
+from plasticrl.trainers.config import ExperimentConfig, config_to_dict
+from plasticrl.trainers.learning import build_interventions, build_learning
+from plasticrl.trainers.runfolder import make_run_dir
+from plasticrl.trainers.session import Companions, Session, TrainResult, prepare_process, task_switched
 
 __all__ = ["DQNSetup", "build_dqn", "train_off_policy"]
 
@@ -226,16 +225,16 @@ def train_off_policy(
     learning_sps = None
     if learning_clock is not None and loop.global_step > learning_clock[1]:
         learning_sps = (loop.global_step - learning_clock[1]) / (session.t_end - learning_clock[0])
-    return {
-        "run_dir": run_dir,
-        "status": status,
-        "global_step": loop.global_step,
-        "updates": agent.updates,
-        "recent_return": episodes.mean_return(),
-        "sps": (loop.global_step - session.start_step) / max(session.t_end - session.t_start, 1e-9),
-        "learning_sps": learning_sps,
-        "agent": agent,
-    }
+    return TrainResult(
+        run_dir=run_dir,
+        status=status,
+        global_step=loop.global_step,
+        updates=agent.updates,
+        recent_return=episodes.mean_return(),
+        sps=(loop.global_step - session.start_step) / max(session.t_end - session.t_start, 1e-9),
+        learning_sps=learning_sps,
+        agent=agent,
+    )
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ Contains:
         interventions.
     train_on_policy: the loop, reading top to bottom like CleanRL's ``ppo.py`` main block.
 
-The loop owns the logger and the checkpoints (through :class:`trainers.session.Session`); the agent
+The loop owns the logger and the checkpoints (through :class:`plasticrl.trainers.session.Session`); the agent
 only returns metric dicts. Each iteration is one rollout of ``num_steps`` vector-env steps
 (``num_steps × num_envs`` env steps, so a run ends at the first rollout boundary at or past
 ``total_steps``) followed by one PPO update; ``global_step`` counts env steps. Checkpoints, Ctrl-C
@@ -32,18 +32,17 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from plasticrl.agents.actor_critic import make_actor_critic
+from plasticrl.agents.ppo import PPOAgent, PPOConfig, gae
+from plasticrl.agents.rollout import Rollout, RolloutBatch
+from plasticrl.envs.vector import envs_state, final_observations, make_vector_env, restore_envs
+from plasticrl.plasticity.interventions import Intervention
+from plasticrl.plasticity.metrics import PlasticityProbe
+from plasticrl.trainers.config import ExperimentConfig, config_to_dict
+from plasticrl.trainers.learning import build_interventions, build_learning
+from plasticrl.trainers.runfolder import make_run_dir
+from plasticrl.trainers.session import Companions, Session, TrainResult, prepare_process, task_switched
 from torch import Tensor
-
-from agents.actor_critic import make_actor_critic
-from agents.ppo import PPOAgent, PPOConfig, gae
-from agents.rollout import Rollout, RolloutBatch
-from envs.vector import envs_state, final_observations, make_vector_env, restore_envs
-from plasticity.interventions import Intervention
-from plasticity.metrics import PlasticityProbe
-from trainers.config import ExperimentConfig, config_to_dict
-from trainers.learning import build_interventions, build_learning
-from trainers.run import TrainResult, make_run_dir
-from trainers.session import Companions, Session, prepare_process, task_switched
 
 __all__ = ["PPOSetup", "build_ppo", "train_on_policy"]
 
@@ -263,15 +262,15 @@ def train_on_policy(
     status, _ = session.run(run_loop, checkpoint_state)
     progress.close(global_step, episodes)
     envs.close()
-    return {
-        "run_dir": run_dir,
-        "status": status,
-        "global_step": global_step,
-        "updates": agent.updates,
-        "grad_steps": agent.grad_steps,
-        "recent_return": episodes.mean_return(),
-        "sps": (global_step - session.start_step) / max(session.t_end - session.t_start, 1e-9),
-        "rollout_seconds": seconds["rollout"],
-        "update_seconds": seconds["update"],
-        "agent": agent,
-    }
+    return TrainResult(
+        run_dir=run_dir,
+        status=status,
+        global_step=global_step,
+        updates=agent.updates,
+        grad_steps=agent.grad_steps,
+        recent_return=episodes.mean_return(),
+        sps=(global_step - session.start_step) / max(session.t_end - session.t_start, 1e-9),
+        rollout_seconds=seconds["rollout"],
+        update_seconds=seconds["update"],
+        agent=agent,
+    )

@@ -15,7 +15,7 @@ __all__ = ["Progress", "ProgressSource"]
 
 
 class ProgressSource(Protocol):
-    """What the progress line shows besides steps and SPS (``trainers.session.EpisodeStats``)."""
+    """What the progress line shows besides steps and SPS (``plasticrl.trainers.session.EpisodeStats``)."""
 
     def mean_return(self) -> float | None:
         """Recent mean episode return, None before the first episode ends."""

@@ -2,45 +2,42 @@
 
 Contains:
     check_names: resolve every registry name in a config before anything is built or written.
-    run_name / make_run_dir: the run folder (``runs/<env>__<agent>__<opt>__<net>__s<seed>__<time>``).
     train: new run from a config → the agent's training loop.
     resume: continue a run folder from its checkpoint (optionally with a larger ``total_steps``).
     RESUME_OVERRIDABLE: the keys that may change on resume.
-    make_lr_scheduler: the configured schedule as a LambdaLR that scales every group's own lr.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-
-from agents.networks import NETWORKS
-from envs.make import check_nonstationary, resolve_env_id
-from plasticity.interventions import check_intervention
-from plasticity.optimizers import OPTIMIZERS, OptimizerConfig
-from plasticity.regularizers import REGULARIZERS
-from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from trainers.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
-from trainers.runlock import LOCK_NAME, lock_run_dir, unlock_run_dir
+from plasticrl.agents.networks import NETWORKS
+from plasticrl.envs.make import check_nonstationary, resolve_env_id
+from plasticrl.plasticity.interventions import check_intervention
+from plasticrl.plasticity.optimizers import OPTIMIZERS
+from plasticrl.plasticity.regularizers import REGULARIZERS
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from plasticrl.trainers.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+)
+from plasticrl.trainers.runfolder import write_config
+from plasticrl.trainers.runlock import lock_run_dir, unlock_run_dir
+from plasticrl.trainers.session import TrainResult
 
 __all__ = [
     "check_names",
-    "run_name",
-    "make_run_dir",
     "train",
     "resume",
     "RESUME_OVERRIDABLE",
-    "make_lr_scheduler",
     "TrainResult",
 ]
 
 RESUME_OVERRIDABLE = ("total_steps", "checkpoint.every", "logging.every", "logging.progress")
-
-TrainResult = dict[str, Any]
 
 
 def check_names(cfg: ExperimentConfig) -> None:
@@ -65,77 +62,9 @@ def check_names(cfg: ExperimentConfig) -> None:
         check_intervention(intervention)
 
 
-def run_name(cfg: ExperimentConfig) -> str:
-    """``<env>__<agent>__<optimizer>__<network>__s<seed>__<YYYYmmdd-HHMMSS>`` (or logging.name)."""
-    if cfg.logging.name:
-        return cfg.logging.name
-
-    def clean(text: str) -> str:
-        return text.replace("/", "-").replace(":", "-")
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    parts = [cfg.env.id, cfg.agent.name, cfg.optimizer.name, cfg.network.name, f"s{cfg.seed}", stamp]
-    return "__".join(clean(p) for p in parts)
-
-
-def make_run_dir(cfg: ExperimentConfig) -> Path:
-    """Create a fresh run folder, take its lock (:mod:`trainers.runlock`) and write config.yaml.
-
-    A generated name that clashes (same second, even in another process) gets a numeric suffix;
-    a ``logging.name`` whose folder already holds files, or that another process is training
-    into, is an error, never silently mixed with another run. The caller holds the lock until
-    the run ends (``trainers.session.Session`` releases it).
-    """
-    base = Path(cfg.logging.dir) / run_name(cfg)
-    if cfg.logging.name is not None:
-        base.mkdir(parents=True, exist_ok=True)
-        lock_run_dir(base)  # before looking inside: another process may be creating the same run
-        if any(p.name != LOCK_NAME for p in base.iterdir()):
-            unlock_run_dir(base)
-            raise ConfigError(
-                f"run folder {str(base)!r} already holds a run; use --resume or another logging.name"
-            )
-        run_dir = base
-    else:
-        base.parent.mkdir(parents=True, exist_ok=True)
-        run_dir, i = base, 1
-        while True:
-            try:
-                run_dir.mkdir()  # atomic: of two processes asking for one name, one gets it
-                break
-            except FileExistsError:
-                run_dir, i = base.with_name(f"{base.name}_{i}"), i + 1
-        lock_run_dir(run_dir)
-    write_config(cfg, run_dir)
-    return run_dir
-
-
-def write_config(cfg: ExperimentConfig, run_dir: Path) -> None:
-    """The resolved config as ``run_dir/config.yaml``."""
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-
-
-def make_lr_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_updates: int
-) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """None for a constant lr; a linear decay to ``lr_end_factor`` over ``total_updates`` otherwise.
-
-    LambdaLR multiplies each param group's own base lr, keeping per-group ratios.
-    """
-    if cfg.lr_schedule == "constant":
-        return None
-    horizon = max(total_updates, 1)
-    end = cfg.lr_end_factor
-
-    def factor(update: int) -> float:
-        return 1.0 - (1.0 - end) * min(update / horizon, 1.0)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _loop_for(cfg: ExperimentConfig) -> Any:
-    from trainers.off_policy import train_off_policy
-    from trainers.on_policy import train_on_policy
+    from plasticrl.trainers.off_policy import train_off_policy
+    from plasticrl.trainers.on_policy import train_on_policy
 
     loops = {"dqn": train_off_policy, "ppo": train_on_policy}
     return loops[cfg.agent.name]

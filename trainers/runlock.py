@@ -26,7 +26,7 @@ import socket
 from pathlib import Path
 from typing import IO
 
-from trainers.config import ConfigError
+from plasticrl.trainers.config import ConfigError
 
 try:
     import fcntl

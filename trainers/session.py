@@ -19,26 +19,62 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from plasticrl.agents.common import NonFiniteLossError
+from plasticrl.plasticity.interventions import Intervention
+from plasticrl.plasticity.metrics import PlasticityProbe
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from plasticrl.trainers.config import ExperimentConfig, config_to_dict
+from plasticrl.trainers.interrupt import GracefulInterrupt
+from plasticrl.trainers.logging import TensorBoardLogger, config_markdown
+from plasticrl.trainers.progress import Progress
+from plasticrl.trainers.runlock import lock_run_dir, unlock_run_dir
+from plasticrl.trainers.seeding import rng_state, seed_everything, set_rng_state
 
-from agents.common import NonFiniteLossError
-from plasticity.interventions import Intervention
-from plasticity.metrics import PlasticityProbe
-from trainers.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from trainers.config import ExperimentConfig, config_to_dict
-from trainers.interrupt import GracefulInterrupt
-from trainers.logging import TensorBoardLogger, config_markdown
-from trainers.progress import Progress
-from trainers.runlock import lock_run_dir, unlock_run_dir
-from trainers.seeding import rng_state, seed_everything, set_rng_state
-
-__all__ = ["prepare_process", "EpisodeStats", "task_switched", "Cadence", "Session", "NONFINITE_NAME"]
+__all__ = [
+    "prepare_process",
+    "EpisodeStats",
+    "task_switched",
+    "Cadence",
+    "Session",
+    "TrainResult",
+    "NONFINITE_NAME",
+]
 
 NONFINITE_NAME = "nonfinite_stop.pt"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training loop returns: where the run is, how it ended and how fast it went."""
+
+    run_dir: Path
+    """The run folder."""
+    status: str
+    """``finished``, ``interrupted`` (checkpoint written) or ``stopped: <reason>`` (NaN/inf loss)."""
+    global_step: int
+    """Env steps done (summed over sub-envs)."""
+    updates: int
+    """Agent updates done (DQN: gradient steps; PPO: rollouts learned from)."""
+    recent_return: float | None
+    """Mean return of the last 20 episodes; None before the first one ended."""
+    sps: float
+    """Env steps per second of this process."""
+    agent: Any
+    """The trained agent (``DQNAgent`` or ``PPOAgent``)."""
+    learning_sps: float | None = None
+    """Off-policy: env steps per second once updates started (None before ``learning_starts``)."""
+    grad_steps: int | None = None
+    """On-policy: minibatch gradient steps done."""
+    rollout_seconds: float | None = None
+    """On-policy: seconds spent collecting rollouts in this process."""
+    update_seconds: float | None = None
+    """On-policy: seconds spent learning in this process."""
 
 
 def prepare_process(cfg: ExperimentConfig) -> None:
@@ -58,7 +94,7 @@ class EpisodeStats:
     boundaries (``plasticrl plot`` draws them).
 
     Tasks are announced, not repeated on every step (Note [Task announcements] in
-    :mod:`envs.nonstationary`): ``infos["task_id"]`` holds, for the sub-envs its mask
+    :mod:`plasticrl.envs.nonstationary`): ``infos["task_id"]`` holds, for the sub-envs its mask
     ``_task_id`` marks, the task they run from this step on (a reset's, which same-step
     autoreset puts in the infos of the step that ended the episode, or the first step's
     repetition). ``tasks`` keeps every sub-env's last announced task; an episode that ends at a
@@ -129,7 +165,7 @@ def task_switched(infos: Mapping[str, Any]) -> bool:
 
     ``info["task_switched"]`` comes with the resets of :class:`envs.NonStationary` that start a
     new task (True) and its first reset (under same-step autoreset, in the step's infos, masked
-    by ``_task_switched``; Note [Task announcements] in :mod:`envs.nonstationary`). Sub-env 0 is the
+    by ``_task_switched``; Note [Task announcements] in :mod:`plasticrl.envs.nonstationary`). Sub-env 0 is the
     reference, as for ``env/task_id`` in :class:`EpisodeStats`, so a switch counts once even when
     the sub-envs reach their episode boundaries at different steps.
     """
@@ -144,7 +180,7 @@ class Companions:
 
     Probe batches and intervention batches are drawn from their own generators (children 2 and 3
     of the run seed's ``SeedSequence``), so measuring or an idle intervention never changes the
-    replay/rollout streams (Note [Probe batches] in :mod:`plasticity.interventions`).
+    replay/rollout streams (Note [Probe batches] in :mod:`plasticrl.plasticity.interventions`).
     ``state_dict`` also captures the global python/numpy/torch generators.
 
     Args:
@@ -213,7 +249,7 @@ StateFn = Callable[[], dict[str, Any]]
 class Session:
     """A run's shared machinery around a loop: run folder, logger, progress, Ctrl-C, checkpoints.
 
-    The session holds the run folder's lock (:mod:`trainers.runlock`; taken by whoever made or
+    The session holds the run folder's lock (:mod:`plasticrl.trainers.runlock`; taken by whoever made or
     resumed the folder, else here) until :meth:`run` has written the last checkpoint.
 
     Args:

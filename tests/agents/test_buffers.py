@@ -6,8 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from agents.buffers import Batch, ReplayBuffer, choose_obs_storage
+from plasticrl.agents.buffers import Batch, ReplayBuffer, choose_obs_storage
 
 BITS_SPACE = gym.spaces.Box(0.0, 1.0, (4, 10, 10), np.float32)
 FLOAT_SPACE = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from plasticrl.agents.buffers import Batch
+from plasticrl.agents.common import NonFiniteLossError, linear_schedule
+from plasticrl.agents.dqn import DQNAgent, DQNConfig, dqn_loss
 from torch import nn
-
-from agents.buffers import Batch
-from agents.common import NonFiniteLossError, linear_schedule
-from agents.dqn import DQNAgent, DQNConfig, dqn_loss
 
 # Online and target Q-tables: 4 states × 2 actions.
 ONLINE_Q = [[1.0, 2.0], [3.0, 0.5], [0.0, 4.0], [5.0, -1.0]]

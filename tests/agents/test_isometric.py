@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import plasticrl.plasticity.adamo  # noqa: F401  (registers "adamo")
 import pytest
 import torch
+from plasticrl.agents.isometric import IsometricMinAtarCNN, IsometricMLP, isometric_minatar_cnn, isometric_mlp
+from plasticrl.agents.networks import NETWORKS, NetworkConfig, make_network
+from plasticrl.plasticity.layers import acting_cache
+from plasticrl.plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
 from torch import nn
 from torch.func import jacrev
-
-import plasticity.adamo  # noqa: F401  (registers "adamo")
-from agents.isometric import IsometricMinAtarCNN, IsometricMLP, isometric_minatar_cnn, isometric_mlp
-from agents.networks import NETWORKS, NetworkConfig, make_network
-from plasticity.layers import acting_cache
-from plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
 
 ACTIONS = gym.spaces.Discrete(6)
 

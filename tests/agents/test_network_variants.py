@@ -9,17 +9,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from plasticrl.agents.actor_critic import SharedActorCritic, make_actor_critic
+from plasticrl.agents.isometric import isometric_minatar_cnn, isometric_mlp
+from plasticrl.agents.networks import ACTIVATIONS, NetworkConfig, activation_expansion, make_network
+from plasticrl.plasticity.layers import CReLU
+from plasticrl.plasticity.metrics import ACTIVATION_TYPES, MetricsConfig, PlasticityProbe
+from plasticrl.plasticity.optimizers import param_groups
+from plasticrl.trainers.config import ConfigError, load_config
 from torch import Tensor, nn
 from torch.testing import assert_close
 
-from agents.actor_critic import SharedActorCritic, make_actor_critic
-from agents.isometric import isometric_minatar_cnn, isometric_mlp
-from agents.networks import ACTIVATIONS, NetworkConfig, activation_expansion, make_network
-from plasticity.layers import CReLU
-from plasticity.metrics import ACTIVATION_TYPES, MetricsConfig, PlasticityProbe
-from plasticity.optimizers import param_groups
 from tests.conftest import run_minatar_preset
-from trainers.config import ConfigError, load_config
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "minatar"
 CARTPOLE = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)

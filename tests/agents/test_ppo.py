@@ -14,20 +14,20 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from agents.actor_critic import (
+from plasticrl.agents.actor_critic import (
     Categorical,
     SeparateActorCritic,
     SharedActorCritic,
     action_distribution,
     make_actor_critic,
 )
-from agents.common import NonFiniteLossError
-from agents.networks import NetworkConfig
-from agents.ppo import PPOAgent, PPOConfig, explained_variance, gae, ppo_loss
-from agents.rollout import Rollout, RolloutBatch
-from plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
+from plasticrl.agents.common import NonFiniteLossError
+from plasticrl.agents.networks import NetworkConfig
+from plasticrl.agents.ppo import PPOAgent, PPOConfig, explained_variance, gae, ppo_loss
+from plasticrl.agents.rollout import Rollout, RolloutBatch
+from plasticrl.plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
+from torch import nn
+
 from tests.conftest import ConstantPenalty
 
 GAMMA, LAM = 0.9, 0.8

@@ -10,16 +10,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.spaces import Box
-
-from envs.make import (
+from plasticrl.envs.make import (
     ENV_ALIASES,
     MINATAR_TIME_LIMIT,
     EnvConfig,
     make_env,
     resolve_env_id,
 )
-from envs.nonstationary import gather, supports_gather
-from envs.vector import final_observations, make_vector_env
+from plasticrl.envs.nonstationary import gather, supports_gather
+from plasticrl.envs.vector import final_observations, make_vector_env
 
 
 class TinyEnv(gym.Env[np.ndarray, int]):
@@ -361,7 +360,7 @@ def test_final_observations_unit() -> None:
 
 
 def test_final_observations_under_same_step_autoreset() -> None:
-    from agents.buffers import ReplayBuffer
+    from plasticrl.agents.buffers import ReplayBuffer
 
     envs = make_vector_env(EnvConfig(id="tests.envs.test_make:TinyEnv", num_envs=2), seed=0)
     obs, _ = envs.reset(seed=0)  # sub-env 0: episodes of 3 steps, sub-env 1: of 4 steps

@@ -1,4 +1,5 @@
-"""Tests for envs.nonstationary on a stub env: tables, errors, invariants, state, vector envs, MinAtar."""
+"""Tests for plasticrl.envs.nonstationary on a stub env: tables, errors, invariants, state, vector envs,
+MinAtar."""
 
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import plasticrl.envs.nonstationary as nonstationary
 import pytest
 from gymnasium.error import ResetNeeded
 from gymnasium.spaces import Box, Discrete
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
-
-import envs.nonstationary as nonstationary
-from envs.nonstationary import (
+from plasticrl.envs.nonstationary import (
     CHANGES,
     Change,
     NonStationary,
@@ -29,7 +29,7 @@ from envs.nonstationary import (
     Switch,
     TaskSet,
 )
-from envs.schedules import At, Every, RandomIntervals, Schedule
+from plasticrl.envs.schedules import At, Every, RandomIntervals, Schedule
 
 NEVER = At([10**9])
 
@@ -708,7 +708,7 @@ def test_docstring_examples_run() -> None:
 
 
 class ChannelFirst(gym.ObservationWrapper):
-    """(10, 10, C) bool → (C, 10, 10) float32, standing in for envs.make in this test."""
+    """(10, 10, C) bool → (C, 10, 10) float32, standing in for plasticrl.envs.make in this test."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
@@ -764,8 +764,9 @@ def test_only_resets_and_the_first_step_announce_the_task(index: int, on: str) -
 
 @pytest.mark.parametrize("on", ["episode", "step"])
 def test_episode_stats_track_every_sub_env_from_announcements(on: str) -> None:
-    """The trainer's EpisodeStats (trainers.session) against the wrappers' own task_id, every step."""
-    from trainers.session import EpisodeStats, task_switched
+    """The trainer's EpisodeStats (plasticrl.trainers.session) against the wrappers' own task_id, every
+    step."""
+    from plasticrl.trainers.session import EpisodeStats, task_switched
 
     def sub_env(episode_len: int) -> Callable[[], gym.Env]:
         return lambda: NonStationary(
@@ -809,8 +810,8 @@ def test_episode_stats_track_every_sub_env_from_announcements(on: str) -> None:
 
 
 def minatar_folding(env_id: str = "MinAtar/Breakout-v0") -> gym.Env:
-    """The trainer's MinAtar env (envs.make), which implements ObservationGather."""
-    from envs.make import EnvConfig, make_env
+    """The trainer's MinAtar env (plasticrl.envs.make), which implements ObservationGather."""
+    from plasticrl.envs.make import EnvConfig, make_env
 
     return make_env(EnvConfig(id=env_id))
 

@@ -1,4 +1,4 @@
-"""Tests for envs.schedules: expectation tables, statistics of the random ones, errors, registry."""
+"""Tests for plasticrl.envs.schedules: expectation tables, statistics of the random ones, errors, registry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
-
-from envs.schedules import SCHEDULES, At, Every, GeometricIntervals, RandomIntervals, Schedule
+from plasticrl.envs.schedules import SCHEDULES, At, Every, GeometricIntervals, RandomIntervals, Schedule
 
 
 def change_steps(schedule: Schedule, count: int, seed: int = 0) -> list[int | None]:

@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 import torch
+from plasticrl.plasticity.adamo import AdamO, adamo
+from plasticrl.plasticity.isometry import isometry_gap, isometry_grad
+from plasticrl.plasticity.optimizers import OPTIMIZERS, OptimizerConfig, make_optimizer, param_groups
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 from torch.testing import assert_close
-
-from plasticity.adamo import AdamO, adamo
-from plasticity.isometry import isometry_gap, isometry_grad
-from plasticity.optimizers import OPTIMIZERS, OptimizerConfig, make_optimizer, param_groups
 
 
 @dataclass(frozen=True)

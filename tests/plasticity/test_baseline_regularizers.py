@@ -8,18 +8,18 @@ from typing import Any
 import gymnasium as gym
 import pytest
 import torch
+from plasticrl.agents.isometric import isometric_mlp
+from plasticrl.agents.networks import NetworkConfig, make_network
+from plasticrl.plasticity.isometry import isometry_grad, isometry_penalty
+from plasticrl.plasticity.l2_init import L2InitRegularizer, l2_init_penalty
+from plasticrl.plasticity.optimizers import param_groups
+from plasticrl.plasticity.parseval import ParsevalRegularizer, parseval_grad, parseval_penalty
+from plasticrl.plasticity.regularizers import REGULARIZERS, Regularizer, RegularizerConfig, make_regularizers
+from plasticrl.trainers.config import load_config
 from torch import nn
 from torch.testing import assert_close
 
-from agents.isometric import isometric_mlp
-from agents.networks import NetworkConfig, make_network
-from plasticity.isometry import isometry_grad, isometry_penalty
-from plasticity.l2_init import L2InitRegularizer, l2_init_penalty
-from plasticity.optimizers import param_groups
-from plasticity.parseval import ParsevalRegularizer, parseval_grad, parseval_penalty
-from plasticity.regularizers import REGULARIZERS, Regularizer, RegularizerConfig, make_regularizers
 from tests.conftest import run_minatar_preset
-from trainers.config import load_config
 
 MINATAR_OBS = gym.spaces.Box(0.0, 1.0, (4, 10, 10))
 CARTPOLE_OBS = gym.spaces.Box(-4.0, 4.0, (4,))

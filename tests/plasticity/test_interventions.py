@@ -8,21 +8,21 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor, nn
-
-from plasticity.adamo import AdamO
-from plasticity.cbp import CBPOptions, ContinualBackprop
-from plasticity.interventions import (
+from plasticrl.plasticity.adamo import AdamO
+from plasticrl.plasticity.cbp import CBPOptions, ContinualBackprop
+from plasticrl.plasticity.interventions import (
     INTERVENTIONS,
     InterventionConfig,
     InterventionContext,
     check_intervention,
     make_interventions,
 )
-from plasticity.layers import orthogonal_
-from plasticity.redo import ReDo, ReDoOptions
-from plasticity.shrink_perturb import ShrinkPerturb, ShrinkPerturbOptions
-from plasticity.surgery import init_sample
+from plasticrl.plasticity.layers import orthogonal_
+from plasticrl.plasticity.redo import ReDo, ReDoOptions
+from plasticrl.plasticity.shrink_perturb import ShrinkPerturb, ShrinkPerturbOptions
+from plasticrl.plasticity.surgery import init_sample
+from torch import Tensor, nn
+
 from tests.trainers.test_training import assert_tree_equal
 
 X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from plasticrl.plasticity.isometry import IsometryPenalty, isometry_gap, isometry_grad, isometry_penalty
+from plasticrl.plasticity.optimizers import param_groups
+from plasticrl.plasticity.regularizers import REGULARIZERS, Regularizer, RegularizerConfig, make_regularizers
 from torch import nn
 from torch.testing import assert_close
-
-from plasticity.isometry import IsometryPenalty, isometry_gap, isometry_grad, isometry_penalty
-from plasticity.optimizers import param_groups
-from plasticity.regularizers import REGULARIZERS, Regularizer, RegularizerConfig, make_regularizers
 
 # (shape, description): wide, tall, square, conv kernels read as (C_out, C_in·kh·kw).
 SHAPES = [

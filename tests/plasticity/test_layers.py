@@ -7,11 +7,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
-from torch.func import jacrev
-from torch.nn.utils import parametrize
-
-from plasticity.layers import (
+from plasticrl.plasticity.layers import (
     ORTHOGONAL_MAPS,
     GroupSort,
     acting_cache,
@@ -19,7 +15,10 @@ from plasticity.layers import (
     orthogonal_,
     retract_,
 )
-from plasticity.optimizers import param_groups
+from plasticrl.plasticity.optimizers import param_groups
+from torch import nn
+from torch.func import jacrev
+from torch.nn.utils import parametrize
 
 # ---------------------------------------------------------------------------------------------
 # GroupSort

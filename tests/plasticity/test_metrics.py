@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import jacrev, vmap
-from torch.testing import assert_close
-
-from agents.networks import NetworkConfig, make_network
-from plasticity.layers import GroupSort
-from plasticity.metrics import (
+from plasticrl.agents.networks import NetworkConfig, make_network
+from plasticrl.plasticity.layers import GroupSort
+from plasticrl.plasticity.metrics import (
     MetricsConfig,
     PlasticityProbe,
     custom_scalars_layout,
@@ -35,7 +31,10 @@ from plasticity.metrics import (
     relu_linear_jacobian_sv2,
     weight_stats,
 )
-from plasticity.optimizers import param_groups
+from plasticrl.plasticity.optimizers import param_groups
+from torch import Tensor, nn
+from torch.func import jacrev, vmap
+from torch.testing import assert_close
 
 # torch.func's forward mode registers its decompositions with torch.jit.script on first use.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -240,7 +239,7 @@ def test_probe_conv_jacobian_matches_the_svd_definition(act: nn.Module) -> None:
 
 
 def test_probe_on_registered_isometric_mlp() -> None:
-    pytest.importorskip("agents.isometric")  # registers isometric_mlp (orthogonal_ + GroupSort)
+    pytest.importorskip("plasticrl.agents.isometric")  # registers isometric_mlp (orthogonal_ + GroupSort)
     torch.manual_seed(0)
     net = make_network(*spaces((12,)), NetworkConfig(name="isometric_mlp", hidden_sizes=(16, 8)))
     probe = PlasticityProbe(net, MetricsConfig(probe_size=8, ntk_probe_size=2, jacobian_samples=4))

@@ -2,9 +2,8 @@ import copy
 
 import pytest
 import torch
-
-from plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
-from plasticity.rmsprop import RMSprop
+from plasticrl.plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
+from plasticrl.plasticity.rmsprop import RMSprop
 
 SETTINGS = [
     dict(),

@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from plasticrl.plasticity.layers import orthogonal_
+from plasticrl.plasticity.optimizers import param_groups
+from plasticrl.plasticity.regularizers import REGULARIZERS, Regularizer, RegularizerConfig, make_regularizers
+from plasticrl.plasticity.spectral import SpectralRegularizer, spectral
 from torch import nn
-
-from plasticity.layers import orthogonal_
-from plasticity.optimizers import param_groups
-from plasticity.regularizers import REGULARIZERS, Regularizer, RegularizerConfig, make_regularizers
-from plasticity.spectral import SpectralRegularizer, spectral
 
 SHAPES = {"wide": (32, 128), "tall": (128, 32), "square": (64, 64), "conv": (16, 4, 3, 3)}
 

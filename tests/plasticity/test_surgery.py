@@ -10,14 +10,12 @@ from typing import Any
 import gymnasium as gym
 import pytest
 import torch
-from torch import Tensor, nn
-
-from agents.actor_critic import make_actor_critic
-from agents.networks import NetworkConfig, make_network
-from plasticity.adamo import AdamO
-from plasticity.layers import CReLU, orthogonal_
-from plasticity.rmsprop import RMSprop
-from plasticity.surgery import (
+from plasticrl.agents.actor_critic import make_actor_critic
+from plasticrl.agents.networks import NetworkConfig, make_network
+from plasticrl.plasticity.adamo import AdamO
+from plasticrl.plasticity.layers import CReLU, orthogonal_
+from plasticrl.plasticity.rmsprop import RMSprop
+from plasticrl.plasticity.surgery import (
     SUPPORTED_OPTIMIZERS,
     check_optimizer,
     init_sample,
@@ -25,7 +23,8 @@ from plasticity.surgery import (
     reset_state_,
     unit_columns,
 )
-from plasticity.units import find_unit_layers
+from plasticrl.plasticity.units import find_unit_layers
+from torch import Tensor, nn
 
 OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
     "adam": lambda p: torch.optim.Adam(p, lr=1e-2),

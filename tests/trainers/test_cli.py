@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from plasticrl.trainers.checkpoint import load_checkpoint
+from plasticrl.trainers.cli import main
+from plasticrl.trainers.config import config_to_dict, load_config
 
 from tests.conftest import TINY_DQN_OVERRIDES
-from trainers.checkpoint import load_checkpoint
-from trainers.cli import main
-from trainers.config import config_to_dict, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_yaml(path: Path, runs_dir: Path, **extra: object) -> Path:
     """The tiny CartPole config as a YAML file (overrides → nested dict)."""
-    from trainers.config import apply_overrides
+    from plasticrl.trainers.config import apply_overrides
 
     data = apply_overrides({}, [*TINY_DQN_OVERRIDES, f"logging.dir={runs_dir}", "total_steps=300"])
     data.update(extra)
@@ -33,7 +33,7 @@ def tiny_yaml(path: Path, runs_dir: Path, **extra: object) -> Path:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PLASTICRL_DEBUG"}
     return subprocess.run(
-        [sys.executable, "-m", "trainers.cli", *args],
+        [sys.executable, "-m", "plasticrl.trainers.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -321,7 +321,7 @@ def test_unavailable_cuda_device(
 
 
 def test_malformed_device_string_is_a_config_error() -> None:
-    from trainers.config import ConfigError
+    from plasticrl.trainers.config import ConfigError
 
     with pytest.raises(ConfigError, match="device"):
         load_config(None, ["device=cuda:abc"])

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from agents.dqn import DQNConfig
-from agents.networks import NetworkConfig
-from envs.make import EnvConfig
-from plasticity.optimizers import OptimizerConfig
-from plasticity.regularizers import RegularizerConfig
-from trainers.config import (
+from plasticrl.agents.dqn import DQNConfig
+from plasticrl.agents.networks import NetworkConfig
+from plasticrl.envs.make import EnvConfig
+from plasticrl.plasticity.optimizers import OptimizerConfig
+from plasticrl.plasticity.regularizers import RegularizerConfig
+from plasticrl.trainers.config import (
     CheckpointConfig,
     ConfigError,
     ExperimentConfig,

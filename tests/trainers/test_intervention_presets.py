@@ -20,15 +20,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from plasticrl.agents.networks import MinAtarCNN, NetworkConfig, minatar_cnn
+from plasticrl.plasticity.interventions import InterventionContext
+from plasticrl.plasticity.redo import ReDo, ReDoOptions
+from plasticrl.trainers.config import load_config
+from plasticrl.trainers.experiments.plot import read_scalars
+from plasticrl.trainers.run import train
 from torch import Tensor, nn
 
-from agents.networks import MinAtarCNN, NetworkConfig, minatar_cnn
-from plasticity.interventions import InterventionContext
-from plasticity.redo import ReDo, ReDoOptions
 from tests.conftest import TINY_DQN_OVERRIDES, TINY_MINATAR_OVERRIDES
-from trainers.config import load_config
-from trainers.plot import read_scalars
-from trainers.run import train
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "minatar"
 LEARNING_STARTS = 200
@@ -71,12 +71,12 @@ def run_preset(method: str, runs_dir: Path, *extra: str) -> tuple[dict[str, Any]
         *extra,
     ]
     result = train(load_config(PRESETS / f"dqn_permuted_{method}.yaml", overrides), quiet=True)
-    assert result["status"] == "finished"
-    if result["updates"] == 0:
+    assert result.status == "finished"
+    if result.updates == 0:
         return result, {}
     logged = {
         tag: (list(steps), list(values))
-        for tag, (steps, values) in read_scalars(result["run_dir"]).items()
+        for tag, (steps, values) in read_scalars(result.run_dir).items()
         if tag.startswith("interventions/")
     }
     return result, logged
@@ -102,8 +102,8 @@ def flat(net: nn.Module) -> Tensor:
 def test_redo_preset_recycles_the_units_dead_by_construction(runs_dir: Path) -> None:
     assert preset_entry("redo") == {"name": "redo", "tau": 0.1, "every": 1000}
     result, logged = run_preset("redo", runs_dir, DEAD_CNN)
-    assert result["updates"] == UPDATES
-    net = result["agent"].q_net
+    assert result.updates == UPDATES
+    net = result.agent.q_net
     dead_fc = net.fc.out_features // 2
     steps, reset = logged["interventions/redo/reset_units"]
     assert steps == [step_of(1000), step_of(2000)]  # every 1000 updates, as the preset says
@@ -118,14 +118,14 @@ def test_redo_preset_recycles_the_units_dead_by_construction(runs_dir: Path) -> 
     for layer, units in ((net.conv, DEAD_CHANNELS), (net.fc, list(range(dead_fc)))):
         assert torch.all(layer.weight[units].flatten(1).abs().sum(1) > 0)
         assert torch.all(layer.bias[units] > -1.0)
-    assert_all_parameters_in_optimizer(result["agent"])
+    assert_all_parameters_in_optimizer(result.agent)
 
 
 def test_shrink_perturb_preset_shrinks_towards_zero_at_rate_p(runs_dir: Path) -> None:
     entry = preset_entry("shrink_perturb")
     assert entry == {"name": "shrink_perturb", "p": 0.999, "sigma": 0.01, "every": 1}
     result, logged = run_preset("shrink_perturb", runs_dir)
-    assert result["updates"] == UPDATES
+    assert result.updates == UPDATES
     # Per-update S&P reports its application count at every 1000th application.
     assert logged["interventions/shrink_perturb/applied"] == (
         [step_of(1000), step_of(2000)],
@@ -133,8 +133,8 @@ def test_shrink_perturb_preset_shrinks_towards_zero_at_rate_p(runs_dir: Path) ->
     )
     # θ₀: the same seed without a single update (learning starts at step 200).
     init, _ = run_preset("shrink_perturb", runs_dir, "total_steps=100", "logging.name=init")
-    assert init["updates"] == 0
-    theta0, theta = flat(init["agent"].q_net), flat(result["agent"].q_net)
+    assert init.updates == 0
+    theta0, theta = flat(init.agent.q_net), flat(result.agent.q_net)
     # θ_N = p^N θ₀ + Σ_k p^(N−k) (σ ε_k + Adam's step k): the noise is independent of θ₀, so the
     # component of θ_N along θ₀ is p^N (≈ 0.10) up to Adam's drift, which alone leaves it ≈ 1.04.
     along_init = float(theta @ theta0 / theta0.norm() ** 2)
@@ -143,7 +143,7 @@ def test_shrink_perturb_preset_shrinks_towards_zero_at_rate_p(runs_dir: Path) ->
     # The noise (σ = 0.01) does not refill what p took: the norm shrinks (≈ 0.45–0.6 × ‖θ₀‖ over
     # seeds), where training alone grows it (≈ 1.4 × ‖θ₀‖).
     assert theta.norm() < 0.8 * theta0.norm()
-    assert_all_parameters_in_optimizer(result["agent"])
+    assert_all_parameters_in_optimizer(result.agent)
 
 
 def test_cbp_preset_replaces_units_at_its_rate(runs_dir: Path) -> None:
@@ -152,8 +152,8 @@ def test_cbp_preset_replaces_units_at_its_rate(runs_dir: Path) -> None:
     maturity = 100  # the preset's 10 000 updates would outlast the run
     options = ", ".join(f"{k}: {v}" for k, v in {**entry, "maturity": maturity}.items())
     result, logged = run_preset("cbp", runs_dir, f"interventions=[{{{options}}}]")
-    assert result["updates"] == UPDATES
-    net = result["agent"].q_net
+    assert result.updates == UPDATES
+    net = result.agent.q_net
     # How many units are replaced, and when, depends only on ages (a replaced unit is young again
     # for `maturity` updates), not on the utilities: replay the credit bookkeeping per layer.
     expected: dict[str, dict[int, int]] = {}
@@ -182,7 +182,7 @@ def test_cbp_preset_replaces_units_at_its_rate(runs_dir: Path) -> None:
     steps, total = logged["interventions/cbp/replaced_total"]
     assert steps == [step_of(u) for u in expected["fc"]] and total == [1.0, 2.0, 3.0]
     assert all(torch.isfinite(p).all() for p in net.parameters())
-    assert_all_parameters_in_optimizer(result["agent"])
+    assert_all_parameters_in_optimizer(result.agent)
 
 
 # ----------------------------------------------------------------------------- ReDo on the MinAtar CNN
@@ -245,7 +245,7 @@ def test_redo_on_the_minatar_cnn_edits_exactly_the_dormant_slices() -> None:
     assert scalars["interventions/redo/reset_units/fc"] == len(fc_units)
     # Edited: recycled rows and biases; the columns reading them (a conv channel is 8·8 = 64
     # consecutive columns of the flattened dense input); a recycled dense unit's row is wholly
-    # fresh, its own columns included (Note [Order] in plasticity.redo).
+    # fresh, its own columns included (Note [Order] in plasticrl.plasticity.redo).
     cols = (conv_units[:, None] * 64 + torch.arange(64)).flatten()
     edited = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
     edited["conv.weight"][conv_units] = edited["conv.bias"][conv_units] = True

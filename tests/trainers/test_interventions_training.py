@@ -13,16 +13,16 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
+from plasticrl.agents.networks import NetworkConfig, mlp
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from plasticrl.trainers.config import ConfigError, ExperimentConfig, load_config
+from plasticrl.trainers.experiments.plot import read_scalars
+from plasticrl.trainers.run import resume, train
 from torch import nn
 
-from agents.networks import NetworkConfig, mlp
 from tests.conftest import TINY_MINATAR_OVERRIDES
 from tests.trainers.test_on_policy import TINY_PPO_OVERRIDES
 from tests.trainers.test_training import assert_agents_equal, assert_tree_equal, episodic_returns
-from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from trainers.config import ConfigError, ExperimentConfig, load_config
-from trainers.plot import read_scalars
-from trainers.run import resume, train
 
 MakeConfig = Callable[..., ExperimentConfig]
 DEAD_MLP = "network.name=tests.trainers.test_interventions_training:dead_mlp"
@@ -56,20 +56,20 @@ def ppo_config(runs_dir: Path, *extra: str) -> ExperimentConfig:
 
 def test_dqn_redo_recycles_the_dead_units(make_tiny_config: MakeConfig) -> None:
     result = train(make_tiny_config(DEAD_MLP, "interventions=[{name: redo, every: 100}]", "metrics.every=0"))
-    assert result["status"] == "finished" and result["updates"] == 501
-    logged = tags(result["run_dir"])
+    assert result.status == "finished" and result.updates == 501
+    logged = tags(result.run_dir)
     steps, reset = logged["interventions/redo/reset_units"]
     assert steps == [199, 299, 399, 499, 599]  # updates 100, 200, ..., 500
     assert reset[0] >= 16  # the 16 units dead by construction, at least
     assert logged["interventions/redo/reset_units/1"][1][0] >= 16
-    first = result["agent"].q_net[1]
+    first = result.agent.q_net[1]
     assert torch.all(first.weight[:16].abs().sum(1) > 0)  # recycled, then trained
 
 
 def test_dqn_cbp_replaces_units(make_tiny_config: MakeConfig) -> None:
     iv = "interventions=[{name: cbp, maturity: 50, replacement_rate: 1e-2, batch_size: 16}]"
     result = train(make_tiny_config(iv, "metrics.every=0"))
-    steps, total = tags(result["run_dir"])["interventions/cbp/replaced_total"]
+    steps, total = tags(result.run_dir)["interventions/cbp/replaced_total"]
     # How many units are replaced depends only on ages (replaced units are young again for 50
     # updates), not on the utilities: replay the credit bookkeeping of one 32-unit layer.
     ages, credit, per_layer = [0] * 32, 0.0, []
@@ -93,8 +93,8 @@ def test_dqn_shrink_perturb_at_task_switches(make_tiny_config: MakeConfig) -> No
     switching = ("nonstationary.kind=permute_obs", "nonstationary.every=200", "nonstationary.on=step")
     iv = "interventions=[{name: shrink_perturb, every: 0, on_task_switch: true, p: 0.5, sigma: 0.1}]"
     result = train(make_tiny_config(*switching, iv, "metrics.every=0"))
-    task_steps, _ = read_scalars(result["run_dir"])["env/task_id"]
-    steps, applied = tags(result["run_dir"])["interventions/shrink_perturb/applied"]
+    task_steps, _ = read_scalars(result.run_dir)["env/task_id"]
+    steps, applied = tags(result.run_dir)["interventions/shrink_perturb/applied"]
     assert list(task_steps) == [1, 200, 400, 600]  # the first point is the initial task
     assert steps == [200, 400, 600] and applied == [1.0, 2.0, 3.0]  # at the update of each switch step
 
@@ -110,8 +110,8 @@ def test_ppo_interventions_act(runs_dir: Path, name: str) -> None:
     if name == "shrink_perturb":
         extra += ["nonstationary.kind=permute_obs", "nonstationary.every=300", "nonstationary.on=step"]
     result = train(ppo_config(runs_dir, *extra))
-    assert result["status"] == "finished" and result["updates"] == 8
-    logged = tags(result["run_dir"])
+    assert result.status == "finished" and result.updates == 8
+    logged = tags(result.run_dir)
     if name == "redo":
         steps, reset = logged["interventions/redo/reset_units"]
         assert steps == [256, 512, 768, 1024]
@@ -136,12 +136,12 @@ def test_adamo_redo_cbp_layernorm_crelu_minatar_from_config(make_tiny_config: Ma
         "metrics.ntk_probe_size=8",
     )
     result = train(cfg)
-    assert result["status"] == "finished"
-    logged = tags(result["run_dir"])
+    assert result.status == "finished"
+    logged = tags(result.run_dir)
     assert logged["interventions/redo/reset_units"][0] == [149, 199, 249, 299]
     assert "interventions/redo/reset_units/conv" in logged and "interventions/redo/reset_units/fc" in logged
     assert logged["interventions/cbp/replaced_total"][1][-1] > 0
-    assert all(torch.isfinite(p).all() for p in result["agent"].q_net.parameters())
+    assert all(torch.isfinite(p).all() for p in result.agent.q_net.parameters())
 
 
 # ----------------------------------------------------------------------------- streams and resume
@@ -164,10 +164,10 @@ def test_idle_interventions_leave_the_run_unchanged(make_tiny_config: MakeConfig
             "interventions=[{name: cbp, maturity: 100000}, {name: shrink_perturb, p: 1, sigma: 0}]",
         )
     )
-    assert_agents_equal(plain["agent"], idle["agent"])
-    assert episodic_returns(plain["run_dir"]) == episodic_returns(idle["run_dir"])
-    plain_metrics = read_scalars(plain["run_dir"])["plasticity/srank"]
-    assert plain_metrics == read_scalars(idle["run_dir"])["plasticity/srank"]
+    assert_agents_equal(plain.agent, idle.agent)
+    assert episodic_returns(plain.run_dir) == episodic_returns(idle.run_dir)
+    plain_metrics = read_scalars(plain.run_dir)["plasticity/srank"]
+    assert plain_metrics == read_scalars(idle.run_dir)["plasticity/srank"]
 
 
 RESUME_INTERVENTIONS = (
@@ -193,15 +193,15 @@ def test_dqn_resume_with_interventions_equals_uninterrupted_run(make_tiny_config
     full = make_tiny_config(*extra, "logging.name=full")
     a = train(full)
     b1 = train(make_tiny_config(*extra, "logging.name=half", "total_steps=300"))
-    b = resume(b1["run_dir"], ["total_steps=600"])
-    assert b["status"] == "finished"
-    assert_agents_equal(a["agent"], b["agent"])
-    state_a = load_checkpoint(a["run_dir"] / CHECKPOINT_NAME)
-    state_b = load_checkpoint(b["run_dir"] / CHECKPOINT_NAME)
+    b = resume(b1.run_dir, ["total_steps=600"])
+    assert b.status == "finished"
+    assert_agents_equal(a.agent, b.agent)
+    state_a = load_checkpoint(a.run_dir / CHECKPOINT_NAME)
+    state_b = load_checkpoint(b.run_dir / CHECKPOINT_NAME)
     for key in ("interventions", "intervention_rng", "loop"):
         assert_tree_equal(state_a[key], state_b[key], key)
-    assert tags(a["run_dir"]) == tags(b["run_dir"])
-    logged = tags(a["run_dir"])
+    assert tags(a.run_dir) == tags(b.run_dir)
+    logged = tags(a.run_dir)
     assert logged["interventions/redo/reset_units"][1][0] >= 16
     assert logged["interventions/shrink_perturb/applied"][1] == [1.0, 2.0, 3.0]
 
@@ -213,14 +213,14 @@ def test_ppo_resume_with_interventions_equals_uninterrupted_run(runs_dir: Path) 
     )
     a = train(ppo_config(runs_dir, *extra, "logging.name=full"))
     b1 = train(ppo_config(runs_dir, *extra, "logging.name=half", "total_steps=512"))
-    b = resume(b1["run_dir"], ["total_steps=1024"])
-    for x, y in zip(a["agent"].model.parameters(), b["agent"].model.parameters(), strict=True):
+    b = resume(b1.run_dir, ["total_steps=1024"])
+    for x, y in zip(a.agent.model.parameters(), b.agent.model.parameters(), strict=True):
         assert torch.equal(x, y)
-    state_a = load_checkpoint(a["run_dir"] / CHECKPOINT_NAME)
-    state_b = load_checkpoint(b["run_dir"] / CHECKPOINT_NAME)
+    state_a = load_checkpoint(a.run_dir / CHECKPOINT_NAME)
+    state_b = load_checkpoint(b.run_dir / CHECKPOINT_NAME)
     assert_tree_equal(state_a["agent"]["optimizer"], state_b["agent"]["optimizer"], "optimizer")
     assert_tree_equal(state_a["interventions"], state_b["interventions"], "interventions")
-    assert tags(a["run_dir"]) == tags(b["run_dir"])
+    assert tags(a.run_dir) == tags(b.run_dir)
 
 
 # ----------------------------------------------------------------------------- start-up errors

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 import torch
+from plasticrl.trainers import off_policy
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from plasticrl.trainers.config import ExperimentConfig, load_config
+from plasticrl.trainers.experiments.plot import plot_runs, read_scalars, task_boundaries
+from plasticrl.trainers.run import resume, train
+from plasticrl.trainers.session import prepare_process
 from torch import nn
 
 from tests.trainers.test_training import assert_agents_equal, assert_tree_equal
-from trainers import off_policy
-from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from trainers.config import ExperimentConfig, load_config
-from trainers.plot import plot_runs, read_scalars, task_boundaries
-from trainers.run import resume, train
-from trainers.session import prepare_process
 
 REPO = Path(__file__).resolve().parents[2]
 MakeConfig = Callable[..., ExperimentConfig]
@@ -63,10 +63,10 @@ def module_names(model: nn.Module, kind: type[nn.Module]) -> list[str]:
 
 def test_metrics_run_logs_plasticity_tags_and_layout(make_tiny_config: MakeConfig) -> None:
     result = train(make_tiny_config(*METRICS_ON, "logging.name=metrics"))
-    assert result["status"] == "finished" and result["updates"] == 501
-    run_dir = result["run_dir"]
+    assert result.status == "finished" and result.updates == 501
+    run_dir = result.run_dir
     scalars = read_scalars(run_dir)
-    q_net = result["agent"].q_net
+    q_net = result.agent.q_net
     relus, linears = module_names(q_net, nn.ReLU), module_names(q_net, nn.Linear)
     assert (relus, linears) == (["2", "4"], ["1", "3", "5"])  # mlp: Flatten, Linear, ReLU, ..., head
 
@@ -123,16 +123,16 @@ def test_metrics_run_logs_plasticity_tags_and_layout(make_tiny_config: MakeConfi
 def test_metrics_do_not_change_training(make_tiny_config: MakeConfig) -> None:
     on = train(make_tiny_config(*METRICS_ON, "logging.name=on"))
     off = train(make_tiny_config(*METRICS_OFF, "logging.name=off"))
-    for a, b in zip(on["agent"].q_net.parameters(), off["agent"].q_net.parameters(), strict=True):
+    for a, b in zip(on.agent.q_net.parameters(), off.agent.q_net.parameters(), strict=True):
         assert torch.equal(a, b)
-    assert_agents_equal(on["agent"], off["agent"])  # target net, optimizer, exploration generator
-    scalars_on, scalars_off = read_scalars(on["run_dir"]), read_scalars(off["run_dir"])
+    assert_agents_equal(on.agent, off.agent)  # target net, optimizer, exploration generator
+    scalars_on, scalars_off = read_scalars(on.run_dir), read_scalars(off.run_dir)
     for tag in ("charts/episodic_return", "losses/td_loss", "losses/q_values"):
         assert scalars_on[tag] == scalars_off[tag], tag
     assert any(t.startswith("plasticity/") for t in scalars_on)
     assert not any(t.startswith("plasticity/") for t in scalars_off)
-    state_on = load_checkpoint(on["run_dir"] / CHECKPOINT_NAME)
-    state_off = load_checkpoint(off["run_dir"] / CHECKPOINT_NAME)
+    state_on = load_checkpoint(on.run_dir / CHECKPOINT_NAME)
+    state_off = load_checkpoint(off.run_dir / CHECKPOINT_NAME)
     assert state_off["probe"] is None and state_on["probe"]["measurements"] == len(MEASURE_STEPS)
     assert_tree_equal(state_on["buffer"], state_off["buffer"], "buffer")
     assert_tree_equal(state_on["rng"], state_off["rng"], "rng")  # global generators untouched too
@@ -141,16 +141,16 @@ def test_metrics_do_not_change_training(make_tiny_config: MakeConfig) -> None:
 def test_resume_with_metrics_equals_uninterrupted_run(make_tiny_config: MakeConfig) -> None:
     full = train(make_tiny_config(*METRICS_ON, "logging.name=full"))
     half = train(make_tiny_config(*METRICS_ON, "logging.name=half", "total_steps=300"))
-    state_half = load_checkpoint(half["run_dir"] / CHECKPOINT_NAME)
+    state_half = load_checkpoint(half.run_dir / CHECKPOINT_NAME)
     assert state_half["probe"]["measurements"] == 4  # updates 50..200 before the split, 250..500 after
-    resumed = resume(half["run_dir"], ["total_steps=600"])
-    assert resumed["status"] == "finished" and resumed["global_step"] == 600
-    for a, b in zip(full["agent"].q_net.parameters(), resumed["agent"].q_net.parameters(), strict=True):
+    resumed = resume(half.run_dir, ["total_steps=600"])
+    assert resumed.status == "finished" and resumed.global_step == 600
+    for a, b in zip(full.agent.q_net.parameters(), resumed.agent.q_net.parameters(), strict=True):
         assert torch.equal(a, b)
-    assert_agents_equal(full["agent"], resumed["agent"])
+    assert_agents_equal(full.agent, resumed.agent)
 
-    state_a = load_checkpoint(full["run_dir"] / CHECKPOINT_NAME)
-    state_b = load_checkpoint(resumed["run_dir"] / CHECKPOINT_NAME)
+    state_a = load_checkpoint(full.run_dir / CHECKPOINT_NAME)
+    state_b = load_checkpoint(resumed.run_dir / CHECKPOINT_NAME)
     probe_a, probe_b = state_a["probe"], state_b["probe"]
     assert probe_a["measurements"] == probe_b["measurements"] == len(MEASURE_STEPS)
     assert_tree_equal(probe_a["init_weights"], probe_b["init_weights"], "init_weights")
@@ -166,7 +166,7 @@ def test_resume_with_metrics_equals_uninterrupted_run(make_tiny_config: MakeConf
     for layer, w0 in probe_b["init_weights"].items():
         assert torch.equal(w0, initial[f"{layer}.weight"])
     # the resumed curves are the uninterrupted ones, point for point
-    scalars_a, scalars_b = read_scalars(full["run_dir"]), read_scalars(resumed["run_dir"])
+    scalars_a, scalars_b = read_scalars(full.run_dir), read_scalars(resumed.run_dir)
     plasticity = sorted(t for t in scalars_a if t.startswith("plasticity/"))
     assert plasticity == sorted(t for t in scalars_b if t.startswith("plasticity/"))
     for tag in plasticity:
@@ -187,7 +187,7 @@ def test_nonstationary_run_logs_tasks_and_plots_their_boundaries(
         "logging.name=permuted",
     )
     result = train(cfg)
-    scalars = read_scalars(result["run_dir"])
+    scalars = read_scalars(result.run_dir)
     steps, ids = scalars["env/task_id"]
     # changes at steps 200, 400 and 600 (the last one at the final step), each logged at that step
     assert task_boundaries(steps, ids) == [200, 400, 600]
@@ -202,7 +202,7 @@ def test_nonstationary_run_logs_tasks_and_plots_their_boundaries(
     assert merged == list(zip(*scalars["charts/episodic_return"], strict=True))  # each episode in one task
 
     out = tmp_path / "figures"
-    written = plot_runs([result["run_dir"]], out)
+    written = plot_runs([result.run_dir], out)
     assert [p.name for p in written] == [
         "episodic_return.png",
         "dormant_fraction.png",
@@ -235,16 +235,16 @@ def test_minatar_cycle_preset_visits_all_five_games(runs_dir: Path) -> None:
     )
     assert cfg.nonstationary.tasks == ("breakout", "asterix", "freeway", "seaquest", "space_invaders")
     result = train(cfg)
-    assert result["status"] == "finished" and result["global_step"] == 1500
-    scalars = read_scalars(result["run_dir"])
+    assert result.status == "finished" and result.global_step == 1500
+    scalars = read_scalars(result.run_dir)
     # switches at 250, 500, ..., 1250 (on=step): games 0..4, then breakout again
     assert {f"charts/episodic_return/task_{i}" for i in range(5)} <= set(scalars)
     assert sorted(set(scalars["env/task_id"][1])) == [0.0, 1.0, 2.0, 3.0, 4.0]
     for i in range(1, 5):  # on=step ends every episode of game i inside its 250-step span
         assert all(250 * i < s <= 250 * (i + 1) for s in scalars[f"charts/episodic_return/task_{i}"][0]), i
-    state = load_checkpoint(result["run_dir"] / CHECKPOINT_NAME)
+    state = load_checkpoint(result.run_dir / CHECKPOINT_NAME)
     assert state["obs"].shape == (1, 10, 10, 10)  # padded to Seaquest's 10 channels
-    assert result["agent"].q_net.conv.in_channels == 10
+    assert result.agent.q_net.conv.in_channels == 10
     # the CNN's dormant units, measured at updates 700 and 1400 (steps 799, 1499)
     for layer in ("conv_act", "fc_act"):
         assert scalars[f"plasticity/dormant_fraction/tau_0/{layer}"][0] == [799, 1499]

@@ -13,18 +13,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from plasticrl.agents.ppo import PPOConfig
+from plasticrl.plasticity.adamo import AdamO
+from plasticrl.trainers import on_policy
+from plasticrl.trainers import session as session_module
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from plasticrl.trainers.cli import main
+from plasticrl.trainers.config import ExperimentConfig, load_config
+from plasticrl.trainers.run import resume, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.ppo import PPOConfig
-from plasticity.adamo import AdamO
 from tests.conftest import TINY_MINATAR_OVERRIDES
 from tests.trainers.test_training import _InterruptAfter, assert_tree_equal, episodic_returns
-from trainers import on_policy
-from trainers import session as session_module
-from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from trainers.cli import main
-from trainers.config import ExperimentConfig, load_config
-from trainers.run import resume, train
 
 TINY_PPO_OVERRIDES: tuple[str, ...] = (
     "agent.name=ppo",
@@ -89,14 +89,14 @@ def test_same_seed_same_run_other_seed_differs(make_config: MakeConfig) -> None:
     b = train(make_config("logging.name=b"))
     c = train(make_config("logging.name=c", "seed=1"))
     for result in (a, b, c):
-        assert result["status"] == "finished"
-        assert (result["global_step"], result["updates"], result["grad_steps"]) == (1024, 8, 32)
-    assert_agents_equal(a["agent"], b["agent"])
-    assert len(episodic_returns(a["run_dir"])) >= 10
-    assert episodic_returns(a["run_dir"]) == episodic_returns(b["run_dir"])
-    assert episodic_returns(c["run_dir"]) != episodic_returns(a["run_dir"])
-    assert not torch.equal(*(next(r["agent"].model.parameters()) for r in (a, c)))
-    tags = scalar_tags(a["run_dir"])
+        assert result.status == "finished"
+        assert (result.global_step, result.updates, result.grad_steps) == (1024, 8, 32)
+    assert_agents_equal(a.agent, b.agent)
+    assert len(episodic_returns(a.run_dir)) >= 10
+    assert episodic_returns(a.run_dir) == episodic_returns(b.run_dir)
+    assert episodic_returns(c.run_dir) != episodic_returns(a.run_dir)
+    assert not torch.equal(*(next(r.agent.model.parameters()) for r in (a, c)))
+    tags = scalar_tags(a.run_dir)
     assert tags >= CLEANRL_TAGS
     assert {"plasticity/dormant_fraction/tau_0/actor.2", "plasticity/srank/critic.5"} <= tags
     assert "plasticity/ntk_condition_number" in tags
@@ -122,23 +122,23 @@ def test_resume_equals_uninterrupted_run(make_config: MakeConfig, variant: str) 
     a = train(full)
     half = full.total_steps // 2
     b1 = train(make_config(*extra, "logging.name=half", f"total_steps={half}"))
-    assert b1["global_step"] == half and b1["updates"] > 0
-    b = resume(b1["run_dir"], [f"total_steps={full.total_steps}"])
-    assert b["status"] == "finished" and b["global_step"] == full.total_steps
-    assert_agents_equal(a["agent"], b["agent"])
-    state_a = load_checkpoint(a["run_dir"] / CHECKPOINT_NAME)
-    state_b = load_checkpoint(b["run_dir"] / CHECKPOINT_NAME)
+    assert b1.global_step == half and b1.updates > 0
+    b = resume(b1.run_dir, [f"total_steps={full.total_steps}"])
+    assert b.status == "finished" and b.global_step == full.total_steps
+    assert_agents_equal(a.agent, b.agent)
+    state_a = load_checkpoint(a.run_dir / CHECKPOINT_NAME)
+    state_b = load_checkpoint(b.run_dir / CHECKPOINT_NAME)
     np.testing.assert_array_equal(state_a["obs"], state_b["obs"])
     assert_tree_equal(state_a["episodes"], state_b["episodes"], "episodes")
     assert_tree_equal(state_a["probe"], state_b["probe"], "probe")
-    assert episodic_returns(a["run_dir"]) == episodic_returns(b["run_dir"])
+    assert episodic_returns(a.run_dir) == episodic_returns(b.run_dir)
 
 
 def test_async_envs_give_the_sync_run(make_config: MakeConfig) -> None:
     sync = train(make_config("logging.name=sync", "total_steps=512"))
     async_ = train(make_config("logging.name=async", "total_steps=512", "env.vector=async"))
-    assert_agents_equal(sync["agent"], async_["agent"])
-    assert episodic_returns(sync["run_dir"]) == episodic_returns(async_["run_dir"])
+    assert_agents_equal(sync.agent, async_.agent)
+    assert episodic_returns(sync.run_dir) == episodic_returns(async_.run_dir)
 
 
 def test_interrupted_run_resumes_identically_with_lr_annealing(
@@ -150,12 +150,12 @@ def test_interrupted_run_resumes_identically_with_lr_annealing(
         _InterruptAfter.limit = 3  # the loop checks once per rollout
         m.setattr(session_module, "GracefulInterrupt", _InterruptAfter)
         b1 = train(make_config(*extra, "logging.name=cut"))
-    assert b1["status"] == "interrupted" and b1["global_step"] == 3 * 128
-    b = resume(b1["run_dir"])
-    assert b["status"] == "finished"
-    assert_agents_equal(a["agent"], b["agent"])
+    assert b1.status == "interrupted" and b1.global_step == 3 * 128
+    b = resume(b1.run_dir)
+    assert b.status == "finished"
+    assert_agents_equal(a.agent, b.agent)
     # 8 updates annealed over 8 scheduler steps: every group's lr ends at 0
-    lrs = [g["lr"] for g in b["agent"].optimizer.param_groups]
+    lrs = [g["lr"] for g in b.agent.optimizer.param_groups]
     assert len(lrs) == 3 and lrs == [0.0, 0.0, 0.0]
 
 
@@ -194,7 +194,7 @@ def test_truncated_episodes_bootstrap_from_their_final_observation(
             "metrics.ntk_every=0",
         )
     )
-    agent = result["agent"]
+    agent = result.agent
     first = seen[0]
     assert not first["terms"].any()
     truncated = first["truncs"].bool()
@@ -223,13 +223,13 @@ def test_truncated_episodes_bootstrap_from_their_final_observation(
 )
 def test_plasticity_tools_run_with_ppo(make_config: MakeConfig, extra: tuple[str, ...]) -> None:
     result = train(make_config(*extra, "total_steps=256"))
-    assert result["status"] == "finished" and result["updates"] == 2
-    tags = scalar_tags(result["run_dir"])
+    assert result.status == "finished" and result.updates == 2
+    tags = scalar_tags(result.run_dir)
     assert {
         "losses/policy_loss",
         "plasticity/weight_norm/actor.1" if "shared" not in str(extra) else "plasticity/weight_norm/trunk.1",
     } <= tags
-    optimizer = result["agent"].optimizer
+    optimizer = result.agent.optimizer
     if extra[0] == "optimizer.name=adamo":
         assert isinstance(optimizer, AdamO)
         assert [g["kind"] for g in optimizer.param_groups if g["isometry"]] == ["matrix"]
@@ -242,7 +242,7 @@ def test_nonstationary_permutation_logs_per_task_returns(make_config: MakeConfig
     result = train(
         make_config("nonstationary.kind=permute_obs", "nonstationary.every=256", "nonstationary.on=step")
     )
-    acc = EventAccumulator(str(result["run_dir"]))
+    acc = EventAccumulator(str(result.run_dir))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {f"charts/episodic_return/task_{k}" for k in range(4)} <= tags
@@ -270,13 +270,13 @@ def test_nan_penalty_stops_and_keeps_last_good_checkpoint(
         f"regularizers=[{{name: {nan_regularizer}, coef: 1.0, good_calls: 10}}]",
     )
     result = train(cfg)
-    assert result["status"] == "stopped: non-finite loss nan at update 2 (gradient step 10)"
-    assert result["global_step"] == 384
-    good = load_checkpoint(result["run_dir"] / CHECKPOINT_NAME)
+    assert result.status == "stopped: non-finite loss nan at update 2 (gradient step 10)"
+    assert result.global_step == 384
+    good = load_checkpoint(result.run_dir / CHECKPOINT_NAME)
     assert good["global_step"] == 256 and good["agent"]["updates"] == 2
-    stop = load_checkpoint(result["run_dir"] / "nonfinite_stop.pt")
+    stop = load_checkpoint(result.run_dir / "nonfinite_stop.pt")
     assert stop["global_step"] == 384 and stop["agent"]["grad_steps"] == 10
-    for name, tensor in result["agent"].model.state_dict().items():
+    for name, tensor in result.agent.model.state_dict().items():
         assert torch.isfinite(tensor).all()
         assert torch.equal(stop["agent"]["model"][name], tensor)
 

@@ -11,20 +11,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from plasticrl.trainers.cli import main
+from plasticrl.trainers.config import apply_overrides, load_config
+from plasticrl.trainers.run import resume, train
+from plasticrl.trainers.runfolder import make_run_dir
+from plasticrl.trainers.runlock import LOCK_NAME, RunFolderInUse, lock_run_dir, run_dir_holder, unlock_run_dir
 
-from tests.trainers.test_sweep import TINY
-from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from trainers.cli import main
-from trainers.config import apply_overrides, load_config
-from trainers.run import make_run_dir, resume, train
-from trainers.runlock import LOCK_NAME, RunFolderInUse, lock_run_dir, run_dir_holder, unlock_run_dir
+from tests.trainers.experiments.test_sweep import TINY
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows: locking is off")
 
 HOLD = """
 import sys
 from pathlib import Path
-from trainers.runlock import lock_run_dir
+from plasticrl.trainers.runlock import lock_run_dir
 lock_run_dir(Path(sys.argv[1]))
 print("locked", flush=True)
 sys.stdin.read()  # hold until the test closes our stdin, or kills us
@@ -121,7 +122,7 @@ def test_training_refuses_a_folder_in_use_and_writes_nothing(
 def test_resume_refuses_a_folder_in_use_and_a_finished_run_releases_its_lock(tmp_path: Path) -> None:
     cfg = load_config(None, [*TINY, f"logging.dir={tmp_path}", "logging.name=run"])
     result = train(cfg, quiet=True)
-    run_dir = Path(result["run_dir"])
+    run_dir = Path(result.run_dir)
     assert run_dir_holder(run_dir) is None  # the session released it after the last checkpoint
     before = (run_dir / CHECKPOINT_NAME).read_bytes()
     process = hold(run_dir)

@@ -13,20 +13,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from tests.conftest import TINY_MINATAR_OVERRIDES
-from trainers import checkpoint as checkpoint_module
-from trainers import off_policy
-from trainers import session as session_module
-from trainers.checkpoint import (
+from plasticrl.trainers import checkpoint as checkpoint_module
+from plasticrl.trainers import off_policy
+from plasticrl.trainers import session as session_module
+from plasticrl.trainers.checkpoint import (
     CHECKPOINT_NAME,
     CHECKPOINT_VERSION,
     load_checkpoint,
     load_summary,
     save_checkpoint,
 )
-from trainers.config import ConfigError, ExperimentConfig, config_to_dict, load_config
-from trainers.run import make_lr_scheduler, make_run_dir, resume, run_name, train
+from plasticrl.trainers.config import ConfigError, ExperimentConfig, config_to_dict, load_config
+from plasticrl.trainers.learning import make_lr_scheduler
+from plasticrl.trainers.run import resume, train
+from plasticrl.trainers.runfolder import make_run_dir, run_name
+
+from tests.conftest import TINY_MINATAR_OVERRIDES
 
 MakeConfig = Callable[..., ExperimentConfig]
 
@@ -78,24 +80,24 @@ def test_same_seed_same_run_other_seed_differs(make_tiny_config: MakeConfig) -> 
     b = train(make_tiny_config("logging.name=b"))
     c = train(make_tiny_config("logging.name=c", "seed=1"))
     for result in (a, b, c):
-        assert result["status"] == "finished"
-        assert result["global_step"] == 600
-        assert result["updates"] == 501  # one per env step from step 100 to 600
-    assert_agents_equal(a["agent"], b["agent"])
-    returns_a, returns_b = episodic_returns(a["run_dir"]), episodic_returns(b["run_dir"])
+        assert result.status == "finished"
+        assert result.global_step == 600
+        assert result.updates == 501  # one per env step from step 100 to 600
+    assert_agents_equal(a.agent, b.agent)
+    returns_a, returns_b = episodic_returns(a.run_dir), episodic_returns(b.run_dir)
     assert len(returns_a) >= 5
     assert returns_a == returns_b
-    assert a["recent_return"] == b["recent_return"]
-    assert not params_equal(a["agent"], c["agent"])
-    assert episodic_returns(c["run_dir"]) != returns_a
+    assert a.recent_return == b.recent_return
+    assert not params_equal(a.agent, c.agent)
+    assert episodic_returns(c.run_dir) != returns_a
 
 
 def test_replay_ratio_and_vector_envs_set_the_update_count(make_tiny_config: MakeConfig) -> None:
     result = train(make_tiny_config("env.num_envs=2", "agent.replay_ratio=0.25", "total_steps=400"))
     # 2 env steps per iteration; from step 100 to 400 that is 151 iterations × 0.5 credit → 75 updates
-    assert result["global_step"] == 400
-    assert result["updates"] == 75
-    state = load_checkpoint(result["run_dir"] / CHECKPOINT_NAME)
+    assert result.global_step == 400
+    assert result.updates == 75
+    state = load_checkpoint(result.run_dir / CHECKPOINT_NAME)
     assert state["buffer"]["size"] == 400  # every sub-env transition is stored
     assert state["loop"]["update_credit"] == pytest.approx(0.5)
 
@@ -125,18 +127,18 @@ def test_resume_equals_uninterrupted_run(make_tiny_config: MakeConfig, variant: 
     half_steps = full.total_steps // 2
     a = train(full)
     b1 = train(make_tiny_config(*extra, "logging.name=half", f"total_steps={half_steps}"))
-    assert b1["global_step"] == half_steps and b1["updates"] > 0  # updates on both sides of the split
-    b = resume(b1["run_dir"], [f"total_steps={full.total_steps}"])
-    assert b["status"] == "finished" and b["global_step"] == full.total_steps
-    assert b["updates"] > b1["updates"]
-    assert_agents_equal(a["agent"], b["agent"])
-    state_a = load_checkpoint(a["run_dir"] / CHECKPOINT_NAME)
-    state_b = load_checkpoint(b["run_dir"] / CHECKPOINT_NAME)
+    assert b1.global_step == half_steps and b1.updates > 0  # updates on both sides of the split
+    b = resume(b1.run_dir, [f"total_steps={full.total_steps}"])
+    assert b.status == "finished" and b.global_step == full.total_steps
+    assert b.updates > b1.updates
+    assert_agents_equal(a.agent, b.agent)
+    state_a = load_checkpoint(a.run_dir / CHECKPOINT_NAME)
+    state_b = load_checkpoint(b.run_dir / CHECKPOINT_NAME)
     assert_tree_equal(state_a["buffer"], state_b["buffer"], "buffer")
     assert_tree_equal(state_a["loop"], state_b["loop"], "loop")
     np.testing.assert_array_equal(state_a["obs"], state_b["obs"])
-    assert episodic_returns(a["run_dir"]) == episodic_returns(b["run_dir"])
-    assert load_config(b["run_dir"] / "config.yaml").total_steps == full.total_steps
+    assert episodic_returns(a.run_dir) == episodic_returns(b.run_dir)
+    assert load_config(b.run_dir / "config.yaml").total_steps == full.total_steps
 
 
 class _InterruptAfter:
@@ -168,16 +170,16 @@ def test_interrupted_run_resumes_identically_with_lr_schedule(
         _InterruptAfter.limit = 250
         m.setattr(session_module, "GracefulInterrupt", _InterruptAfter)
         b1 = train(make_tiny_config(*extra, "logging.name=cut"))
-    assert b1["status"] == "interrupted"
-    assert b1["global_step"] == 250
+    assert b1.status == "interrupted"
+    assert b1.global_step == 250
     with pytest.raises(ConfigError, match="cannot change 'optimizer.lr'"):
-        resume(b1["run_dir"], ["optimizer.lr=0.1"])
-    b = resume(b1["run_dir"])  # same total_steps: an interrupted run continues as it was
-    assert b["status"] == "finished"
-    assert_agents_equal(a["agent"], b["agent"])
-    assert_tree_equal(a["agent"].scheduler.state_dict(), b["agent"].scheduler.state_dict(), "scheduler")
-    assert [g["lr"] for g in b["agent"].optimizer.param_groups] == [pytest.approx(1e-3 * 0.1)] * len(
-        b["agent"].optimizer.param_groups
+        resume(b1.run_dir, ["optimizer.lr=0.1"])
+    b = resume(b1.run_dir)  # same total_steps: an interrupted run continues as it was
+    assert b.status == "finished"
+    assert_agents_equal(a.agent, b.agent)
+    assert_tree_equal(a.agent.scheduler.state_dict(), b.agent.scheduler.state_dict(), "scheduler")
+    assert [g["lr"] for g in b.agent.optimizer.param_groups] == [pytest.approx(1e-3 * 0.1)] * len(
+        b.agent.optimizer.param_groups
     )
 
 
@@ -218,15 +220,15 @@ def test_ctrl_c_checkpoints_and_resumes_identically(
     # SIGINT during update 100 (step 200): the loop finishes that iteration, checkpoints and stops
     sigint = f"regularizers=[{{name: {name}, coef: 1, at_call: 100}}]"
     b1 = train(make_tiny_config("logging.name=cut", sigint))
-    assert b1["status"] == "interrupted"
-    assert b1["global_step"] == 200 and b1["updates"] == 101
+    assert b1.status == "interrupted"
+    assert b1.global_step == 200 and b1.updates == 101
     assert "Interrupt: finishing this step" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
-    assert load_checkpoint(b1["run_dir"] / CHECKPOINT_NAME)["global_step"] == 200
-    b = resume(b1["run_dir"])
-    assert b["status"] == "finished"
-    assert_tree_equal(a["agent"].q_net.state_dict(), b["agent"].q_net.state_dict(), "q_net")
-    assert_tree_equal(a["agent"].optimizer.state_dict(), b["agent"].optimizer.state_dict(), "optimizer")
+    assert load_checkpoint(b1.run_dir / CHECKPOINT_NAME)["global_step"] == 200
+    b = resume(b1.run_dir)
+    assert b.status == "finished"
+    assert_tree_equal(a.agent.q_net.state_dict(), b.agent.q_net.state_dict(), "q_net")
+    assert_tree_equal(a.agent.optimizer.state_dict(), b.agent.optimizer.state_dict(), "optimizer")
 
 
 def test_second_ctrl_c_aborts_without_touching_the_checkpoint(
@@ -251,7 +253,7 @@ def test_second_ctrl_c_aborts_without_touching_the_checkpoint(
 
 def test_resume_of_finished_run_needs_more_steps(make_tiny_config: MakeConfig) -> None:
     result = train(make_tiny_config("total_steps=150", "logging.name=done"))
-    run_dir = result["run_dir"]
+    run_dir = result.run_dir
     before = (run_dir / CHECKPOINT_NAME).read_bytes()
     for overrides in ([], ["total_steps=150"], ["total_steps=100"]):
         with pytest.raises(ConfigError, match=r"already at step 150 of total_steps=\d+; pass a larger"):
@@ -277,16 +279,16 @@ def test_nan_penalty_stops_and_keeps_last_good_checkpoint(
         f"regularizers=[{{name: {nan_regularizer}, coef: 1.0, good_calls: 250}}]",
     )
     result = train(cfg)
-    run_dir = result["run_dir"]
-    assert result["status"] == "stopped: non-finite loss nan at update 250"
-    assert result["global_step"] == 350
-    assert result["updates"] == 250
+    run_dir = result.run_dir
+    assert result.status == "stopped: non-finite loss nan at update 250"
+    assert result.global_step == 350
+    assert result.updates == 250
     good = load_checkpoint(run_dir / CHECKPOINT_NAME)
     assert good["global_step"] == 200  # the step-200 checkpoint, not overwritten at the stop
     assert good["agent"]["updates"] == 101
     stop = load_checkpoint(run_dir / "nonfinite_stop.pt")
     assert stop["global_step"] == 350 and stop["agent"]["updates"] == 250
-    agent = result["agent"]
+    agent = result.agent
     for name, tensor in agent.q_net.state_dict().items():
         assert torch.isfinite(tensor).all()
         assert torch.equal(stop["agent"]["q_net"][name], tensor)  # the last good parameters
@@ -296,13 +298,13 @@ def test_nan_penalty_stops_and_keeps_last_good_checkpoint(
 
 def test_huge_learning_rate_stops_without_a_checkpoint(make_tiny_config: MakeConfig) -> None:
     result = train(make_tiny_config("optimizer.name=sgd", "optimizer.lr=1e30", "logging.name=huge"))
-    assert result["status"].startswith("stopped: non-finite loss")
-    assert result["global_step"] < 600
-    run_dir = result["run_dir"]
+    assert result.status.startswith("stopped: non-finite loss")
+    assert result.global_step < 600
+    run_dir = result.run_dir
     assert not (run_dir / CHECKPOINT_NAME).exists()  # no checkpoint was written before the stop
     stop = load_checkpoint(run_dir / "nonfinite_stop.pt")
-    assert stop["global_step"] == result["global_step"]
-    for key, value in result["agent"].q_net.state_dict().items():
+    assert stop["global_step"] == result.global_step
+    for key, value in result.agent.q_net.state_dict().items():
         assert torch.equal(stop["agent"]["q_net"][key], value)
 
 
@@ -388,9 +390,9 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
 
 def test_checkpoint_is_self_describing(make_tiny_config: MakeConfig) -> None:
     result = train(make_tiny_config("total_steps=200", "logging.name=sd"))
-    state = load_checkpoint(result["run_dir"] / CHECKPOINT_NAME)
+    state = load_checkpoint(result.run_dir / CHECKPOINT_NAME)
     assert set(state) >= {"version", "config", "global_step", "agent", "buffer", "envs", "obs", "loop", "rng"}
-    assert state["config"] == config_to_dict(load_config(result["run_dir"] / "config.yaml"))
+    assert state["config"] == config_to_dict(load_config(result.run_dir / "config.yaml"))
     assert state["global_step"] == 200 and state["buffer"]["size"] == 200
     assert set(state["agent"]) >= {"q_net", "target_net", "optimizer", "rng", "updates"}
 
@@ -400,7 +402,7 @@ def test_checkpoint_is_self_describing(make_tiny_config: MakeConfig) -> None:
 
 
 def test_linear_schedule_scales_every_group_by_the_same_factor() -> None:
-    from plasticity.optimizers import OptimizerConfig
+    from plasticrl.plasticity.optimizers import OptimizerConfig
 
     w1, w2 = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     optimizer = torch.optim.SGD([{"params": [w1], "lr": 1.0}, {"params": [w2], "lr": 0.1}], lr=1.0)
@@ -426,9 +428,9 @@ def test_linear_schedule_in_a_run_decays_every_group(make_tiny_config: MakeConfi
     setup.envs.close()
     result = train(cfg)
     # 200 planned updates (ceil((300 - 100) · 1.0)); 201 taken, the last at the end factor
-    factor = 1.0 - 0.5 * min(result["updates"] / 200, 1.0)
+    factor = 1.0 - 0.5 * min(result.updates / 200, 1.0)
     assert math.isclose(factor, 0.5)
-    for group in result["agent"].optimizer.param_groups:
+    for group in result.agent.optimizer.param_groups:
         assert group["lr"] == pytest.approx(0.01 * factor)
         assert group["initial_lr"] == pytest.approx(0.01)
 
@@ -448,7 +450,7 @@ def test_loop_stores_real_final_observations(make_tiny_config: MakeConfig) -> No
         "logging.name=tiny_env",
     )
     result = train(cfg)
-    buffer = load_checkpoint(result["run_dir"] / CHECKPOINT_NAME)["buffer"]
+    buffer = load_checkpoint(result.run_dir / CHECKPOINT_NAME)["buffer"]
     assert buffer["storage"] == "float32" and buffer["size"] == 40
     obs, next_obs, terminated = buffer["obs"], buffer["next_obs"], buffer["terminated"]
     np.testing.assert_array_equal(next_obs[:, 0], obs[:, 0] + 1)  # never the reset observation [0, ep + 1]
@@ -464,13 +466,13 @@ def test_loop_stores_real_final_observations(make_tiny_config: MakeConfig) -> No
             if terminated[2 * k + i]:
                 expected.append((2 * (k + 1), running[i]))
                 running[i] = 0.0
-    assert episodic_returns(result["run_dir"]) == expected
+    assert episodic_returns(result.run_dir) == expected
 
 
 def test_progress_prints_milestones_on_a_pipe() -> None:
     import io
 
-    from trainers.progress import Progress
+    from plasticrl.trainers.progress import Progress
 
     class Source:
         ret: float | None = None
@@ -531,26 +533,25 @@ def scalar_steps(run_dir: Path, tag: str) -> list[int]:
 
 def test_resumed_curves_keep_the_point_at_the_checkpoint_step(make_tiny_config: MakeConfig) -> None:
     b1 = train(make_tiny_config("logging.name=half", "total_steps=300"))
-    assert scalar_steps(b1["run_dir"], "losses/td_loss") == [100, 200, 300]
-    resume(b1["run_dir"], ["total_steps=600"])
-    assert scalar_steps(b1["run_dir"], "losses/td_loss") == [100, 200, 300, 400, 500, 600]
+    assert scalar_steps(b1.run_dir, "losses/td_loss") == [100, 200, 300]
+    resume(b1.run_dir, ["total_steps=600"])
+    assert scalar_steps(b1.run_dir, "losses/td_loss") == [100, 200, 300, 400, 500, 600]
 
 
 def test_new_run_does_not_reuse_a_stopped_runs_folder(make_tiny_config: MakeConfig) -> None:
     stopped = train(make_tiny_config("optimizer.name=sgd", "optimizer.lr=1e30", "logging.name=x"))
-    assert stopped["status"].startswith("stopped")
+    assert stopped.status.startswith("stopped")
     with pytest.raises(ConfigError, match="already holds a run"):
         train(make_tiny_config("logging.name=x"))
 
 
 def test_hyperparameter_table_lists_every_key(make_tiny_config: MakeConfig) -> None:
+    from plasticrl.trainers.config import describe_config
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from trainers.config import describe_config
 
     cfg = make_tiny_config("total_steps=10", "logging.name=hp")
     result = train(cfg)
-    acc = EventAccumulator(str(result["run_dir"]))
+    acc = EventAccumulator(str(result.run_dir))
     acc.Reload()
     table = acc.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
     rows = {line.split("|")[1] for line in table.splitlines()[2:]}

@@ -14,13 +14,19 @@ from typing import Any
 import gymnasium as gym
 import pytest
 import yaml
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from plasticrl.trainers.cli import main
+from plasticrl.trainers.config import ConfigError, apply_overrides, parse_override
+from plasticrl.trainers.experiments.sweep import (
+    expand_grid,
+    format_value,
+    load_sweep,
+    plan_sweep,
+    sanitize,
+    with_changes,
+)
 
-from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from trainers.cli import main
-from trainers.config import ConfigError, apply_overrides, parse_override
-from trainers.sweep import expand_grid, format_value, load_sweep, plan_sweep, sanitize, with_changes
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 TINY: tuple[str, ...] = (
     "env.id=CartPole-v1",
@@ -43,13 +49,15 @@ SUMMARY = re.compile(
 
 
 def broken_env(**kwargs: Any) -> gym.Env:
-    """An env factory that fails at construction (``env.id=tests.trainers.test_sweep:broken_env``)."""
+    """An env factory that fails at construction
+    (``env.id=tests.trainers.experiments.test_sweep:broken_env``)."""
     raise RuntimeError("broken_env: cannot build this environment")
 
 
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Children run in the sweep's working directory; ``tests.trainers.test_sweep`` must import there."""
+    """Children run in the sweep's working directory; ``tests.trainers.experiments.test_sweep`` must import
+    there."""
     monkeypatch.chdir(REPO)
     monkeypatch.delenv("PLASTICRL_DEBUG", raising=False)
 
@@ -309,12 +317,12 @@ def test_sweep_runs_in_parallel_then_skips_complete_runs(
 def test_a_failing_run_is_reported_and_the_others_complete(
     tmp_path: Path, base_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = "tests.trainers.test_sweep:broken_env"
+    bad = "tests.trainers.experiments.test_sweep:broken_env"
     path = write_sweep(tmp_path, seeds=[0], grid={"env.id": [bad, "CartPole-v1"]})
     assert main(["sweep", str(path), "--workers", "2"]) == 1
     out = capsys.readouterr().out
     assert summary(out) == (1, 0, 0, 1)
-    bad_leaf = "env.id=tests.trainers.test_sweep-broken_env__s0"
+    bad_leaf = "env.id=tests.trainers.experiments.test_sweep-broken_env__s0"
     log_path = tmp_path / "runs" / "sw" / f"{bad_leaf}.log"
     assert f"failed: sw/{bad_leaf} (exit code 1) log: {log_path}" in out
     assert "broken_env: cannot build this environment" in log_path.read_text()
@@ -378,7 +386,7 @@ def test_stopping_the_sweep_checkpoints_the_running_runs_for_a_resume(
 ) -> None:
     path = write_sweep(tmp_path, seeds=[0, 1], overrides=["total_steps=10000000", "logging.every=1000"])
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "trainers.cli", "sweep", str(path), "--workers", "2"],
+        [sys.executable, "-m", "plasticrl.trainers.cli", "sweep", str(path), "--workers", "2"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

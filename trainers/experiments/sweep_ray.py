@@ -5,10 +5,11 @@ Contains:
     task_options: a run's Ray task options (CPUs, GPUs, no retries) from the sweep's ``resources`` (pure).
     unschedulable: the first task no alive node is big enough for, as a message (pure).
     execute_sweep_ray: submit every run that is not skipped as a Ray task and report each as it
-        finishes, with the same lines, :class:`~trainers.sweep.SweepResult` and summary as the local
+        finishes, with the same lines, :class:`~plasticrl.trainers.experiments.sweep.SweepResult` and
+        summary as the local
         backend.
 
-A run's task starts the same child as the local backend, ``python -m trainers.cli train ...`` with
+A run's task starts the same child as the local backend, ``python -m plasticrl.trainers.cli train ...`` with
 one OpenMP/MKL thread per ``torch_threads``, as a subprocess on the worker node; the child writes
 the run's log (``<run_dir>.log``) and the task returns its exit code. A task asks Ray for
 ``resources.cpus`` CPUs (default: the run's ``torch_threads``, or 1 when that is null) and
@@ -49,7 +50,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
-from trainers.sweep import (
+from plasticrl.trainers.experiments.sweep import (
     SweepResult,
     SweepRun,
     child_command,
@@ -100,7 +101,7 @@ def task_options(run: SweepRun, resources: Mapping[str, float]) -> dict[str, Any
         ValueError: CPUs not > 0, GPUs < 0, or a ``cuda:<i>`` device beyond the GPUs the task gets.
 
     Examples:
-        >>> from trainers.config import ExperimentConfig
+        >>> from plasticrl.trainers.config import ExperimentConfig
         >>> run = SweepRun("sw/s0", Path("r"), Path("r.log"), (), ExperimentConfig(), "start")
         >>> task_options(run, {})
         {'num_cpus': 1, 'num_gpus': 0, 'max_retries': 0}
@@ -317,7 +318,7 @@ def execute_sweep_ray(
     A failed run is recorded with its exit code and log path and does not stop the others.
 
     Args:
-        runs: the planned runs (from :func:`~trainers.sweep.plan_sweep`).
+        runs: the planned runs (from :func:`~plasticrl.trainers.experiments.sweep.plan_sweep`).
         resources: the sweep file's ``resources`` (see :func:`task_options`).
         address: None or ``local`` (start a local Ray instance), ``auto`` (the cluster this machine
             is part of, or ``RAY_ADDRESS``), ``host:port`` or ``ray://host:port``.

@@ -8,7 +8,7 @@ Contains:
     segment_scores: final return and AUC of every task segment of a run (pure).
     Scores / score_table: the (method, seed, segment) scores, and the whole study's tables.
     write_report: ``report.md``, ``scores.csv`` and the PNGs into ``--out``.
-    register_report_command / run_report_command: the ``report`` subcommand of :mod:`trainers.cli`.
+    run_report_command: the ``report`` subcommand of :mod:`plasticrl.trainers.cli`.
 
 Definitions ([ours], stated in every report):
 
@@ -24,7 +24,8 @@ Definitions ([ours], stated in every report):
 * **Plasticity gap** of segment k: final return on segment k minus final return on segment 0
   (negative: the agent learns the new task less well than it learned the first).
 * **IQM**: interquartile mean of a method's (seeds x segments) final returns (or AUCs), with a
-  95 % stratified-bootstrap interval, segments as strata (:mod:`trainers.stats`, rliable's
+  95 % stratified-bootstrap interval, segments as strata (:mod:`plasticrl.trainers.experiments.stats`,
+  rliable's
   definitions). Segment 0 is included. With ``--normalize minmax`` every score is first mapped to
   [0, 1] by the min and max of that task id's scores over all runs (use it when tasks differ in
   scale, as games do).
@@ -44,9 +45,8 @@ from typing import Literal
 
 import numpy as np
 import yaml
-
-from trainers.plot import TASK_TAG, Series, read_scalars, task_boundaries
-from trainers.stats import Interval, bootstrap_mean_ci, iqm, stratified_bootstrap_ci
+from plasticrl.trainers.experiments.plot import TASK_TAG, Series, read_scalars, task_boundaries
+from plasticrl.trainers.experiments.stats import Interval, bootstrap_mean_ci, iqm, stratified_bootstrap_ci
 
 __all__ = [
     "RETURN_TAG",
@@ -66,7 +66,6 @@ __all__ = [
     "markdown_tables",
     "write_scores_csv",
     "write_report",
-    "register_report_command",
     "run_report_command",
 ]
 
@@ -199,7 +198,7 @@ def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
     total = int(config.get("total_steps", 0)) or last
     last = min(last, total)
     if (run_dir / "checkpoint.json").is_file() or (run_dir / "checkpoint.pt").is_file():
-        from trainers.checkpoint import load_summary
+        from plasticrl.trainers.checkpoint import load_summary
 
         last = max(last, min(total, int(load_summary(run_dir / "checkpoint.pt").get("global_step", 0))))
     task = scalars.get(TASK_TAG, ([], []))
@@ -517,7 +516,7 @@ def write_report(
     Raises:
         ValueError: no runs, a bad run folder (named), a bad option value.
     """
-    from trainers.report_figures import write_figures
+    from plasticrl.trainers.experiments.figures import write_figures
 
     if not run_dirs:
         raise ValueError("report needs at least one run folder")
@@ -553,33 +552,6 @@ def write_report(
 
 
 # ----------------------------------------------------------------------------- command line
-
-
-def register_report_command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
-    """Add ``report RUN_DIR... --out DIR [options]`` to ``plasticrl``'s subparsers."""
-    parser = subparsers.add_parser(
-        "report",
-        help="aggregate runs: learning curves with CIs, per-task scores, plasticity gap, IQM",
-        description="Read the event files of every RUN_DIR, group runs by method (folder name\n"
-        "without __s<seed>, or --group-by a config key), align them by task segment and write\n"
-        "report.md, scores.csv and PNGs into --out.",
-        epilog="examples:\n"
-        "  plasticrl report runs/permuted_breakout/* --out docs/results/permuted_breakout\n"
-        "  plasticrl report runs/a_* runs/b_* --out cmp --group-by optimizer.name",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (log files are skipped)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--group-by", metavar="KEY", help="group runs by this config key's value")
-    parser.add_argument("--bin", type=int, metavar="STEPS", help="learning-curve bin (default total/100)")
-    parser.add_argument(
-        "--final-fraction", type=float, default=0.2, help="tail of a segment for final return"
-    )
-    parser.add_argument("--normalize", default="none", help="none | minmax (per task id, over all runs)")
-    parser.add_argument("--reps", type=int, default=50_000, help="bootstrap replicates for IQM CIs (50000)")
-    return parser
 
 
 def _runs_argument(dirs: Sequence[Path]) -> str:

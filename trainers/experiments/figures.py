@@ -1,7 +1,7 @@
 """The figures of ``plasticrl report`` (matplotlib's Agg canvas; no display needed).
 
 Contains:
-    write_figures: every PNG of a report from its :class:`trainers.report.Scores`.
+    write_figures: every PNG of a report from its :class:`plasticrl.trainers.experiments.report.Scores`.
     sampled_curve: a metric series → its last value in each bin of a step grid (pure).
 
 Figures (methods overlaid, one colour each; shaded: 95 % bootstrap CI over seeds; grey dashed
@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from trainers.plot import Series, natural_key, palette
-from trainers.report import CURVE_TAGS, Scores
-from trainers.stats import bootstrap_mean_ci
+from plasticrl.trainers.experiments.plot import Series, natural_key, palette
+from plasticrl.trainers.experiments.report import CURVE_TAGS, Scores
+from plasticrl.trainers.experiments.stats import bootstrap_mean_ci
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -13,11 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from tests.trainers.test_plot import PNG_MAGIC, write_run
-from tests.trainers.test_sweep import TINY
-from trainers.cli import main
-from trainers.report import (
+from plasticrl.trainers.cli import main
+from plasticrl.trainers.experiments.report import (
     Segment,
     binned_curve,
     load_run,
@@ -30,7 +27,10 @@ from trainers.report import (
     task_segments,
     write_report,
 )
-from trainers.stats import iqm, stratified_bootstrap_ci
+from plasticrl.trainers.experiments.stats import iqm, stratified_bootstrap_ci
+
+from tests.trainers.experiments.test_plot import PNG_MAGIC, write_run
+from tests.trainers.experiments.test_sweep import TINY
 
 
 def synthetic_run(

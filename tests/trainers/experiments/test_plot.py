@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
-from torch.utils.tensorboard import SummaryWriter
-
-from trainers.cli import main
-from trainers.plot import (
+from plasticrl.trainers.cli import main
+from plasticrl.trainers.experiments.plot import (
     DEFAULT_TAGS,
     moving_average,
     plot_runs,
@@ -27,6 +25,7 @@ from trainers.plot import (
     run_labels,
     task_boundaries,
 )
+from torch.utils.tensorboard import SummaryWriter
 
 Points = Sequence[tuple[int, float]]
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
+from plasticrl.trainers.cli import main
+from plasticrl.trainers.config import ExperimentConfig, apply_overrides
+from plasticrl.trainers.experiments.sweep import SweepRun
+from plasticrl.trainers.experiments.sweep_ray import task_options, unschedulable
 
-from tests.trainers.test_sweep import TINY, write_sweep
-from trainers.cli import main
-from trainers.config import ExperimentConfig, apply_overrides
-from trainers.sweep import SweepRun
-from trainers.sweep_ray import task_options, unschedulable
+from tests.trainers.experiments.test_sweep import TINY, write_sweep
 
 
 @pytest.fixture

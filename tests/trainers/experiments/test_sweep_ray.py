@@ -15,10 +15,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 # The sweep tests' fixtures: children run in the repo; the tiny CartPole preset as base_file.
-from tests.trainers.test_sweep import _in_repo, base_file, summary, write_sweep  # noqa: E402, F401
-from trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
-from trainers.cli import main  # noqa: E402
-from trainers.sweep import load_sweep, plan_sweep  # noqa: E402
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
+from plasticrl.trainers.cli import main  # noqa: E402
+from plasticrl.trainers.experiments.sweep import load_sweep, plan_sweep  # noqa: E402
+
+from tests.trainers.experiments.test_sweep import _in_repo, base_file, summary, write_sweep  # noqa: E402, F401
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,13 +36,16 @@ def _ray_instance() -> Iterator[None]:
 def test_ray_sweep_runs_each_run_as_a_task_reports_failures_and_skips_complete_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = "tests.trainers.test_sweep:broken_env"
+    bad = "tests.trainers.experiments.test_sweep:broken_env"
     path = write_sweep(tmp_path, seeds=[0], grid={"env.id": [bad, "CartPole-v1"]})
     assert main(["sweep", str(path), "--backend", "ray"]) == 1
     out = capsys.readouterr().out
     assert summary(out) == (1, 0, 0, 1)
     assert "ray: 2 run(s) as tasks on the connected Ray instance (2 CPU(s), 0 GPU(s))" in out
-    good_leaf, bad_leaf = "env.id=CartPole-v1__s0", "env.id=tests.trainers.test_sweep-broken_env__s0"
+    good_leaf, bad_leaf = (
+        "env.id=CartPole-v1__s0",
+        "env.id=tests.trainers.experiments.test_sweep-broken_env__s0",
+    )
     assert {f"start   sw/{good_leaf}", f"start   sw/{bad_leaf}", f"done    sw/{good_leaf}"} <= set(
         out.splitlines()
     )
@@ -55,7 +59,11 @@ def test_ray_sweep_runs_each_run_as_a_task_reports_failures_and_skips_complete_r
     state = load_checkpoint(good_dir / CHECKPOINT_NAME)
     assert state["global_step"] >= 200 and state["config"]["env"]["id"] == "CartPole-v1"
     log = (good_dir.parent / f"{good_leaf}.log").read_text()
-    assert "finished:" in log and log.startswith("$ ") and "-m trainers.cli train" in log.splitlines()[0]
+    assert (
+        "finished:" in log
+        and log.startswith("$ ")
+        and "-m plasticrl.trainers.cli train" in log.splitlines()[0]
+    )
 
     # Again: the complete run is skipped, the failed one tried again.
     assert main(["sweep", str(path), "--backend", "ray"]) == 1

@@ -13,13 +13,14 @@ Contains:
     plan_sweep: every run's config resolved and its action (start / resume / skip) decided, before
         anything starts; any bad override or name fails the whole sweep here.
     describe_run: one ``--dry-run`` line (action, run name, why).
-    execute_sweep: run the planned runs as ``python -m trainers.cli train`` child processes,
+    execute_sweep: run the planned runs as ``python -m plasticrl.trainers.cli train`` child processes,
         ``workers`` at a time, each logging to ``<run_dir>.log``.
     summary_line: ``sweep <name>: N ran, M skipped (complete), K resumed, F failed``.
     child_command / thread_env / open_run_log / record_exit / raise_on_sigterm: the pieces of
         running one run that the local and Ray backends share.
-    register_sweep_command / run_sweep_command: the ``sweep`` subcommand of :mod:`trainers.cli`;
-        ``--backend ray`` runs each run as a Ray task instead (:mod:`trainers.sweep_ray`).
+    run_sweep_command: the ``sweep`` subcommand of :mod:`plasticrl.trainers.cli`;
+        ``--backend ray`` runs each run as a Ray task instead
+        (:mod:`plasticrl.trainers.experiments.sweep_ray`).
 
 A sweep file::
 
@@ -43,7 +44,7 @@ grid cell, seed; a part is left out when the file has no methods or no grid) liv
 A run whose checkpoint has reached the config's ``total_steps`` is skipped; one with an earlier
 checkpoint is resumed (``train --resume``, with the sweep's ``total_steps``); a folder without a
 checkpoint (a run that crashed before its first checkpoint) is removed and the run started again.
-A run whose folder another process is training in now (its lock, :mod:`trainers.runlock`: the same
+A run whose folder another process is training in now (its lock, :mod:`plasticrl.trainers.runlock`: the same
 sweep launched twice, say) is left alone and reported as "running elsewhere".
 In the summary, "ran" counts runs started from scratch that finished, "resumed" those continued
 from a checkpoint that finished. Ctrl-C (or SIGTERM) stops launching runs and forwards one SIGINT
@@ -72,9 +73,8 @@ from types import FrameType
 from typing import IO, Any, Literal
 
 import yaml
-
-from trainers.checkpoint import CHECKPOINT_NAME, load_summary
-from trainers.config import (
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_summary
+from plasticrl.trainers.config import (
     ConfigError,
     ExperimentConfig,
     config_to_dict,
@@ -82,8 +82,8 @@ from trainers.config import (
     parse_override,
     yaml_load,
 )
-from trainers.run import RESUME_OVERRIDABLE, check_names
-from trainers.runlock import run_dir_holder
+from plasticrl.trainers.run import RESUME_OVERRIDABLE, check_names
+from plasticrl.trainers.runlock import run_dir_holder
 
 __all__ = [
     "SWEEP_KEYS",
@@ -107,7 +107,6 @@ __all__ = [
     "open_run_log",
     "record_exit",
     "raise_on_sigterm",
-    "register_sweep_command",
     "run_sweep_command",
 ]
 
@@ -591,8 +590,8 @@ def describe_run(run: SweepRun) -> str:
 
 
 def child_command(run: SweepRun) -> list[str]:
-    """The ``trainers.cli`` command line of a run that is not skipped."""
-    cli = [sys.executable, "-m", "trainers.cli", "train"]
+    """The ``plasticrl.trainers.cli`` command line of a run that is not skipped."""
+    cli = [sys.executable, "-m", "plasticrl.trainers.cli", "train"]
     if run.action == "resume":
         keep = [o for o in run.overrides if o.partition("=")[0].strip() in RESUME_OVERRIDABLE]
         return [*cli, "--resume", str(run.run_dir), *keep, f"total_steps={run.config.total_steps}", "-q"]
@@ -775,55 +774,6 @@ def summary_line(name: str, result: SweepResult) -> str:
 # ----------------------------------------------------------------------------- the CLI command
 
 
-def register_sweep_command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
-    """Add ``sweep SWEEP.yaml [key=value ...] [--seeds S] [--name N] [--workers N] [--dry-run]``.
-
-    ``--backend ray [--address ADDR]`` runs each run as a Ray task (:mod:`trainers.sweep_ray`).
-    """
-    parser = subparsers.add_parser(
-        "sweep",
-        help="run a sweep (base config x grid x seeds) in parallel processes",
-        description="Run every run of SWEEP.yaml (base or methods, seeds, overrides, grid, name, dir),\n"
-        "skipping complete runs and resuming interrupted ones; each run logs to <run_dir>.log.\n"
-        "key=value overrides after the file apply to every run, after the file's own overrides.",
-        epilog="examples:\n"
-        "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --dry-run\n"
-        "  plasticrl sweep configs/sweeps/cartpole_seeds.yaml --workers 2\n"
-        "  plasticrl sweep configs/studies/permuted_breakout.yaml --seeds 0,1 total_steps=100000\n"
-        "  plasticrl sweep configs/studies/permuted_breakout.yaml --backend ray --address auto",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
-    parser.add_argument("--seeds", metavar="S,S,...", help="these seeds instead of the file's (e.g. 0,1,2)")
-    parser.add_argument("--name", help="the sweep's folder name instead of the file's (keep variants apart)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="runs at once, one process each (default: the number of CPU cores)",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="print each run and its action; run nothing")
-    parser.add_argument(
-        "--backend",
-        choices=("local", "ray"),
-        default="local",
-        help="local: child processes on this machine (default); ray: one Ray task per run, on a Ray "
-        "cluster sharing this filesystem (needs pip install -e '.[ray]')",
-    )
-    parser.add_argument(
-        "--address",
-        default=None,
-        metavar="ADDR",
-        help="--backend ray: the cluster ('auto', 'host:port' or 'ray://host:port'); "
-        "default: start a local Ray instance",
-    )
-    return parser
-
-
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Run ``plasticrl sweep``; returns 0 if no run failed, 1 if one did, 130 when interrupted.
 
@@ -855,7 +805,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         )
         return 0
     if args.backend == "ray":
-        from trainers.sweep_ray import execute_sweep_ray  # Ray is optional: imported only here
+        from plasticrl.trainers.experiments.sweep_ray import (
+            execute_sweep_ray,  # Ray is optional: imported only here
+        )
 
         result = execute_sweep_ray(runs, resources=spec.resources, address=args.address)
     else:

@@ -1,4 +1,4 @@
-"""IQM and bootstrap intervals against hand-computed values (trainers.stats)."""
+"""IQM and bootstrap intervals against hand-computed values (plasticrl.trainers.experiments.stats)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-
-from trainers.stats import bootstrap_mean_ci, iqm, stratified_bootstrap_ci, trimmed_mean
+from plasticrl.trainers.experiments.stats import bootstrap_mean_ci, iqm, stratified_bootstrap_ci, trimmed_mean
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ Contains:
     run_labels: short legend labels from run folder names (pure).
     natural_key / palette: tag sort order with numbers as numbers; n distinct colours.
     plot_runs: the PNGs (returns, dormant fractions, srank, isometry gaps) of one or more runs.
-    register_plot_command / run_plot_command: the ``plot`` subcommand of :mod:`trainers.cli`.
+    run_plot_command: the ``plot`` subcommand of :mod:`plasticrl.trainers.cli`.
 
 Every figure overlays the runs, one colour per run, with a legend of :func:`run_labels`; every
 subplot marks each run's task boundaries (changes of its ``env/task_id`` scalar) as light dashed
@@ -41,7 +41,6 @@ __all__ = [
     "natural_key",
     "palette",
     "plot_runs",
-    "register_plot_command",
     "run_plot_command",
 ]
 
@@ -353,31 +352,6 @@ def plot_runs(
 
 
 # ----------------------------------------------------------------------------- command line
-
-
-def register_plot_command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
-    """Add ``plot RUN_DIR [RUN_DIR ...] [--out DIR] [--window N]`` to ``plasticrl``'s subparsers."""
-    parser = subparsers.add_parser(
-        "plot",
-        help="plot returns and plasticity metrics of one or more runs as PNGs",
-        description="Read the TensorBoard event files of each RUN_DIR and write\n"
-        f"{', '.join(f'{n}.png' for n in DEFAULT_TAGS)}\n"
-        "(those with data), runs overlaid, task boundaries dashed.",
-        epilog="examples:\n"
-        "  plasticrl plot runs/<run>                 PNGs into runs/<run>\n"
-        "  plasticrl plot runs/a runs/b --out cmp    overlay two runs into cmp/",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders with event files")
-    parser.add_argument(
-        "--out", metavar="DIR", help="output folder (default: the run folder, or plots/ for several runs)"
-    )
-    parser.add_argument(
-        "--window", type=int, default=20, metavar="N", help="episodes in the return moving average (20)"
-    )
-    return parser
 
 
 def run_plot_command(args: argparse.Namespace) -> int:
