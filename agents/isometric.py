@@ -62,10 +62,11 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-
-# The private helpers are shared on purpose, so every network rejects bad spaces with one message.
 from plasticrl.agents.networks import NETWORKS, NetworkConfig, _n_actions, _obs_shape, orthogonal_init_
 from plasticrl.plasticity.layers import GroupSort, orthogonal_
+
+# The private helpers are shared on purpose, so every network rejects bad spaces with one message.
+from plasticrl.plasticity.registry import options_of
 from torch import Tensor, nn
 
 __all__ = ["IsometricMLP", "IsometricMinAtarCNN", "isometric_mlp", "isometric_minatar_cnn"]
@@ -207,7 +208,19 @@ class IsometricMinAtarCNN(nn.Module):
         return self.head(x)
 
 
-@NETWORKS.register("isometric_mlp")
+IsometricMLPOptions = options_of(
+    NetworkConfig, "IsometricMLPOptions", ("group_size", "orthogonal_map", "orthogonal_head", "init")
+)
+"""Options of ``isometric_mlp`` (no ``activation``/``layernorm``: GroupSort, and norms break isometry)."""
+IsometricCNNOptions = options_of(
+    NetworkConfig,
+    "IsometricCNNOptions",
+    ("channels", "group_size", "orthogonal_map", "orthogonal_head", "init"),
+)
+"""Options of ``isometric_minatar_cnn``."""
+
+
+@NETWORKS.register("isometric_mlp", options=IsometricMLPOptions)
 def isometric_mlp(observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig) -> nn.Module:
     """:class:`IsometricMLP` over flattened Box observations (``hidden_sizes``, ``group_size``)."""
     _reject_variants(cfg)
@@ -223,7 +236,7 @@ def isometric_mlp(observation_space: gym.Space, action_space: gym.Space, cfg: Ne
     )
 
 
-@NETWORKS.register("isometric_minatar_cnn")
+@NETWORKS.register("isometric_minatar_cnn", options=IsometricCNNOptions)
 def isometric_minatar_cnn(
     observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig
 ) -> nn.Module:

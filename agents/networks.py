@@ -40,6 +40,7 @@ Note [Architecture variants]
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 from plasticrl.plasticity.layers import ORTHOGONAL_MAPS, CReLU
-from plasticrl.plasticity.registry import Registry
+from plasticrl.plasticity.registry import Registry, options_of
 from torch import Tensor, nn
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "ACTIVATIONS",
     "activation_expansion",
     "orthogonal_init_",
+    "applicable_keys",
 ]
 
 
@@ -119,6 +121,27 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 NetworkFactory = Callable[[gym.Space, gym.Space, NetworkConfig], nn.Module]
 NETWORKS: Registry[NetworkFactory] = Registry("network")
 
+COMMON_KEYS = ("name", "hidden_sizes")
+"""``network.*`` keys that apply to every registered network."""
+MLPOptions = options_of(NetworkConfig, "MLPOptions", ("activation", "layernorm", "init"))
+"""Options of ``mlp``."""
+MinAtarCNNOptions = options_of(
+    NetworkConfig, "MinAtarCNNOptions", ("channels", "activation", "layernorm", "init")
+)
+"""Options of ``minatar_cnn``."""
+
+
+def applicable_keys(name: str) -> frozenset[str]:
+    """The ``network.*`` keys that apply to network ``name``.
+
+    A registered network: the common keys plus its options. A ``package.module:callable``
+    factory receives the whole :class:`NetworkConfig`, so every key applies to it.
+    """
+    options = NETWORKS.options(name)
+    if options is None:
+        return frozenset(f.name for f in dataclasses.fields(NetworkConfig))
+    return frozenset(COMMON_KEYS) | {f.name for f in dataclasses.fields(options)}
+
 
 def _n_actions(action_space: gym.Space) -> int:
     if not isinstance(action_space, gym.spaces.Discrete):
@@ -171,7 +194,7 @@ def _apply_init(net: nn.Module, head: nn.Module, cfg: NetworkConfig) -> nn.Modul
     return net
 
 
-@NETWORKS.register("mlp")
+@NETWORKS.register("mlp", options=MLPOptions)
 def mlp(observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig) -> nn.Module:
     """Flatten → [Linear → (LayerNorm) → activation] × len(hidden_sizes) → Linear(n_actions).
 
@@ -237,7 +260,7 @@ class MinAtarCNN(nn.Module):
         return self.head(self.fc_act(x))
 
 
-@NETWORKS.register("minatar_cnn")
+@NETWORKS.register("minatar_cnn", options=MinAtarCNNOptions)
 def minatar_cnn(observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig) -> nn.Module:
     """The MinAtar reference network (METHODS.md §4)."""
     net = MinAtarCNN(_obs_shape(observation_space), _n_actions(action_space), cfg)

@@ -28,12 +28,13 @@ Note [Parameter groups]
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from plasticrl.plasticity.registry import Registry
+from plasticrl.plasticity.registry import Registry, options_of
 from plasticrl.plasticity.rmsprop import RMSprop
 from torch import nn
 
@@ -44,6 +45,12 @@ __all__ = [
     "param_groups",
     "make_optimizer",
     "head_module_names",
+    "applicable_keys",
+    "COMMON_KEYS",
+    "AdamOptions",
+    "AdamOOptions",
+    "SGDOptions",
+    "RMSpropOptions",
 ]
 
 GroupKind = Literal["matrix", "head", "vector", "constrained"]
@@ -122,6 +129,37 @@ class OptimizerConfig:
 
 OptimizerFactory = Callable[[list[dict[str, Any]], OptimizerConfig], torch.optim.Optimizer]
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+
+COMMON_KEYS = ("name", "lr", "lr_schedule", "lr_end_factor", "iso_head")
+"""``optimizer.*`` keys that apply whatever the optimizer (``iso_head`` also steers the coupled
+isometry penalty, which works with any optimizer)."""
+IMPORTED_KEYS = (*COMMON_KEYS, "kwargs")
+"""The keys of a ``package.module:Class`` optimizer: its own options go in ``kwargs``."""
+_ADAM_KEYS = ("betas", "eps", "weight_decay", "foreach", "fused", "compile")
+AdamOptions = options_of(OptimizerConfig, "AdamOptions", _ADAM_KEYS)
+"""Options of ``adam`` and ``adamw`` (``compile`` is accepted and changes nothing: fused already)."""
+AdamOOptions = options_of(
+    OptimizerConfig,
+    "AdamOOptions",
+    (*_ADAM_KEYS, "iso_coef", "iso_target", "iso_lr", "iso_every", "iso_prefetch"),
+)
+"""Options of ``adamo``: Adam's plus the isometry step's."""
+SGDOptions = options_of(OptimizerConfig, "SGDOptions", ("momentum", "nesterov", "weight_decay", "foreach"))
+"""Options of ``sgd``."""
+RMSpropOptions = options_of(
+    OptimizerConfig, "RMSpropOptions", ("alpha", "eps", "momentum", "centered", "weight_decay", "compile")
+)
+"""Options of ``rmsprop``."""
+
+
+def applicable_keys(name: str) -> frozenset[str]:
+    """The ``optimizer.*`` keys that apply to optimizer ``name`` (common keys plus its options)."""
+    options = OPTIMIZERS.options(name)
+    if options is None:
+        return frozenset(IMPORTED_KEYS)
+    return frozenset(COMMON_KEYS) | {f.name for f in dataclasses.fields(options)}
+
+
 FUSED_UPDATES = frozenset({"rmsprop", "adam", "adamw", "adamo"})
 """Optimizers with a fused update: compiled (rmsprop, ``optimizer.compile``) or fused kernels."""
 
@@ -231,17 +269,17 @@ def _adam_kwargs(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> dict[str
     )
 
 
-@OPTIMIZERS.register("adam")
+@OPTIMIZERS.register("adam", options=AdamOptions)
 def _adam(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, **_adam_kwargs(groups, cfg))
 
 
-@OPTIMIZERS.register("adamw")
+@OPTIMIZERS.register("adamw", options=AdamOptions)
 def _adamw(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, **_adam_kwargs(groups, cfg))
 
 
-@OPTIMIZERS.register("sgd")
+@OPTIMIZERS.register("sgd", options=SGDOptions)
 def _sgd(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(
         groups,
@@ -253,7 +291,7 @@ def _sgd(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Opti
     )
 
 
-@OPTIMIZERS.register("rmsprop")
+@OPTIMIZERS.register("rmsprop", options=RMSpropOptions)
 def _rmsprop(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     # Ours, not torch's: torch's centred RMSprop can write NaN (plasticrl.plasticity.rmsprop).
     return RMSprop(

@@ -12,12 +12,13 @@ points. An unknown name raises ``ValueError`` naming the value and listing the v
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["Registry", "resolve_import", "close_matches"]
+__all__ = ["Registry", "resolve_import", "close_matches", "options_of"]
 
 T = TypeVar("T")
 
@@ -50,6 +51,40 @@ def resolve_import(spec: str) -> object:
     return obj
 
 
+def options_of(section: type, name: str, keys: tuple[str, ...]) -> type:
+    """A frozen dataclass named ``name`` with the fields ``keys`` of the config section ``section``.
+
+    A registry entry's options are a subset of its section's keys (``optimizer.betas`` applies to
+    adam, not sgd); building them from the section keeps one default and one docstring per key.
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Section:
+        ...     name: str = "a"
+        ...     width: int = 3
+        ...     depth: int = 2
+        >>> Opts = options_of(Section, "AOptions", ("width",))
+        >>> Opts(), [f.name for f in dataclasses.fields(Opts)]
+        (AOptions(width=3), ['width'])
+    """
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    missing = [k for k in keys if k not in fields]
+    if missing:
+        raise ValueError(f"{name}: {missing} are not keys of {section.__name__}")
+    spec = []
+    for key in keys:
+        f = fields[key]
+        default = (
+            dataclasses.field(default_factory=f.default_factory)
+            if f.default_factory is not dataclasses.MISSING
+            else dataclasses.field(default=f.default)
+        )
+        spec.append((key, f.type, default))
+    options = dataclasses.make_dataclass(name, spec, frozen=True)
+    options.__module__ = section.__module__  # Python 3.11's make_dataclass has no ``module``
+    return options
+
+
 class Registry(Generic[T]):
     """A named collection of factories of one kind.
 
@@ -72,21 +107,36 @@ or 'package.module:attr'
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._options: dict[str, type] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator that registers ``fn`` under ``name``; a duplicate name is an error."""
+    def register(self, name: str, *, options: type | None = None) -> Callable[[T], T]:
+        """Decorator that registers ``fn`` under ``name``; a duplicate name is an error.
+
+        Args:
+            name: the name configs use.
+            options: the entry's options dataclass: the config keys that apply to it (its fields).
+                The strict config converter refuses any other key of the section for this entry
+                and ``plasticrl config`` shows only these. None: the entry declares no options.
+        """
 
         def deco(fn: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = fn
+            if options is not None:
+                self._options[name] = options
             return fn
 
         return deco
 
+    def options(self, name: str) -> type | None:
+        """The options dataclass ``name`` was registered with (None: none declared, or a path)."""
+        return self._options.get(name)
+
     def unregister(self, name: str) -> None:
         """Remove ``name`` (for tests that register temporary entries)."""
         del self._entries[name]
+        self._options.pop(name, None)
 
     def get(self, name: str) -> T:
         """Return the entry for a registered ``name`` or a ``package.module:attr`` path."""

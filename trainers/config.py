@@ -35,11 +35,13 @@ import torch
 import yaml
 from plasticrl.agents import AGENTS, AgentConfig
 from plasticrl.agents.dqn import DQNConfig
-from plasticrl.agents.networks import NetworkConfig
+from plasticrl.agents.networks import NETWORKS, NetworkConfig
+from plasticrl.agents.networks import applicable_keys as network_keys
 from plasticrl.envs.make import EnvConfig, NonStationaryConfig
 from plasticrl.plasticity.interventions import INTERVENTIONS, InterventionConfig, check_intervention
 from plasticrl.plasticity.metrics import MetricsConfig
-from plasticrl.plasticity.optimizers import OptimizerConfig
+from plasticrl.plasticity.optimizers import OPTIMIZERS, OptimizerConfig
+from plasticrl.plasticity.optimizers import applicable_keys as optimizer_keys
 from plasticrl.plasticity.registry import close_matches
 from plasticrl.plasticity.regularizers import RegularizerConfig
 
@@ -54,6 +56,7 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "describe_config",
+    "applicable_only",
 ]
 
 
@@ -71,6 +74,12 @@ _Yaml12Loader.yaml_implicit_resolvers = {
 }
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+# YAML 1.1 wants a dot in a float (``1.0e-3``), so PyYAML reads ``1e-3`` as a string; YAML 1.2
+# (and every user) reads it as a number. One resolver here fixes it for every key, files and
+# overrides alike.
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
 )
 
 
@@ -284,6 +293,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         except ValueError as exc:
             raise ConfigError(f"{prefix}: {exc}", key=prefix) from None
     schema = _schema_for(cls)
+    applicable = _applicable(cls, data)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
@@ -293,6 +303,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             raise ConfigError(
                 f"unknown key {key!r};{did_you_mean} valid keys here: {sorted(schema)}", key=key
             )
+        if applicable is not None and name not in applicable[1]:
+            component, keys = applicable
+            raise ConfigError(f"{key} does not apply to {component}; its keys: {sorted(keys)}", key=key)
         tp = schema[name]
         if name == "agent" and cls is ExperimentConfig:
             kwargs[name] = _build_agent(value, key)
@@ -316,6 +329,74 @@ _ENTRY_LISTS: dict[tuple[type, ...], tuple[type, str]] = {
 """List-of-entries fields (``regularizers``, ``interventions``): entry class and its shape for errors."""
 
 
+_NAMED_SECTIONS: dict[type, tuple[str, Any, Any]] = {
+    OptimizerConfig: ("optimizer", OPTIMIZERS, optimizer_keys),
+    NetworkConfig: ("network", NETWORKS, network_keys),
+}
+"""Sections whose ``name`` picks the keys that apply: (kind, registry, name → applicable keys)."""
+
+
+def _applicable(cls: type, data: Mapping[str, Any]) -> tuple[str, frozenset[str]] | None:
+    """("optimizer 'adam'", its keys) for a named section, from the name in ``data``; else None.
+
+    The keys come from the options dataclass the name's registry entry carries; an unknown name
+    is left to the registry's own check (which lists the valid names).
+    """
+    named = _NAMED_SECTIONS.get(cls)
+    if named is None:
+        return None
+    kind, registry, keys_of = named
+    name = data.get("name", cls().name)
+    if not isinstance(name, str) or (name not in registry and ":" not in name):
+        return None
+    return f"{kind} {name!r}", keys_of(name)
+
+
+def _rebase(lower: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
+    """``lower`` with each named section pruned to the keys of the name a higher layer picks.
+
+    ``names`` maps a section (``optimizer``, ``network``) to the name that a higher layer (a
+    preset over its ``base``, or command-line overrides over the file) sets. Keys the lower layer
+    set for its own component would not apply to the new one: they are dropped, so the section
+    starts from the new component's defaults. Keys the higher layer sets itself stay strict.
+    """
+    out = _deep_copy(dict(lower))
+    for cls, (kind, _, _) in _NAMED_SECTIONS.items():
+        section, name = out.get(kind), names.get(kind)
+        if not isinstance(section, dict) or name is None or name == section.get("name"):
+            continue
+        applicable = _applicable(cls, {"name": name})
+        if applicable is not None:
+            out[kind] = {k: v for k, v in section.items() if k in applicable[1]}
+    return out
+
+
+def _names_set(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """The named sections' names a preset layer sets (``{"optimizer": "adam"}``)."""
+    out = {}
+    for kind, *_ in _NAMED_SECTIONS.values():
+        section = layer.get(kind)
+        if isinstance(section, Mapping) and "name" in section:
+            out[kind] = section["name"]
+    return out
+
+
+def applicable_only(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict without the keys that do not apply to its named sections.
+
+    Checkpoints and ``config.yaml`` files written before the name picked the options hold every
+    key of a section (at its default where it did not apply); this reads them as today's schema.
+    """
+    out = _deep_copy(dict(data))
+    for cls, (kind, _, _) in _NAMED_SECTIONS.items():
+        section = out.get(kind)
+        if isinstance(section, dict):
+            applicable = _applicable(cls, section)
+            if applicable is not None:
+                out[kind] = {k: v for k, v in section.items() if k in applicable[1]}
+    return out
+
+
 def _build_agent(value: Any, key: str) -> AgentConfig:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: expected a mapping, got {value!r}", key=key)
@@ -337,12 +418,25 @@ def config_to_dict(cfg: Any) -> Any:
     if isinstance(cfg, RegularizerConfig | InterventionConfig):
         return cfg.to_dict()
     if dataclasses.is_dataclass(cfg):
-        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        keys = _shown_keys(cfg)
+        return {
+            f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name in keys
+        }
     if isinstance(cfg, tuple | list):
         return [config_to_dict(v) for v in cfg]
     if isinstance(cfg, Mapping):
         return {k: config_to_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+def _shown_keys(cfg: Any) -> set[str]:
+    """The fields of dataclass ``cfg`` that apply (all, unless it is a named section)."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if type(cfg) in _NAMED_SECTIONS:
+        applicable = _applicable(type(cfg), {"name": cfg.name})
+        if applicable is not None:
+            return names & applicable[1]
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,7 +448,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
     Example:
         >>> parse_override("optimizer.lr=3e-4")
-        (['optimizer', 'lr'], '3e-4')
+        (['optimizer', 'lr'], 0.0003)
         >>> parse_override("regularizers=[{name: spectral, coef: 0.001}]")
         (['regularizers'], [{'name': 'spectral', 'coef': 0.001}])
     """
@@ -371,9 +465,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``key=value`` override set (creating sections)."""
-    out: dict[str, Any] = _deep_copy(data)
-    for text in overrides:
-        path, value = parse_override(text)
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    names = {path[0]: value for _, path, value in parsed if len(path) == 2 and path[1] == "name"}
+    out: dict[str, Any] = _rebase(data, names)
+    for text, path, value in parsed:
         node = out
         for part in path[:-1]:
             child = node.get(part)
@@ -419,7 +514,7 @@ def read_yaml_preset(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a path to another YAML preset, got {base!r}")
     parent = read_yaml_preset(path.parent / base, (*_chain, resolved))
-    return _deep_merge(parent, loaded)
+    return _deep_merge(_rebase(parent, _names_set(loaded)), loaded)
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -505,7 +600,10 @@ def describe_config(cfg: Any = None, prefix: str = "") -> list[tuple[str, str, s
     cfg = ExperimentConfig() if cfg is None else cfg
     rows: list[tuple[str, str, str]] = []
     docs = _field_docs(type(cfg))
+    shown = _shown_keys(cfg)
     for f in dataclasses.fields(cfg):
+        if f.name not in shown:
+            continue
         value = getattr(cfg, f.name)
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value) and not isinstance(value, RegularizerConfig | InterventionConfig):

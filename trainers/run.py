@@ -22,6 +22,7 @@ from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from plasticrl.trainers.config import (
     ConfigError,
     ExperimentConfig,
+    applicable_only,
     apply_overrides,
     config_from_dict,
 )
@@ -91,7 +92,7 @@ def resume(run_dir: str | Path, overrides: list[str] = (), *, quiet: bool = Fals
     lock_run_dir(run_dir)  # before reading the checkpoint another process may be writing
     try:
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        cfg = config_from_dict(apply_overrides(state["config"], overrides))
+        cfg = config_from_dict(apply_overrides(applicable_only(state["config"]), overrides))
         if cfg.total_steps <= state["global_step"]:
             raise ConfigError(
                 f"run {str(run_dir)!r} is already at step {state['global_step']} of "

@@ -77,6 +77,7 @@ from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_summary
 from plasticrl.trainers.config import (
     ConfigError,
     ExperimentConfig,
+    applicable_only,
     config_to_dict,
     load_config,
     parse_override,
@@ -497,7 +498,7 @@ def _decide(run_dir: Path, cfg: ExperimentConfig, name: str) -> tuple[Action, in
     checkpoint = run_dir / CHECKPOINT_NAME
     if checkpoint.is_file():
         state = load_summary(checkpoint)
-        stored = _comparable(state.get("config", {}))
+        stored = _comparable(applicable_only(state.get("config", {})))
         wanted = _comparable(config_to_dict(cfg))
         if stored != wanted:
             differing = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
