@@ -1,4 +1,4 @@
-r"""Isometric networks: orthogonal-constrained layers with GroupSort activations (METHODS.md §1.3).
+r"""Isometric networks: orthogonal-constrained layers with GroupSort activations (docs/methods.md §1.3).
 
 Contains:
     IsometricMLP / isometric_mlp: flatten → [orthogonal Linear → GroupSort] × len(hidden_sizes) → head.
@@ -36,7 +36,7 @@ statement (``tests/agents/test_isometric.py``) is that its min(m, n) singular va
 
 Note [Plain output head]
     The head stays an unconstrained ``nn.Linear`` by default, as the isometry penalty leaves it out
-    by default (METHODS.md §1.1). An orthogonal head with fewer actions than features would force
+    by default (docs/methods.md §1.1). An orthogonal head with fewer actions than features would force
     W Wᵀ = I: every action's value direction has unit norm and is orthogonal to every other
     action's. Actions with near-equal values (NOOP vs FIRE) need near-equal rows, which that
     forbids, and Q-values would be bounded by the feature norm (‖Q(s) − b‖ ≤ ‖h(s)‖) instead of

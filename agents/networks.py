@@ -13,7 +13,7 @@ It may declare ``head_names`` (module names of its output layers); otherwise the
 weight matrix is its head (see Note [Parameter groups] in :mod:`plasticrl.plasticity.optimizers`).
 
 Note [Architecture variants]
-    Two plasticity baselines of METHODS.md §2 are options of the standard networks (``mlp`` and
+    Two plasticity baselines of docs/methods.md §2 are options of the standard networks (``mlp`` and
     ``minatar_cnn``, and so of PPO's actor-critics built from them), not networks of their own:
 
     ``network.activation=crelu``
@@ -29,7 +29,7 @@ Note [Architecture variants]
         act``. GroupNorm with one group normalises each sample over all of (C, H, W), exactly the
         statistic of a LayerNorm over the flattened feature map, but its affine gain and bias
         are per channel (``C`` each) rather than per entry (``C·H·W``): a channel is one unit
-        (METHODS.md §3), the parameters stay 1-d — so ``param_groups`` tags them ``"vector"``
+        (docs/methods.md §3), the parameters stay 1-d — so ``param_groups`` tags them ``"vector"``
         like LayerNorm's, and no isometry step, Parseval or spectral penalty ever reads them (a
         ``LayerNorm((C, H, W))`` gain is 3-d and would be grouped as a weight matrix) — and the
         layer does not depend on the input's spatial size. The head is never normalised.
@@ -262,6 +262,6 @@ class MinAtarCNN(nn.Module):
 
 @NETWORKS.register("minatar_cnn", options=MinAtarCNNOptions)
 def minatar_cnn(observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig) -> nn.Module:
-    """The MinAtar reference network (METHODS.md §4)."""
+    """The MinAtar reference network (docs/methods.md §4)."""
     net = MinAtarCNN(_obs_shape(observation_space), _n_actions(action_space), cfg)
     return _apply_init(net, net.head, cfg)

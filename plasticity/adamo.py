@@ -7,7 +7,7 @@ Contains:
     The ``"adamo"`` factory in :data:`plasticrl.plasticity.optimizers.OPTIMIZERS`.
 
 Paper: *Preserving Plasticity in Continual Learning via Dynamical Isometry*, arXiv 2606.09762.
-The maths of the isometry term lives in :mod:`plasticrl.plasticity.isometry`; METHODS.md §1 is the spec.
+The maths of the isometry term lives in :mod:`plasticrl.plasticity.isometry`; docs/methods.md §1 is the spec.
 
 Note [Which tensors take the isometry step]
     Decided by the param-group key ``isometry`` set by :func:`plasticrl.plasticity.optimizers.param_groups`
@@ -59,7 +59,7 @@ from typing import Any
 
 import torch
 from plasticrl.plasticity.isometry import isometry_grad
-from plasticrl.plasticity.optimizers import OPTIMIZERS, OptimizerConfig
+from plasticrl.plasticity.optimizers import OPTIMIZERS, AdamOOptions, OptimizerConfig
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
@@ -104,7 +104,7 @@ class AdamO(Optimizer):
             &\textbf{return} \: \theta_t
        \end{aligned}
 
-    ``∇R`` is evaluated at θ_{t−1}, before the Adam step (METHODS.md §1.2, [ours]); weight decay is
+    ``∇R`` is evaluated at θ_{t−1}, before the Adam step (docs/methods.md §1.2, [ours]); weight decay is
     decoupled as in AdamW. With ``iso_coef=0`` this is ``torch.optim.Adam`` (``weight_decay=0``)
     or ``torch.optim.AdamW``. ``maximize`` flips the task gradient only; the isometry step always
     descends R. Which tensors take the step: Note [Which tensors take the isometry step].
@@ -317,7 +317,7 @@ class AdamO(Optimizer):
             state_steps: list[Tensor] = []
             iso_mask: list[bool] = []
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, state_steps, iso_mask)
-            # ∇R at θ_t, before the Adam step changes θ (METHODS.md §1.2).
+            # ∇R at θ_t, before the Adam step changes θ (docs/methods.md §1.2).
             iso_grads = self._isometry_grads(group, params, state_steps, iso_mask, prefetched)
             beta1, beta2 = group["betas"]
             iso_lr = group["iso_lr"] if group["iso_lr"] is not None else group["lr"]
@@ -663,7 +663,7 @@ def _add_isometry_step(
         torch._foreach_add_([p for p, _ in pairs], [g for _, g in pairs], alpha=alpha)
 
 
-@OPTIMIZERS.register("adamo")
+@OPTIMIZERS.register("adamo", options=AdamOOptions)
 def _adamo_factory(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> AdamO:
     # fused=None lets AdamO choose (fused on CPU/CUDA unless foreach is set), like `adam` here.
     return AdamO(

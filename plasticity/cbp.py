@@ -33,7 +33,7 @@ __all__ = ["CBPOptions", "ContinualBackprop"]
 
 @dataclass(frozen=True)
 class CBPOptions:
-    """Options of ``cbp`` (Dohare et al., Nature 2024, METHODS.md §2)."""
+    """Options of ``cbp`` (Dohare et al., Nature 2024, docs/methods.md §2)."""
 
     replacement_rate: float = 1e-4
     """ρ: units replaced per eligible unit per update, accumulated per layer."""
@@ -77,7 +77,7 @@ class ContinualBackprop(UnitIntervention):
 
     Note [CBP utility]
         The contribution utility of Dohare et al. multiplies |h_i| by the *sum* of the unit's
-        outgoing weight magnitudes; METHODS.md §2 writes the mean. The two differ by the
+        outgoing weight magnitudes; docs/methods.md §2 writes the mean. The two differ by the
         consumer's fan-out, a constant per layer, and units are only ranked within their layer,
         so the replaced units are identical; the mean keeps utilities comparable across layers
         in the logs. u starts at 0 and is an exponential average, so a young unit's u is biased

@@ -1,4 +1,4 @@
-"""Dynamical-isometry maths (METHODS.md §1.1) and the coupled isometry regularizer.
+"""Dynamical-isometry maths (docs/methods.md §1.1) and the coupled isometry regularizer.
 
 Contains:
     isometry_penalty: R(W) = ‖G − sI‖²_F with the Gram G on the smaller side (differentiable).
@@ -110,7 +110,7 @@ def isometry_grad(weight: Tensor, target: float = 1.0) -> Tensor:
 
 
 def isometry_gap(weight: Tensor, target: float = 1.0) -> Tensor:
-    """‖G − sI‖_F / √dim, the per-layer distance from isometry (METHODS.md §3, ``dim`` = size of G).
+    """‖G − sI‖_F / √dim, the per-layer distance from isometry (docs/methods.md §3, ``dim`` = size of G).
 
     Zero iff every singular value of the matrix view of ``weight`` equals √s; 0 for a zero-size
     Gram.
@@ -165,7 +165,7 @@ class IsometryPenalty:
     Penalises every tensor of two or more dimensions in the groups tagged ``isometry=True`` by
     :func:`plasticrl.plasticity.optimizers.param_groups` (hidden weight matrices and conv kernels; the head
     only with ``optimizer.iso_head``). Because the penalty's gradient goes through Adam's moments,
-    it is divided by √v̂ like the task gradient: this is the ablation of METHODS.md §1.2; the
+    it is divided by √v̂ like the task gradient: this is the ablation of docs/methods.md §1.2; the
     method itself is the decoupled step of :class:`plasticrl.plasticity.adamo.AdamO`.
 
     Args:

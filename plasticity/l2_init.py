@@ -6,7 +6,7 @@ Contains:
     l2_init: its factory, registered as ``"l2_init"`` in ``REGULARIZERS``.
 
 Paper: *Maintaining Plasticity in Continual Learning via Regenerative Regularization*, arXiv
-2308.11958. Summary in METHODS.md §2. Plain L2 (weight decay) pulls the weights toward 0; L2-Init
+2308.11958. Summary in docs/methods.md §2. Plain L2 (weight decay) pulls the weights toward 0; L2-Init
 pulls them toward where training started, a point known to be trainable (the paper's argument).
 The penalty and its gradient are
 
@@ -15,7 +15,7 @@ The penalty and its gradient are
     \qquad \nabla_\theta R = 2\lambda(\theta - \theta_0),
 
 added to the loss (coupled: its gradient goes through the optimizer's moments, as in the paper).
-λ = 1e-2 was best overall in the paper's sweep (METHODS.md).
+λ = 1e-2 was best overall in the paper's sweep (docs/methods.md).
 
 Which tensors (option ``kinds``, default all): every trainable parameter the optimizer sees, by the
 ``kind`` tags of :func:`plasticrl.plasticity.optimizers.param_groups` — hidden weights (``matrix``), the

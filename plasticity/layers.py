@@ -3,7 +3,7 @@ r"""Isometric building blocks: GroupSort, the orthogonal *constraint*, and its a
 Contains:
     GroupSort: sort features in groups of ``g`` along the feature/channel axis (``g = 2`` is MaxMin).
     CReLU: concatenated ReLU ``[ReLU(x), ReLU(−x)]``, an activation that cannot die as a whole
-        (doubles the next layer's fan-in; a plasticity baseline, METHODS.md §2).
+        (doubles the next layer's fan-in; a plasticity baseline, docs/methods.md §2).
     ORTHOGONAL_MAPS: the valid names of the map from unconstrained to orthogonal matrices.
     orthogonal_: constrain a Linear or Conv weight to stay orthogonal (a torch parametrization).
     retract_: put the unconstrained tensors of ``"qr"`` layers back on the manifold (weights unchanged).
@@ -12,7 +12,7 @@ Contains:
 
 Together, orthogonal weights and GroupSort activations give "almost-everywhere isometric yet
 universal Lipschitz approximators" (Anil, Lucas, Grosse, *Sorting out Lipschitz function
-approximation*, arXiv 1811.05381; METHODS.md §1.3). The networks built from them live in
+approximation*, arXiv 1811.05381; docs/methods.md §1.3). The networks built from them live in
 ``plasticrl.agents.isometric``.
 
 Names kept apart (STYLE.md R8): orthogonal *initialisation* is ``plasticrl.agents.networks.orthogonal_init_``
@@ -318,7 +318,7 @@ def orthogonal_(module: nn.Module, name: str = "weight", map: str | None = None)
     positive-diagonal R); assigning ``module.weight = W`` later does the same (``right_inverse``).
 
     Convolutions: the kernel ``(C_out, C_in, kh, kw)`` is orthogonalised **as the flattened matrix
-    (C_out, C_in·kh·kw)** — the cheap approximation of METHODS.md §1.3. A stride-1 conv with such a
+    (C_out, C_in·kh·kw)** — the cheap approximation of docs/methods.md §1.3. A stride-1 conv with such a
     kernel is **not** an exact isometry. Writing its Jacobian on an input ``x`` as the stack over
     output positions p of :math:`K P_p x` (:math:`P_p` extracts the patch at p),
 

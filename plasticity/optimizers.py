@@ -79,7 +79,7 @@ class OptimizerConfig:
     centered: bool = False
     """RMSprop: divide by the centred second moment (the MinAtar reference uses it)."""
     iso_coef: float = 1e-2
-    """AdamO: λ, the isometry step coefficient (METHODS.md §1.2; [ours] default)."""
+    """AdamO: λ, the isometry step coefficient (docs/methods.md §1.2; [ours] default)."""
     iso_target: float = 1.0
     """AdamO / isometry penalty: s in ‖G − sI‖²; 2 is an option for ReLU layers."""
     iso_lr: float | None = None

@@ -7,7 +7,7 @@ Contains:
     parseval: its factory, registered as ``"parseval"`` in ``REGULARIZERS``.
 
 Paper: *Parseval Regularization for Continual Reinforcement Learning*, arXiv 2412.07224 (NeurIPS
-2024). Summary in METHODS.md §2:
+2024). Summary in docs/methods.md §2:
 
 .. math::
     \mathcal{L} \mathrel{+}= \lambda \sum_{\ell\ \mathrm{hidden}} \|W_\ell W_\ell^\top - s I\|_F^2,
@@ -36,7 +36,8 @@ an orthogonal constraint, whose layer is orthogonal by construction). The ``isom
 (``optimizer.iso_head``) does not apply: it belongs to AdamO and the ``isometry`` penalty.
 
 Note [Parseval vs the isometry penalty]
-    The ``isometry`` regularizer (:mod:`plasticrl.plasticity.isometry`, METHODS.md §1.1) takes the Gram of
+    The ``isometry`` regularizer (:mod:`plasticrl.plasticity.isometry`, docs/methods.md §1.1) takes the
+    Gram of
     the *smaller* side, ``‖Wᵀ W − s I_in‖²`` for a tall ``W`` (out > in), and defaults to s = 1.
     Parseval takes the rows' Gram ``W Wᵀ`` whatever the shape, and s = 2. For a wide or square
     ``W`` (every hidden layer of the MinAtar network: conv 16 × 36, fc 128 × 1024) the two

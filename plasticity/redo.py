@@ -32,10 +32,10 @@ __all__ = ["ReDoOptions", "ReDo"]
 
 @dataclass(frozen=True)
 class ReDoOptions:
-    """Options of ``redo`` (Sokar et al. 2023, METHODS.md §2)."""
+    """Options of ``redo`` (Sokar et al. 2023, docs/methods.md §2)."""
 
     tau: float = 0.1
-    """τ: a unit with ReDo score s ≤ τ is recycled. METHODS.md lists 0.025 and 0.1; [ours] 0.1, the
+    """τ: a unit with ReDo score s ≤ τ is recycled. docs/methods.md lists 0.025 and 0.1; [ours] 0.1, the
     more inclusive one, so a reset also takes units that are nearly (not only exactly) silent;
     0.025 is one override away."""
     every: int = 1000

@@ -33,7 +33,7 @@ __all__ = ["ShrinkPerturbOptions", "ShrinkPerturb"]
 
 @dataclass(frozen=True)
 class ShrinkPerturbOptions:
-    """Options of ``shrink_perturb`` (Ash & Adams 2020, METHODS.md §2)."""
+    """Options of ``shrink_perturb`` (Ash & Adams 2020, docs/methods.md §2)."""
 
     p: float = 1.0 - 1e-4
     """Shrink factor p of θ ← pθ + σε. [ours] default for per-update use (METHODS: 1−1e-4…1−1e-3)."""

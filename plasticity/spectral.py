@@ -4,7 +4,7 @@ Contains:
     SpectralRegularizer: the penalty λ Σ_ℓ (σ_max(W̃_ℓ)^k − 1)² with warm-started power iteration.
     spectral: its factory, registered as ``"spectral"`` in ``REGULARIZERS``.
 
-Paper: arXiv 2406.06811 (ICLR 2025). Summary in METHODS.md §2. The penalty keeps the largest
+Paper: arXiv 2406.06811 (ICLR 2025). Summary in docs/methods.md §2. The penalty keeps the largest
 singular value of every layer near 1 — a partial measure of isometry: it bounds the layer's
 Jacobian from above but says nothing about the smallest singular value.
 
@@ -15,9 +15,9 @@ Jacobian from above but says nothing about the smallest singular value.
 Options (``regularizers: [{name: spectral, coef: 1e-3, <option>: ...}]``):
 
 ``power`` (k, default 2) **[ours]**
-    The exponent; the paper leaves it open, METHODS.md fixes 2.
+    The exponent; the paper leaves it open, docs/methods.md fixes 2.
 ``bias`` (``"zero"`` default, or ``"column"``)
-    How a layer's bias enters. METHODS.md §2 allows both: "bias pushed to 0, or as an extra
+    How a layer's bias enters. docs/methods.md §2 allows both: "bias pushed to 0, or as an extra
     column"; which one the paper's experiments use is not settled by the sources we have, so
     both are here and ``"zero"`` is the project's default. ``"zero"``: :math:`\tilde W = W` and
     the bias gets the L2 term :math:`\|b\|^2` (with the same λ), so it is pushed to 0.

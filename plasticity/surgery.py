@@ -14,7 +14,7 @@ Contains:
 Which layers read which units is found by :mod:`plasticrl.plasticity.units`.
 
 Every intervention of :mod:`plasticrl.plasticity.interventions` edits weights through this module, so the
-rules below hold for all of them (METHODS.md §2: "any intervention that edits weights must edit
+rules below hold for all of them (docs/methods.md §2: "any intervention that edits weights must edit
 the optimizer state of the same slices and must never leave a new parameter outside the
 optimizer").
 

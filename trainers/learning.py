@@ -16,8 +16,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 from plasticrl.plasticity.interventions import Intervention, make_interventions
-from plasticrl.plasticity.metrics import PlasticityProbe
 from plasticrl.plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
+from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.plasticity.regularizers import Regularizer, make_regularizers
 from plasticrl.trainers.config import ExperimentConfig
 from torch import nn

@@ -37,7 +37,7 @@ from plasticrl.agents.ppo import PPOAgent, PPOConfig, gae
 from plasticrl.agents.rollout import Rollout, RolloutBatch
 from plasticrl.envs.vector import envs_state, final_observations, make_vector_env, restore_envs
 from plasticrl.plasticity.interventions import Intervention
-from plasticrl.plasticity.metrics import PlasticityProbe
+from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
 from plasticrl.trainers.learning import build_interventions, build_learning
 from plasticrl.trainers.runfolder import make_run_dir

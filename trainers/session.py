@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from plasticrl.agents.common import NonFiniteLossError
 from plasticrl.plasticity.interventions import Intervention
-from plasticrl.plasticity.metrics import PlasticityProbe
+from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
 from plasticrl.trainers.interrupt import GracefulInterrupt

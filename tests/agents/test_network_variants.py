@@ -13,8 +13,9 @@ from plasticrl.agents.actor_critic import SharedActorCritic, make_actor_critic
 from plasticrl.agents.isometric import isometric_minatar_cnn, isometric_mlp
 from plasticrl.agents.networks import ACTIVATIONS, NetworkConfig, activation_expansion, make_network
 from plasticrl.plasticity.layers import CReLU
-from plasticrl.plasticity.metrics import ACTIVATION_TYPES, MetricsConfig, PlasticityProbe
+from plasticrl.plasticity.metrics import ACTIVATION_TYPES, MetricsConfig
 from plasticrl.plasticity.optimizers import param_groups
+from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.config import ConfigError, load_config
 from torch import Tensor, nn
 from torch.testing import assert_close
@@ -23,7 +24,7 @@ from tests.conftest import run_minatar_preset
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "minatar"
 CARTPOLE = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
-# MinAtar games, channel-first (C, 10, 10), full 6-action set (METHODS.md §4).
+# MinAtar games, channel-first (C, 10, 10), full 6-action set (docs/methods.md §4).
 MINATAR_CHANNELS = {"asterix": 4, "breakout": 4, "freeway": 7, "seaquest": 10, "space_invaders": 6}
 VARIANTS = [("relu", False), ("crelu", False), ("relu", True), ("crelu", True)]
 VARIANT_IDS = [f"{a}{'-ln' if ln else ''}" for a, ln in VARIANTS]

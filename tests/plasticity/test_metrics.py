@@ -14,7 +14,6 @@ from plasticrl.agents.networks import NetworkConfig, make_network
 from plasticrl.plasticity.layers import GroupSort
 from plasticrl.plasticity.metrics import (
     MetricsConfig,
-    PlasticityProbe,
     custom_scalars_layout,
     dormant_fraction,
     dormant_masks,
@@ -32,6 +31,7 @@ from plasticrl.plasticity.metrics import (
     weight_stats,
 )
 from plasticrl.plasticity.optimizers import param_groups
+from plasticrl.plasticity.probe import PlasticityProbe
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 from torch.testing import assert_close

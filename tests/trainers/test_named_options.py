@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from plasticrl.agents.networks import NETWORKS
 from plasticrl.agents.networks import applicable_keys as network_keys
 from plasticrl.plasticity.optimizers import OPTIMIZERS, OptimizerConfig
@@ -52,7 +51,8 @@ def test_the_cli_exits_2_with_one_line(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "optimizer.momentum does not apply to optimizer 'adam'" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert "optimizer.momentum does not apply to optimizer 'adam'" in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -9,7 +9,7 @@ Contains:
     Interval: (point estimate, low, high).
 
 These follow rliable (Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS
-2021; METHODS.md): IQM is scipy's ``trim_mean(x, 0.25)`` of the flattened (runs x tasks) matrix,
+2021; docs/methods.md): IQM is scipy's ``trim_mean(x, 0.25)`` of the flattened (runs x tasks) matrix,
 and its interval is the percentile interval of a stratified bootstrap with tasks as strata. We
 implement them here instead of depending on ``rliable``, which pulls in ``arch``, ``scipy``,
 ``pandas`` and ``statsmodels`` for what is ~40 lines of numpy; the tests check both against

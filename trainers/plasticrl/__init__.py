@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # the science
     "AdamO": "plasticrl.plasticity.adamo",
-    "PlasticityProbe": "plasticrl.plasticity.metrics",
+    "PlasticityProbe": "plasticrl.plasticity.probe",
     "OPTIMIZERS": "plasticrl.plasticity.optimizers",
     "REGULARIZERS": "plasticrl.plasticity.regularizers",
     "INTERVENTIONS": "plasticrl.plasticity.interventions",
@@ -53,8 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover (for type checkers and IDEs)
     from plasticrl.envs.nonstationary import NonStationary
     from plasticrl.plasticity.adamo import AdamO
     from plasticrl.plasticity.interventions import INTERVENTIONS
-    from plasticrl.plasticity.metrics import PlasticityProbe
     from plasticrl.plasticity.optimizers import OPTIMIZERS, param_groups
+    from plasticrl.plasticity.probe import PlasticityProbe
     from plasticrl.plasticity.regularizers import REGULARIZERS
     from plasticrl.trainers.config import ExperimentConfig, load_config
     from plasticrl.trainers.run import resume, train
