@@ -22,8 +22,11 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
-from plasticrl.envs.nonstationary import CHANGES, NonStationary, TaskSet, check_gather_index, gathered_space
+from plasticrl.envs.changes import CHANGES
+from plasticrl.envs.gather import check_gather_index, gathered_space
+from plasticrl.envs.nonstationary import NonStationary
 from plasticrl.envs.schedules import SCHEDULES, Schedule
+from plasticrl.envs.tasks import TaskSet
 from plasticrl.plasticity.registry import close_matches, resolve_import
 
 __all__ = [
