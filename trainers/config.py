@@ -352,23 +352,29 @@ def _applicable(cls: type, data: Mapping[str, Any]) -> tuple[str, frozenset[str]
     return f"{kind} {name!r}", keys_of(name)
 
 
+def _prune(data: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with each named section in ``names`` cut to the keys of that name."""
+    out = _deep_copy(dict(data))
+    for cls, (kind, _, _) in _NAMED_SECTIONS.items():
+        section, name = out.get(kind), names.get(kind)
+        if isinstance(section, dict) and name is not None:
+            applicable = _applicable(cls, {"name": name})
+            if applicable is not None:
+                out[kind] = {k: v for k, v in section.items() if k in applicable[1]}
+    return out
+
+
 def _rebase(lower: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
     """``lower`` with each named section pruned to the keys of the name a higher layer picks.
 
     ``names`` maps a section (``optimizer``, ``network``) to the name that a higher layer (a
     preset over its ``base``, or command-line overrides over the file) sets. Keys the lower layer
     set for its own component would not apply to the new one: they are dropped, so the section
-    starts from the new component's defaults. Keys the higher layer sets itself stay strict.
+    starts from the new component's defaults. Keys the higher layer sets itself stay strict, and
+    a section whose name does not change is left as it is (its own errors stay errors).
     """
-    out = _deep_copy(dict(lower))
-    for cls, (kind, _, _) in _NAMED_SECTIONS.items():
-        section, name = out.get(kind), names.get(kind)
-        if not isinstance(section, dict) or name is None or name == section.get("name"):
-            continue
-        applicable = _applicable(cls, {"name": name})
-        if applicable is not None:
-            out[kind] = {k: v for k, v in section.items() if k in applicable[1]}
-    return out
+    own = _names_set(lower)
+    return _prune(lower, {kind: name for kind, name in names.items() if name != own.get(kind)})
 
 
 def _names_set(layer: Mapping[str, Any]) -> dict[str, Any]:
@@ -387,14 +393,7 @@ def applicable_only(data: Mapping[str, Any]) -> dict[str, Any]:
     Checkpoints and ``config.yaml`` files written before the name picked the options hold every
     key of a section (at its default where it did not apply); this reads them as today's schema.
     """
-    out = _deep_copy(dict(data))
-    for cls, (kind, _, _) in _NAMED_SECTIONS.items():
-        section = out.get(kind)
-        if isinstance(section, dict):
-            applicable = _applicable(cls, section)
-            if applicable is not None:
-                out[kind] = {k: v for k, v in section.items() if k in applicable[1]}
-    return out
+    return _prune(data, _names_set(data))
 
 
 def _build_agent(value: Any, key: str) -> AgentConfig:
