@@ -1,18 +1,32 @@
 """Change kinds: what a task change of :class:`plasticrl.envs.nonstationary.NonStationary` does.
 
 Contains:
-    Change: the base class of change kinds.
+    Change: the base class of change kinds (the contract: bind, draw, activate, save; optionally a
+        per-step observation hook).
     Transforms: what the wrapper does on every step for the active task.
-    Switch: ``switch`` — move to another task of a :class:`~plasticrl.envs.tasks.TaskSet`.
-    PermuteObs: ``permute_obs`` — a seeded permutation of the observation (all / spatial / channels).
-    PermuteActions: ``permute_actions`` — a seeded permutation of a discrete action set.
-    RewardScale: ``reward_scale`` — multiply rewards by one of a list of scales (e.g. a sign flip).
-    CHANGES: the registry of change kinds, ``CHANGES.get(name)(**options)``.
+    Switch / SwitchOptions: ``switch`` — move to another task of a :class:`~plasticrl.envs.tasks.TaskSet`.
+    PermuteObs / PermuteObsOptions: ``permute_obs`` — a seeded permutation of the observation.
+    PermuteActions / PermuteActionsOptions: ``permute_actions`` — a seeded permutation of the actions.
+    RewardScale / RewardScaleOptions: ``reward_scale`` — multiply rewards by one of a list of scales.
+    ObsNoise / ObsNoiseOptions: ``obs_noise`` — Gaussian noise on every observation (a hook).
+    Compose: several change kinds at once (a game switch *and* a permutation); configs spell it as
+        a list of kinds.
+    Tour: the parameters of ``switch`` with ``order="shuffle"``.
+    CHANGES: the registry of change kinds; each entry carries its options dataclass
+        (``CHANGES.options(name)``), and ``CHANGES.get(name)(**fields of its options)`` builds it.
+
+Every change kind is one class with one options dataclass (frozen, a docstring under each field,
+``__post_init__`` validation): the options are the keys users type under ``nonstationary.options``,
+and they are the kind's constructor arguments, under the same names, kept as attributes of the
+same names (which is what older pickles of the kinds hold). See :class:`Change` for the contract.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
 
 import gymnasium as gym
@@ -21,7 +35,23 @@ from gymnasium.spaces import Box, Discrete
 from plasticrl.envs.tasks import StepResult, TaskSet
 from plasticrl.plasticity.registry import Registry
 
-__all__ = ["Change", "Transforms", "Switch", "PermuteObs", "PermuteActions", "RewardScale", "CHANGES"]
+__all__ = [
+    "Change",
+    "Transforms",
+    "Switch",
+    "SwitchOptions",
+    "Tour",
+    "PermuteObs",
+    "PermuteObsOptions",
+    "PermuteActions",
+    "PermuteActionsOptions",
+    "RewardScale",
+    "RewardScaleOptions",
+    "ObsNoise",
+    "ObsNoiseOptions",
+    "Compose",
+    "CHANGES",
+]
 
 P = TypeVar("P")  # the parameters of one task, as a change kind represents them
 
@@ -49,9 +79,34 @@ class Change(Generic[P]):
     A change kind object is configuration; ``NonStationary`` works on its own shallow copy, so one
     object can configure many sub-envs. Task parameters ``P`` are cheap values (an index or a
     permutation); ``first``/``next`` must draw randomness only from the ``rng`` they are given.
+
+    The contract of a new kind (one class, one options dataclass, registered with
+    ``@CHANGES.register(name, options=ItsOptions)``):
+        * ``Options`` is its options dataclass; its constructor takes the options' fields as
+          keyword arguments and keeps each as an attribute of the same name (``repr`` and
+          :attr:`options` read them back);
+        * ``bind``, ``first``, ``next``, ``activate``, ``to_state``, ``from_state`` (and optionally
+          ``task_id``) as documented below;
+        * optionally :meth:`obs_hook`, a per-step observation transform with randomness: the
+          wrapper calls it on every observation it returns, with a generator of its own that it
+          seeds and checkpoints for this purpose (Note [Observation hooks] in
+          :mod:`plasticrl.envs.nonstationary`). A kind without one costs the wrapper nothing.
     """
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type[Any] | None] = None
+    """The options dataclass (the keys of ``nonstationary.options``); None: no declared options."""
+
+    @property
+    def options(self) -> Any:
+        """This object's options as an instance of :attr:`Options` (None without one)."""
+        if self.Options is None:
+            return None
+        return self.Options(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self.Options)})
+
+    def __repr__(self) -> str:
+        fields = dataclasses.fields(self.Options) if self.Options is not None else ()
+        return f"{type(self).__name__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in fields)})"
 
     def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:
         """Check ``env`` and return the wrapper's (observation_space, action_space), fixed for life.
@@ -85,6 +140,21 @@ class Change(Generic[P]):
         """Inverse of :meth:`to_state`; raises ``ValueError`` on data this binding cannot use."""
         raise NotImplementedError
 
+    @property
+    def has_obs_hook(self) -> bool:
+        """Whether this kind transforms every observation with :meth:`obs_hook` (it overrides it)."""
+        return type(self).obs_hook is not Change.obs_hook
+
+    def obs_hook(self, obs: Any, rng: np.random.Generator) -> Any:
+        """The active task's per-step transform of ``obs``; draws randomness only from ``rng``.
+
+        Called by the wrapper on every observation it returns (reset and step), after the
+        ``obs_index`` of :class:`Transforms`, for the task last activated. Must return a new array
+        (never modify ``obs``: the env below may return a buffer it keeps) inside the observation
+        space that :meth:`bind` returned. The default (not overridden) is no hook at all.
+        """
+        return obs
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
@@ -117,25 +187,69 @@ def _perm_from_state(kind: str, data: Any, size: int) -> np.ndarray:
     return perm.astype(np.intp)
 
 
-@CHANGES.register("switch")
-class Switch(Change[int]):
+def _finite_numbers(values: object) -> tuple[float, ...] | None:
+    """``values`` as a tuple of floats when it is a sequence of finite real numbers, else None."""
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        return None
+    if not all(isinstance(s, int | float) and not isinstance(s, bool) and np.isfinite(s) for s in values):
+        return None
+    return tuple(float(s) for s in values)
+
+
+# ----------------------------------------------------------------------------------------------
+# switch: move between the tasks of a TaskSet.
+
+
+@dataclass(frozen=True)
+class SwitchOptions:
+    """Options of ``switch`` (``nonstationary.options`` with ``kind: switch``)."""
+
+    order: Literal["cycle", "random", "shuffle"] = "cycle"
+    """Task order: ``cycle`` visits 0, 1, ..., k-1, 0, ...; ``random`` draws each next task
+    uniformly from the other tasks; ``shuffle`` visits every task once per cycle, in the listed
+    order first and in a fresh random order every later cycle (never the same task twice in a row)."""
+
+    def __post_init__(self) -> None:
+        if self.order not in ("cycle", "random", "shuffle"):
+            raise ValueError(f"Switch.order must be 'cycle', 'random' or 'shuffle', got {self.order!r}")
+
+
+class Tour(NamedTuple):
+    """The parameters of ``switch`` with ``order="shuffle"``: where in which cycle the tasks stand."""
+
+    order: tuple[int, ...]
+    """This cycle's visiting order: a permutation of the task indices."""
+    position: int
+    """The current task is ``order[position]``."""
+    cycle: int
+    """How many cycles were completed before this one (0 in the first)."""
+
+    @property
+    def task(self) -> int:
+        """The index of the current task."""
+        return self.order[self.position]
+
+
+@CHANGES.register("switch", options=SwitchOptions)
+class Switch(Change[Any]):
     """``switch``: move to another task of the wrapped :class:`TaskSet`; ``task_id`` is its index.
 
     The first task is ``tasks[0]``. ``order="cycle"`` visits ``0, 1, ..., k-1, 0, ...``;
-    ``order="random"`` draws each next task uniformly from the *other* tasks.
+    ``order="random"`` draws each next task uniformly from the *other* tasks; ``order="shuffle"``
+    visits every task once per cycle: the first cycle in the listed order, every later one in a
+    fresh random order (uniform over the orders that do not start with the task that ended the
+    previous cycle, so every change changes the task). Parameters: the task index (``cycle``,
+    ``random``), or a :class:`Tour` (``shuffle``), which also counts cycles.
 
     Args:
-        order: ``"cycle"`` or ``"random"``.
+        order: ``"cycle"``, ``"random"`` or ``"shuffle"`` (:class:`SwitchOptions`).
     """
 
     name = "switch"
+    Options = SwitchOptions
 
-    def __init__(self, order: Literal["cycle", "random"] = "cycle") -> None:
-        _check_order("Switch", order)
-        self.order = order
-
-    def __repr__(self) -> str:
-        return f"Switch(order={self.order!r})"
+    def __init__(self, order: Literal["cycle", "random", "shuffle"] = "cycle") -> None:
+        self.order = SwitchOptions(order=order).order
 
     def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
         taskset = env.unwrapped
@@ -149,31 +263,69 @@ class Switch(Change[int]):
         self._direct = env is taskset  # no wrapper in between: steps may go to the task itself
         return env.observation_space, env.action_space
 
-    def first(self) -> int:  # noqa: D102
+    def first(self) -> int | Tour:  # noqa: D102
+        if self.order == "shuffle":
+            return Tour(tuple(range(self._count)), 0, 0)
         return 0
 
-    def next(self, params: int, rng: np.random.Generator) -> int:  # noqa: D102
-        return _next_index(params, self._count, self.order, rng)
+    def next(self, params: int | Tour, rng: np.random.Generator) -> int | Tour:  # noqa: D102
+        if not isinstance(params, Tour):
+            return _next_index(params, self._count, self.order, rng)
+        if params.position + 1 < self._count:
+            return params._replace(position=params.position + 1)
+        # A new cycle: its first task uniform over the others, the rest in uniform random order.
+        start = _next_index(params.task, self._count, "random", rng)
+        rest = [t for t in range(self._count) if t != start]
+        order = (start, *(rest[int(i)] for i in rng.permutation(len(rest))))
+        return Tour(order, 0, params.cycle + 1)
 
-    def task_id(self, params: int, num_changes: int) -> int:  # noqa: D102
-        return params
+    def task_id(self, params: int | Tour, num_changes: int) -> int:  # noqa: D102
+        return params.task if isinstance(params, Tour) else params
 
-    def activate(self, params: int) -> Transforms:  # noqa: D102
-        self._taskset.select(params)
+    def activate(self, params: int | Tour) -> Transforms:  # noqa: D102
+        self._taskset.select(self.task_id(params, 0))
         return Transforms(env_step=self._taskset.active_step() if self._direct else None)
 
-    def to_state(self, params: int) -> int:  # noqa: D102
+    def to_state(self, params: int | Tour) -> int | dict[str, Any]:  # noqa: D102
+        if isinstance(params, Tour):
+            return {"order": list(params.order), "position": params.position, "cycle": params.cycle}
         return int(params)
 
-    def from_state(self, data: Any) -> int:  # noqa: D102
-        return _index_from_state("switch", data, self._count)
+    def from_state(self, data: Any) -> int | Tour:  # noqa: D102
+        if self.order != "shuffle":
+            return _index_from_state("switch", data, self._count)
+        if not isinstance(data, dict) or set(data) != {"order", "position", "cycle"}:
+            raise ValueError(f"switch (shuffle) state must be {{order, position, cycle}}, got {data!r:.80}")
+        order = _perm_from_state("switch", data["order"], self._count)
+        position = _index_from_state("switch", data["position"], self._count)
+        if not _is_int(data["cycle"]) or data["cycle"] < 0:
+            raise ValueError(f"switch (shuffle) state cycle must be an integer >= 0, got {data['cycle']!r}")
+        return Tour(tuple(int(t) for t in order), position, int(data["cycle"]))
 
 
 # ----------------------------------------------------------------------------------------------
 # Permutations and reward scales: the cheap non-stationarities within one env.
 
 
-@CHANGES.register("permute_obs")
+@dataclass(frozen=True)
+class PermuteObsOptions:
+    """Options of ``permute_obs``."""
+
+    mode: Literal["all", "spatial", "channels"] = "all"
+    """What is permuted: ``all`` cells, the ``spatial`` positions (the same for every channel), or
+    the ``channels`` (the same at every position)."""
+    layout: Literal["chw", "hwc"] = "chw"
+    """Axis order of a 3-d observation for ``spatial`` and ``channels``: ``chw`` (plasticrl's
+    MinAtar) or ``hwc`` (raw MinAtar)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("all", "spatial", "channels"):
+            raise ValueError(f"PermuteObs.mode must be 'all', 'spatial' or 'channels', got {self.mode!r}")
+        if self.layout not in ("chw", "hwc"):
+            raise ValueError(f"PermuteObs.layout must be 'chw' or 'hwc', got {self.layout!r}")
+
+
+@CHANGES.register("permute_obs", options=PermuteObsOptions)
 class PermuteObs(Change[np.ndarray]):
     """``permute_obs``: a seeded permutation of the observation, fixed until the next change.
 
@@ -195,23 +347,18 @@ class PermuteObs(Change[np.ndarray]):
     every permuted observation stays inside it.
 
     Args:
-        mode: ``"all"``, ``"spatial"`` or ``"channels"``.
+        mode: ``"all"``, ``"spatial"`` or ``"channels"`` (:class:`PermuteObsOptions`).
         layout: ``"chw"`` or ``"hwc"``; used by ``spatial`` and ``channels``.
     """
 
     name = "permute_obs"
+    Options = PermuteObsOptions
 
     def __init__(
         self, mode: Literal["all", "spatial", "channels"] = "all", layout: Literal["chw", "hwc"] = "chw"
     ) -> None:
-        if mode not in ("all", "spatial", "channels"):
-            raise ValueError(f"PermuteObs.mode must be 'all', 'spatial' or 'channels', got {mode!r}")
-        if layout not in ("chw", "hwc"):
-            raise ValueError(f"PermuteObs.layout must be 'chw' or 'hwc', got {layout!r}")
-        self.mode, self.layout = mode, layout
-
-    def __repr__(self) -> str:
-        return f"PermuteObs(mode={self.mode!r}, layout={self.layout!r})"
+        options = PermuteObsOptions(mode=mode, layout=layout)
+        self.mode, self.layout = options.mode, options.layout
 
     def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
         space = env.observation_space
@@ -277,7 +424,12 @@ class PermuteObs(Change[np.ndarray]):
         return _perm_from_state("permute_obs", data, self._size)
 
 
-@CHANGES.register("permute_actions")
+@dataclass(frozen=True)
+class PermuteActionsOptions:
+    """Options of ``permute_actions``: none (every change draws a fresh permutation)."""
+
+
+@CHANGES.register("permute_actions", options=PermuteActionsOptions)
 class PermuteActions(Change[np.ndarray]):
     """``permute_actions``: a seeded permutation of a ``Discrete`` action set.
 
@@ -286,9 +438,7 @@ class PermuteActions(Change[np.ndarray]):
     """
 
     name = "permute_actions"
-
-    def __repr__(self) -> str:
-        return "PermuteActions()"
+    Options = PermuteActionsOptions
 
     def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
         space = env.action_space
@@ -318,7 +468,24 @@ class PermuteActions(Change[np.ndarray]):
         return _perm_from_state("permute_actions", data, self._n)
 
 
-@CHANGES.register("reward_scale")
+@dataclass(frozen=True)
+class RewardScaleOptions:
+    """Options of ``reward_scale``."""
+
+    scales: tuple[float, ...] = (1.0, -1.0)
+    """Reward multipliers, one per task (at least two finite numbers); task 0 uses the first."""
+    order: Literal["cycle", "random"] = "cycle"
+    """``cycle`` through ``scales``, or draw each next one uniformly from the others (``random``)."""
+
+    def __post_init__(self) -> None:
+        values = _finite_numbers(self.scales)
+        if values is None or len(values) < 2:
+            raise ValueError(f"RewardScale.scales must be at least two finite numbers, got {self.scales!r}")
+        _check_order("RewardScale", self.order)
+        object.__setattr__(self, "scales", values)
+
+
+@CHANGES.register("reward_scale", options=RewardScaleOptions)
 class RewardScale(Change[int]):
     """``reward_scale``: rewards are multiplied by one of ``scales``; ``task_id`` is its index.
 
@@ -326,25 +493,18 @@ class RewardScale(Change[int]):
     flips the reward's sign at every change.
 
     Args:
-        scales: at least two finite numbers.
+        scales: at least two finite numbers (:class:`RewardScaleOptions`).
         order: ``"cycle"`` or ``"random"``.
     """
 
     name = "reward_scale"
+    Options = RewardScaleOptions
 
     def __init__(
         self, scales: Sequence[float] = (1.0, -1.0), order: Literal["cycle", "random"] = "cycle"
     ) -> None:
-        values = tuple(scales) if isinstance(scales, Sequence) and not isinstance(scales, str) else ()
-        if len(values) < 2 or not all(
-            isinstance(s, int | float) and not isinstance(s, bool) and np.isfinite(s) for s in values
-        ):
-            raise ValueError(f"RewardScale.scales must be at least two finite numbers, got {scales!r}")
-        _check_order("RewardScale", order)
-        self.scales, self.order = tuple(float(s) for s in values), order
-
-    def __repr__(self) -> str:
-        return f"RewardScale(scales={self.scales!r}, order={self.order!r})"
+        options = RewardScaleOptions(scales=scales, order=order)  # type: ignore[arg-type]
+        self.scales, self.order = options.scales, options.order
 
     def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
         return env.observation_space, env.action_space
@@ -367,3 +527,215 @@ class RewardScale(Change[int]):
 
     def from_state(self, data: Any) -> int:  # noqa: D102
         return _index_from_state("reward_scale", data, len(self.scales))
+
+
+# ----------------------------------------------------------------------------------------------
+# obs_noise: the per-step observation hook.
+
+
+@dataclass(frozen=True)
+class ObsNoiseOptions:
+    """Options of ``obs_noise``."""
+
+    scales: tuple[float, ...] = (0.1,)
+    """Noise standard deviations, one per task (finite, >= 0; 0 means no noise): task 0 adds
+    N(0, scales[0]²) to every cell of every observation. One scale: the noise level never changes
+    (a fresh noise sample every step all the same; useful as a part of a composed kind)."""
+    order: Literal["cycle", "random"] = "cycle"
+    """``cycle`` through ``scales``, or draw each next one uniformly from the others (``random``,
+    which needs at least two scales)."""
+
+    def __post_init__(self) -> None:
+        values = _finite_numbers(self.scales)
+        if values is None or not values or min(values) < 0:
+            raise ValueError(f"ObsNoise.scales must be one or more finite numbers >= 0, got {self.scales!r}")
+        _check_order("ObsNoise", self.order)
+        if self.order == "random" and len(values) < 2:
+            raise ValueError(f"ObsNoise.order 'random' needs at least two scales, got {values!r}")
+        object.__setattr__(self, "scales", values)
+
+
+@CHANGES.register("obs_noise", options=ObsNoiseOptions)
+class ObsNoise(Change[int]):
+    """``obs_noise``: i.i.d. Gaussian noise N(0, scale²) added to every cell of every observation.
+
+    Semantics: ``scales`` is a list of noise levels, one per task, visited like
+    :class:`RewardScale`'s (``order``); ``task_id`` is the index of the active scale. With one
+    scale (the default, 0.1) the level never changes and a change changes nothing; the noise
+    itself is fresh on every observation either way. Typical uses: a noise level that steps up
+    (``scales: [0.0, 0.1, 0.3]``) or stationary noise on top of another kind (a composition).
+
+    The noise comes from the wrapper's observation generator (Note [Observation hooks] in
+    :mod:`plasticrl.envs.nonstationary`), not the task generator: seeded from the wrapper's seed
+    and the reset seed, so sub-envs of a vector env (reset with ``seed + i``) draw independent
+    noise, and checkpointed, so a resumed run continues the same noise stream.
+
+    Dtypes: the observation space must be a floating-point ``Box`` (float16/32/64). The noise is
+    drawn in float32 for float32 observations and in float64 otherwise, added, and the sum is cast
+    back to the observation's dtype, so the observation keeps its dtype. Integer and bool spaces
+    (e.g. raw MinAtar frames, uint8 images) are refused: noise on them would either be rounded
+    away or change the dtype the agent and its replay storage expect; convert them to float
+    first (``plasticrl.envs.make`` gives MinAtar as float32 already). The observation space becomes
+    unbounded, ``Box(-inf, inf)`` of the same shape and dtype, whenever some scale is positive
+    (Gaussian noise has no bound); so, for instance, the DQN replay stores these observations as
+    float32 rather than as bits.
+
+    Args:
+        scales: noise standard deviations (:class:`ObsNoiseOptions`).
+        order: ``"cycle"`` or ``"random"``.
+    """
+
+    name = "obs_noise"
+    Options = ObsNoiseOptions
+
+    def __init__(self, scales: Sequence[float] = (0.1,), order: Literal["cycle", "random"] = "cycle") -> None:
+        options = ObsNoiseOptions(scales=scales, order=order)  # type: ignore[arg-type]
+        self.scales, self.order = options.scales, options.order
+
+    def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
+        space = env.observation_space
+        if not isinstance(space, Box) or not np.issubdtype(space.dtype, np.floating):
+            raise ValueError(
+                f"change 'obs_noise' needs a floating-point Box observation space, got {space}; "
+                "convert integer or bool observations to float first"
+            )
+        self._scale = self.scales[0]
+        self._draw = np.float32 if space.dtype == np.float32 else np.float64
+        if max(self.scales) == 0.0:
+            return space, env.action_space
+        return Box(-np.inf, np.inf, space.shape, space.dtype), env.action_space  # type: ignore[arg-type]
+
+    def first(self) -> int:  # noqa: D102
+        return 0
+
+    def next(self, params: int, rng: np.random.Generator) -> int:  # noqa: D102
+        return _next_index(params, len(self.scales), self.order, rng)
+
+    def task_id(self, params: int, num_changes: int) -> int:  # noqa: D102
+        return params
+
+    def activate(self, params: int) -> Transforms:  # noqa: D102
+        self._scale = self.scales[params]
+        return Transforms()
+
+    def obs_hook(self, obs: Any, rng: np.random.Generator) -> Any:
+        """``obs + scale · N(0, 1)`` in ``obs``'s dtype, a new array (``obs`` itself at scale 0)."""
+        scale = self._scale
+        if scale == 0.0:
+            return obs
+        noise = rng.standard_normal(obs.shape, dtype=self._draw)
+        return (obs + scale * noise).astype(obs.dtype, copy=False)
+
+    def to_state(self, params: int) -> int:  # noqa: D102
+        return int(params)
+
+    def from_state(self, data: Any) -> int:  # noqa: D102
+        return _index_from_state("obs_noise", data, len(self.scales))
+
+
+# ----------------------------------------------------------------------------------------------
+# Composition: several kinds at every change.
+
+
+class Compose(Change[tuple[Any, ...]]):
+    """Several change kinds at once: every change changes every part (a game *and* a permutation).
+
+    ``Compose([Switch("shuffle"), PermuteObs("channels")])`` cycles through the games of a
+    :class:`TaskSet` in a reshuffled order every cycle and draws a fresh channel permutation of
+    the padded observation at every change, so every (game, cycle) pair gets its own permutation
+    (the first task, game 0 of cycle 0, the identity, as ``permute_obs``'s task 0 always is).
+
+    Parts are layered in order, the first innermost: part ``i`` binds to the spaces part ``i-1``
+    presents, observations pass the parts' ``obs_index`` in order, then their observation hooks in
+    order; an agent action passes the last part's action table first; reward scales multiply.
+    At a change each part draws its next parameters from the task generator, in part order.
+    ``task_id`` counts changes: with a fresh permutation every task is a new one. The parts'
+    options are their own (a config spells a composition ``kind: [switch, permute_obs]`` with
+    ``options: {switch: {...}, permute_obs: {...}}``: :func:`plasticrl.envs.make.make_change`).
+
+    Args:
+        parts: two or more change kinds; at most one ``switch``.
+
+    Raises:
+        ValueError: fewer than two parts, a part that is not a :class:`Change`, a composition
+            inside a composition, or two parts that select tasks.
+    """
+
+    name = "compose"
+
+    def __init__(self, parts: Sequence[Change[Any]]) -> None:
+        if isinstance(parts, str) or not isinstance(parts, Sequence) or len(parts) < 2:
+            raise ValueError(f"Compose needs a sequence of at least two change kinds, got {parts!r}")
+        for part in parts:
+            if not isinstance(part, Change) or isinstance(part, Compose):
+                raise ValueError(f"Compose parts must be change kinds (not compositions), got {part!r}")
+        if sum(isinstance(p, Switch) for p in parts) > 1:
+            raise ValueError(f"Compose takes at most one switch part, got {list(parts)!r}")
+        self.parts: tuple[Change[Any], ...] = tuple(parts)
+
+    def __repr__(self) -> str:
+        return f"Compose([{', '.join(repr(p) for p in self.parts)}])"
+
+    @property
+    def options(self) -> Any:
+        """The parts' options, in order."""
+        return tuple(p.options for p in self.parts)
+
+    def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
+        # The wrapper copied this object shallowly: bind copies of the parts, not the shared ones.
+        self.parts = tuple(copy.copy(p) for p in self.parts)
+        below: gym.Env[Any, Any] = env
+        for part in self.parts:
+            spaces = part.bind(below)
+            below = gym.Wrapper(env)  # what the next part sees: env with this part's spaces
+            below.observation_space, below.action_space = spaces
+        self._hooked = tuple(p for p in self.parts if p.has_obs_hook)
+        return spaces
+
+    def first(self) -> tuple[Any, ...]:  # noqa: D102
+        return tuple(p.first() for p in self.parts)
+
+    def next(self, params: tuple[Any, ...], rng: np.random.Generator) -> tuple[Any, ...]:  # noqa: D102
+        return tuple(p.next(q, rng) for p, q in zip(self.parts, params, strict=True))
+
+    def activate(self, params: tuple[Any, ...]) -> Transforms:  # noqa: D102
+        index: np.ndarray | None = None
+        lut: tuple[int, ...] | None = None
+        scale: float | None = None
+        env_step: Callable[[Any], StepResult] | None = None
+        for part, q in zip(self.parts, params, strict=True):
+            t = part.activate(q)
+            if t.obs_index is not None:  # obs.take(a).take(b) == obs.take(a.take(b))
+                index = t.obs_index if index is None else index.take(t.obs_index)
+            if t.action_lut is not None:  # the outer table first: a -> lut[outer[a]]
+                lut = t.action_lut if lut is None else tuple(lut[b] for b in t.action_lut)
+            if t.reward_scale is not None:
+                scale = t.reward_scale if scale is None else scale * t.reward_scale
+            env_step = env_step or t.env_step  # only a first-part switch offers one
+        return Transforms(index, lut, scale, env_step)
+
+    @property
+    def has_obs_hook(self) -> bool:  # noqa: D102
+        return any(p.has_obs_hook for p in self.parts)
+
+    def obs_hook(self, obs: Any, rng: np.random.Generator) -> Any:
+        """The parts' hooks, in part order."""
+        for part in self._hooked:
+            obs = part.obs_hook(obs, rng)
+        return obs
+
+    def to_state(self, params: tuple[Any, ...]) -> list[list[Any]]:  # noqa: D102
+        return [[p.name, p.to_state(q)] for p, q in zip(self.parts, params, strict=True)]
+
+    def from_state(self, data: Any) -> tuple[Any, ...]:  # noqa: D102
+        names = [p.name for p in self.parts]
+        if (
+            not isinstance(data, list)
+            or len(data) != len(names)
+            or any(not isinstance(d, list) or len(d) != 2 for d in data)
+            or [d[0] for d in data] != names
+        ):
+            raise ValueError(
+                f"compose state must be [[name, state], ...] for parts {names}, got {data!r:.80}"
+            )
+        return tuple(p.from_state(d[1]) for p, d in zip(self.parts, data, strict=True))

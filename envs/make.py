@@ -6,6 +6,9 @@ Contains:
     resolve_env_id: alias / id validation with close-match suggestions.
     make_env: one environment, MinAtar converted to channel-first float32, time limit applied.
     NonStationaryConfig: the ``nonstationary.*`` config section (what changes, when, how).
+    change_kinds / change_options / make_change / check_nonstationary: from that section to a
+        change kind object, through each kind's options dataclass (strictly); a list of kinds is a
+        :class:`~plasticrl.envs.changes.Compose`. ``nonstationary_keys`` says which keys apply.
     build_sub_env: one seeded sub-env, wrapped by ``NonStationary`` when configured (vector
         envs, sync or async, are made of these: :mod:`plasticrl.envs.vector`).
     MinAtarObservation: the (10, 10, C) bool → (C, 10, 10) float32 observation wrapper; it folds
@@ -16,17 +19,18 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
-from plasticrl.envs.changes import CHANGES
+from plasticrl.envs.changes import CHANGES, Change, Compose
 from plasticrl.envs.gather import check_gather_index, gathered_space
 from plasticrl.envs.nonstationary import NonStationary
 from plasticrl.envs.schedules import SCHEDULES, Schedule
 from plasticrl.envs.tasks import TaskSet
+from plasticrl.plasticity.options import ConfigError, build_options, unknown_key
 from plasticrl.plasticity.registry import close_matches, resolve_import
 
 __all__ = [
@@ -34,6 +38,10 @@ __all__ = [
     "NonStationaryConfig",
     "make_schedule",
     "make_change",
+    "change_kinds",
+    "change_options",
+    "check_nonstationary",
+    "nonstationary_keys",
     "ENV_ALIASES",
     "MINATAR_GAMES",
     "MINATAR_TIME_LIMIT",
@@ -77,11 +85,29 @@ class NonStationaryConfig:
 
     Exactly one schedule key is set when ``kind`` is: ``every``, ``at``, ``random`` or
     ``geometric``. Steps are global env steps (summed over sub-envs); every sub-env changes at the
-    same global step (see :mod:`plasticrl.envs.nonstationary`, Note [Lifetime clock]).
+    same global step (see :mod:`plasticrl.envs.nonstationary`, Note [Lifetime clock]). The options
+    are checked, strictly, against the options dataclass of each kind (``CHANGES.options(kind)``)
+    when the section is built: an unknown option key is an error naming the key, the kind and the
+    kind's keys.
+
+    Example:
+        >>> cfg = NonStationaryConfig(kind=["switch", "permute_obs"], every=100,
+        ...     tasks=("breakout", "asterix"), options={"switch": {"order": "shuffle"},
+        ...     "permute_obs": {"mode": "channels"}})
+        >>> for name, options in change_options(cfg):
+        ...     print(name, options)
+        switch SwitchOptions(order='shuffle')
+        permute_obs PermuteObsOptions(mode='channels', layout='chw')
+        >>> NonStationaryConfig(kind="switch", every=9, tasks=("breakout", "asterix"), options={"ordr": 1})
+        Traceback (most recent call last):
+        ...
+        plasticrl.plasticity.options.ConfigError: unknown key 'nonstationary.options.ordr'; did you \
+mean 'order'? valid keys of change kind 'switch': ['order']
     """
 
-    kind: str | None = None
-    """None (stationary) or a change kind: switch, permute_obs, permute_actions, reward_scale."""
+    kind: str | tuple[str, ...] | None = None
+    """None (stationary); a change kind: switch, permute_obs, permute_actions, reward_scale,
+    obs_noise; or a list of kinds applied together at every change, e.g. [switch, permute_obs]."""
     every: int | None = None
     """Change every N env steps."""
     at: tuple[int, ...] = ()
@@ -95,24 +121,113 @@ class NonStationaryConfig:
     tasks: tuple[str, ...] = ()
     """switch: the env ids (or aliases) visited; ``env.id`` must be the first."""
     options: Mapping[str, Any] = field(default_factory=dict)
-    """Options of the change kind: switch {order}, permute_obs {mode, layout},
-    reward_scale {scales, order} (see ``plasticrl.envs.nonstationary``)."""
+    """Options of the change kind: switch {order: cycle|random|shuffle}, permute_obs {mode,
+    layout}, reward_scale {scales, order}, obs_noise {scales, order}; for a list of kinds one
+    mapping per kind, {switch: {order: shuffle}, permute_obs: {mode: channels}}
+    (see ``plasticrl.envs.changes``)."""
 
     def __post_init__(self) -> None:
         if self.kind is None:
             return
+        parts = change_kinds(self.kind)
+        if not isinstance(self.kind, str):
+            object.__setattr__(self, "kind", parts)
         set_keys = [k for k in ("every", "at", "random", "geometric") if getattr(self, k)]
         if len(set_keys) != 1:
             raise ValueError(
                 f"nonstationary.kind={self.kind!r} needs exactly one schedule key of "
                 f"every, at, random, geometric; got {set_keys or 'none'}"
             )
-        if self.kind == "switch" and len(self.tasks) < 2:
+        if "switch" in parts and len(self.tasks) < 2:
             raise ValueError(
                 f"nonstationary.kind=switch needs at least two nonstationary.tasks, got {list(self.tasks)}"
             )
-        if self.kind != "switch" and self.tasks:
+        if "switch" not in parts and self.tasks:
             raise ValueError(f"nonstationary.tasks is only for kind=switch, not {self.kind!r}")
+        change_options(self)  # strict: unknown option keys and bad values stop here
+
+
+def change_kinds(kind: str | Sequence[str]) -> tuple[str, ...]:
+    """The change kinds of ``nonstationary.kind``: one name, or a list of two or more distinct ones.
+
+    Raises:
+        ValueError: not a name or a list of names, a list of fewer than two or with repeats, or an
+            unknown name (listing the valid ones).
+    """
+    if isinstance(kind, str):
+        parts: tuple[str, ...] = (kind,)
+    elif (
+        isinstance(kind, Sequence)
+        and len(kind) >= 2
+        and all(isinstance(k, str) for k in kind)
+        and len(set(kind)) == len(kind)
+    ):
+        parts = tuple(kind)
+    else:
+        raise ValueError(
+            f"nonstationary.kind must be a change kind or a list of two or more distinct ones, got {kind!r}"
+        )
+    for name in parts:
+        CHANGES.check(name)
+    return parts
+
+
+def _options_class(name: str) -> type | None:
+    """The options dataclass of change kind ``name`` (a ``module:Class`` kind's ``Options``, if any)."""
+    if name in CHANGES:
+        return CHANGES.options(name)
+    return getattr(CHANGES.get(name), "Options", None)
+
+
+def change_options(cfg: NonStationaryConfig) -> list[tuple[str, Any]]:
+    """(kind, its options) for every kind of ``cfg``, each built strictly by its options dataclass.
+
+    A single kind reads ``nonstationary.options`` itself; a list of kinds reads one mapping per
+    kind, ``nonstationary.options.<kind>`` (a kind without one takes its defaults). A
+    ``package.module:Class`` kind without an ``Options`` dataclass gets the plain mapping.
+
+    Raises:
+        ConfigError: an unknown key (naming it, the kind and the kind's keys), a value of the wrong
+            type, or one that the options' validation refuses.
+    """
+    assert cfg.kind is not None
+    parts = change_kinds(cfg.kind)
+    if len(parts) == 1:
+        return [(parts[0], _part_options(parts[0], cfg.options, "nonstationary.options"))]
+    for key, value in cfg.options.items():
+        if key not in parts:
+            raise unknown_key(f"nonstationary.options.{key}", key, list(parts), f"of kinds {list(parts)}")
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"nonstationary.options.{key}: expected a mapping of {key} options, got {value!r}",
+                key=f"nonstationary.options.{key}",
+            )
+    return [
+        (name, _part_options(name, cfg.options.get(name, {}), f"nonstationary.options.{name}"))
+        for name in parts
+    ]
+
+
+def _part_options(name: str, data: Mapping[str, Any], prefix: str) -> Any:
+    options = _options_class(name)
+    if options is None:
+        return dict(data)
+    return build_options(options, data, prefix, f"change kind {name!r}")
+
+
+def nonstationary_keys(kind: str | Sequence[str] | None) -> frozenset[str]:
+    """The ``nonstationary.*`` keys that apply to ``kind`` (for ``plasticrl config`` and saved configs).
+
+    Stationary (None): ``kind`` alone. Otherwise every key but ``tasks``, which applies only when
+    ``switch`` is among the kinds. The keys inside ``options`` are the fields of each kind's
+    options dataclass (:func:`change_options`).
+    """
+    if kind is None:
+        return frozenset({"kind"})
+    keys = {"kind", "every", "at", "random", "geometric", "on", "options"}
+    if "switch" in change_kinds(kind):
+        keys.add("tasks")
+    return frozenset(keys)
 
 
 def make_schedule(cfg: NonStationaryConfig) -> Schedule:
@@ -128,26 +243,34 @@ def make_schedule(cfg: NonStationaryConfig) -> Schedule:
     raise ValueError("nonstationary: no schedule key set (every, at, random, geometric)")
 
 
-def make_change(cfg: NonStationaryConfig) -> Any:
-    """The change-kind object of ``cfg`` (raises ValueError naming bad options)."""
-    assert cfg.kind is not None
-    change_cls = CHANGES.get(cfg.kind)
-    try:
-        return change_cls(**dict(cfg.options))
-    except TypeError as exc:
-        raise ValueError(
-            f"nonstationary.options {dict(cfg.options)} rejected by kind {cfg.kind!r}: {exc}"
-        ) from None
+def make_change(cfg: NonStationaryConfig) -> Change[Any]:
+    """The change-kind object of ``cfg``: one kind, or a :class:`Compose` of a list of kinds.
+
+    Raises:
+        ValueError: bad options (see :func:`change_options`).
+    """
+    changes = []
+    for name, options in change_options(cfg):
+        change_cls = CHANGES.get(name)
+        kwargs = (
+            options
+            if isinstance(options, dict)
+            else {f.name: getattr(options, f.name) for f in fields(options)}
+        )
+        try:
+            changes.append(change_cls(**kwargs))
+        except TypeError as exc:
+            raise ValueError(f"nonstationary.options {kwargs} rejected by kind {name!r}: {exc}") from None
+    return changes[0] if len(changes) == 1 else Compose(changes)
 
 
 def check_nonstationary(env_cfg: EnvConfig, cfg: NonStationaryConfig) -> None:
     """Validate names, options and tasks of ``cfg`` before anything is built."""
     if cfg.kind is None:
         return
-    CHANGES.check(cfg.kind)
     make_change(cfg)
     make_schedule(cfg)
-    if cfg.kind == "switch":
+    if "switch" in change_kinds(cfg.kind):
         ids = [resolve_env_id(t) for t in cfg.tasks]
         if ids[0] != resolve_env_id(env_cfg.id):
             raise ValueError(
@@ -337,7 +460,7 @@ def build_sub_env(
     Module-level, not a closure, so that vector envs built from it pickle.
     """
     ns = nonstationary if nonstationary is not None and nonstationary.kind is not None else None
-    if ns is not None and ns.kind == "switch":
+    if ns is not None and "switch" in change_kinds(ns.kind):  # type: ignore[arg-type]
         env: gym.Env = TaskSet(list(ns.tasks), make_task=functools.partial(make_env, cfg))
     else:
         env = make_env(cfg)

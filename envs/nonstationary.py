@@ -7,7 +7,10 @@ Contains:
     PermuteObs: ``permute_obs`` — a seeded permutation of the observation (all / spatial / channels).
     PermuteActions: ``permute_actions`` — a seeded permutation of a discrete action set.
     RewardScale: ``reward_scale`` — multiply rewards by one of a list of scales (e.g. a sign flip).
-    CHANGES: the registry of change kinds, ``CHANGES.get(name)(**options)``.
+    ObsNoise: ``obs_noise`` — Gaussian noise on every observation (an observation hook).
+    Compose: several change kinds at once (e.g. a game switch and a channel permutation).
+    CHANGES: the registry of change kinds, ``CHANGES.get(name)(**options)``; each entry carries its
+        options dataclass (``CHANGES.options(name)``).
     TaskSet: an env presenting several tasks behind one padded observation space and one action set.
     ObservationGather: the protocol of an env that folds a rearrangement or zero-padding of its
         observation into a copy it makes anyway (``plasticrl.envs.make.MinAtarObservation``); see
@@ -36,6 +39,22 @@ Note [Task randomness]
     stream apart from an env seeded with the same run seed. Pass the run seed as ``seed``; if it is
     None the first ``reset(seed=s)`` seeds the generator with ``s`` (later reset seeds are ignored,
     and a first reset without a seed draws fresh OS entropy).
+
+Note [Observation hooks]
+    A change kind may transform every observation with randomness of its own (``obs_noise``):
+    it overrides ``Change.obs_hook(obs, rng)``, and the wrapper calls it on every observation it
+    returns, from ``reset`` and ``step``, after the task's ``obs_index``. ``rng`` is a second
+    generator owned by the wrapper, ``_obs_rng``, apart from the task generator because it must
+    behave the other way round: the task sequence is the same in every sub-env and survives
+    resets, while noise must differ between sub-envs and, as the env's own randomness does, be
+    reproducible from a reset seed. So every ``reset(seed=s)`` (re)seeds it from
+    ``[_OBS_SEED_SALT, seed, s]`` (``seed`` the wrapper's; a vector env resets sub-env ``i`` with
+    ``s + i``), and a first reset without a seed seeds it from the wrapper's seed alone (OS entropy
+    when that is None too); unseeded resets continue the stream. It is lifetime state: pickled
+    with the wrapper and saved by ``get_state`` under ``obs_rng``, so a resumed run continues the
+    same noise stream. A kind without a hook gets none of this: no generator, no ``obs_rng`` key,
+    no attribute on the wrapper (its pickles and states are what they were), and its steps keep
+    the fast path (Note [Step fast path]), which a hooked kind never takes.
 
 Note [Changes at episode boundaries]
     A change becomes *due* at the step the schedule names, in every sub-env at the same global
@@ -112,6 +131,8 @@ from gymnasium.vector import AutoresetMode
 from plasticrl.envs.changes import (
     CHANGES,
     Change,
+    Compose,
+    ObsNoise,
     PermuteActions,
     PermuteObs,
     RewardScale,
@@ -136,6 +157,8 @@ __all__ = [
     "PermuteObs",
     "PermuteActions",
     "RewardScale",
+    "ObsNoise",
+    "Compose",
     "CHANGES",
     "TaskSet",
     "Transforms",
@@ -147,6 +170,7 @@ __all__ = [
 ]
 
 _TASK_SEED_SALT = 0x7A5C  # Note [Task randomness]
+_OBS_SEED_SALT = 0x0B5E  # Note [Observation hooks]
 _NEVER = sys.maxsize  # next-change sentinel once a schedule is exhausted
 _STATE_FORMAT = 1
 
@@ -155,7 +179,8 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
     """Changes the task of an environment on a schedule, keeping the spaces fixed for life.
 
     What changes is the ``change`` kind (:data:`CHANGES`: ``switch`` between the tasks of a
-    :class:`TaskSet`, ``permute_obs``, ``permute_actions``, ``reward_scale``); when is the
+    :class:`TaskSet`, ``permute_obs``, ``permute_actions``, ``reward_scale``, ``obs_noise``, or a
+    :class:`Compose` of several, e.g. a game switch and a channel permutation); when is the
     ``schedule`` (:data:`plasticrl.envs.schedules.SCHEDULES`: ``every``, ``at``, ``random``, ``geometric``),
     counted in lifetime steps (Note [Lifetime clock]). A change applies at the next episode
     boundary (``on="episode"``) or truncates the running episode (``on="step"``); see
@@ -181,6 +206,10 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
     ``seed``, ``clock_scale=num_envs`` and the vector env's ``autoreset_mode``; every sub-env then
     sees every change at the same global step (Note [Lifetime clock]).
 
+    A change kind with an observation hook (``obs_noise``) gets a second generator for its
+    per-step randomness, seeded by resets and saved with the lifetime state (Note [Observation
+    hooks]).
+
     Example:
         >>> from plasticrl.envs.schedules import Every
         >>> env = NonStationary(TaskSet(["CartPole-v1", "Acrobot-v1"]), Switch(), Every(5), on="step", seed=0)
@@ -203,6 +232,15 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
     Change logs:
      * v0.1.0 - Initially added
     """
+
+    # Note [Observation hooks]: set on the instance only for a change kind with a hook, so the
+    # pickles of other wrappers hold none of it (and older pickles unpickle without it).
+    _observes: bool = False
+    """Whether the change kind has an observation hook."""
+    _obs_seed: int | None = None
+    """The wrapper's seed, for seeding ``_obs_rng``."""
+    _obs_rng: np.random.Generator | None = None
+    """The observation hook's generator; None until the first reset."""
 
     def __init__(
         self,
@@ -292,6 +330,8 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         self._must_reset = False  # a change truncated the episode, or set_state() was called
         self._direct = False  # whether step() may take the fast path (Note [Step fast path]) ...
         self._quiet_reset = False  # ... and reset() (both kept by _refresh)
+        if self._change.has_obs_hook:  # Note [Observation hooks]
+            self._observes, self._obs_seed = True, None if seed is None else int(seed)
         if seed is not None:
             self._start(np.random.default_rng([int(seed), _TASK_SEED_SALT]))
 
@@ -301,6 +341,14 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         self._rng = rng
         self._params = self._change.first()
         self._next_change = self._next_event = self._scheduled_after(0)
+
+    def _seeded_obs_rng(self, reset_seed: int | None) -> np.random.Generator:
+        """The observation hook's generator for a reset with ``reset_seed`` (Note [Observation hooks])."""
+        seeds = [s for s in (self._obs_seed, reset_seed) if s is not None]
+        if not seeds:
+            return np.random.default_rng()
+        flags = [int(self._obs_seed is not None), int(reset_seed is not None)]  # which seeds these are
+        return np.random.default_rng([_OBS_SEED_SALT, *flags, *(int(s) for s in seeds)])
 
     def _scheduled_after(self, step: int) -> int:
         assert self._rng is not None
@@ -322,6 +370,7 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             and self._obs_index is None
             and self._reward_scale is None
             and not self._tick_on_reset
+            and not self._observes
         )
         # A reset has nothing to do but forward when the latest due task runs already and
         # there is nothing to announce or count.
@@ -331,6 +380,7 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             and not self._must_reset
             and not self._announce
             and not self._tick_on_reset
+            and not self._observes
         )
 
     def _advance(self) -> None:
@@ -392,6 +442,10 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         obs, info = self.env.reset(seed=seed, options=options)
         if self._obs_index is not None:
             obs = obs.take(self._obs_index)  # type: ignore[attr-defined]
+        if self._observes:
+            if seed is not None or self._obs_rng is None:
+                self._obs_rng = self._seeded_obs_rng(seed)
+            obs = self._change.obs_hook(obs, self._obs_rng)
         if announce:
             info["task_id"] = self._task_id
             info["task_switched"] = switched
@@ -419,6 +473,8 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         index = self._obs_index
         if index is not None:
             obs = obs.take(index)
+        if self._observes:
+            obs = self._change.obs_hook(obs, self._obs_rng)
         scale = self._reward_scale
         if scale is not None:
             reward = scale * float(reward)
@@ -472,14 +528,15 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         (int or None), ``num_changes`` (changes due so far), ``task_id`` (of the running episode,
         so the next ``reset`` knows whether the task switched), ``params`` (the latest due task's
         parameters: an index, or a permutation as a list) and ``rng`` (the task generator's
-        ``bit_generator.state``).
+        ``bit_generator.state``); for a change kind with an observation hook also ``obs_rng`` (its
+        generator's state, None before the first reset: Note [Observation hooks]).
 
         Raises:
             RuntimeError: the task generator is not seeded yet (``seed=None`` and no ``reset()``).
         """
         if self._rng is None:
             raise RuntimeError("NonStationary.get_state(): no state before the first reset() when seed=None")
-        return {
+        state: dict[str, Any] = {
             "format": _STATE_FORMAT,
             "change": self._change.name,
             "lifetime_step": self._lifetime_step,
@@ -489,6 +546,10 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             "params": self._change.to_state(self._params),
             "rng": copy.deepcopy(self._rng.bit_generator.state),
         }
+        if self._observes:  # Note [Observation hooks]
+            obs_rng = self._obs_rng
+            state["obs_rng"] = None if obs_rng is None else copy.deepcopy(obs_rng.bit_generator.state)
+        return state
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Restore lifetime state from :meth:`get_state`; the next call must be ``reset()``.
@@ -500,6 +561,8 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             ValueError: ``state`` is malformed or was saved from another change kind or env.
         """
         keys = {"format", "change", "lifetime_step", "next_change", "num_changes", "task_id", "params", "rng"}
+        if self._observes:
+            keys.add("obs_rng")
         if not isinstance(state, Mapping) or set(state) != keys:
             got = sorted(state) if isinstance(state, Mapping) else state
             raise ValueError(f"NonStationary state must have keys {sorted(keys)}, got {got!r:.200}")
@@ -515,13 +578,14 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         ):
             raise ValueError(f"NonStationary state has bad counters: {dict(state)!r:.200}")
         params = self._change.from_state(state["params"])
-        rng_state = state["rng"]
-        if not isinstance(rng_state, Mapping) or rng_state.get("bit_generator") != "PCG64":
-            raise ValueError(f"NonStationary state['rng'] must be a PCG64 state dict, got {rng_state!r:.200}")
-        rng = np.random.Generator(np.random.PCG64())
-        rng.bit_generator.state = copy.deepcopy(dict(rng_state))
+        rng = _generator_from_state("rng", state["rng"])
+        obs_rng = None
+        if self._observes and state["obs_rng"] is not None:
+            obs_rng = _generator_from_state("obs_rng", state["obs_rng"])
 
         self._rng, self._params = rng, params
+        if self._observes:
+            self._obs_rng = obs_rng
         self._lifetime_step, self._num_changes, self._task_id = (int(c) for c in counts)
         self._next_change = _NEVER if next_change is None else int(next_change)
         self._next_event = self._next_change
@@ -540,3 +604,12 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             self._gatherer, self._folded, self._forward = supports_gather(self.env), None, self.env.step
             self._announce, self._next_event = True, 0
             self._refresh()
+
+
+def _generator_from_state(key: str, state: Any) -> np.random.Generator:
+    """A generator in the saved ``bit_generator.state`` at ``state[key]`` (PCG64 only)."""
+    if not isinstance(state, Mapping) or state.get("bit_generator") != "PCG64":
+        raise ValueError(f"NonStationary state[{key!r}] must be a PCG64 state dict, got {state!r:.200}")
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = copy.deepcopy(dict(state))
+    return rng

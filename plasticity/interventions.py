@@ -46,18 +46,15 @@ Note [Update counter]
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from plasticrl.plasticity.registry import Registry, close_matches
+from plasticrl.plasticity.options import build_options, parse_entry
+from plasticrl.plasticity.registry import Registry
 from plasticrl.plasticity.surgery import InitKind, check_editable, check_optimizer, reinit_units_
 from plasticrl.plasticity.units import UnitLayer, find_unit_layers
 from torch import Tensor, nn
@@ -106,13 +103,17 @@ class InterventionConfig:
     """Intervention-specific options (every other key of the entry)."""
 
     @classmethod
-    def from_dict(cls, entry: Mapping[str, Any]) -> InterventionConfig:
-        """Build from a YAML mapping; every key besides ``name`` is an option."""
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"each interventions entry must be a mapping, got {entry!r}")
-        if "name" not in entry or not isinstance(entry["name"], str):
-            raise ValueError(f"interventions entry {dict(entry)} lacks a name (a string)")
-        return cls(name=entry["name"], options={k: v for k, v in entry.items() if k != "name"})
+    def from_dict(cls, entry: Mapping[str, Any], prefix: str = "interventions[]") -> InterventionConfig:
+        """Build from a YAML mapping; every key besides ``name`` is an option.
+
+        The options are checked against the options dataclass the name is registered with
+        (:func:`plasticrl.plasticity.options.parse_entry`, the one strict converter).
+
+        Raises:
+            ConfigError: no name, an unknown name, an unknown option or a bad value.
+        """
+        name, _, options = parse_entry(entry, prefix, INTERVENTIONS)
+        return cls(name=name, options=options)
 
     def to_dict(self) -> dict[str, Any]:
         """Inverse of :meth:`from_dict`."""
@@ -176,55 +177,13 @@ INTERVENTIONS: Registry[InterventionFactory] = Registry("intervention")
 # ----------------------------------------------------------------------------- options
 
 
-_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert one option value to ``tp`` (int, float, bool, str, Optional of those)."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (tp,) = [a for a in args if a is not type(None)]
-    if typing.get_origin(tp) is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ValueError(f"{key}: invalid value {value!r}; valid: {list(typing.get_args(tp))}")
-        return value
-    if isinstance(value, str) and tp in (int, float) and _SCIENTIFIC.match(value):
-        value = float(value)  # YAML 1.1 reads 1e-4 as a string
-    if tp is bool and isinstance(value, bool):
-        return value
-    if tp is int and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and isinstance(value, str):
-        return value
-    raise ValueError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
 def parse_options(cls: type, name: str, options: Mapping[str, Any]) -> Any:
-    """``cls(**options)`` for an options dataclass, with typed values.
+    """``cls(**options)`` for intervention ``name``'s options dataclass.
 
-    YAML 1.1's ``1e-4`` strings are numbers, integral floats are ints; unknown keys and bad values
-    raise ``ValueError`` naming the option.
+    Through the one strict converter (:func:`plasticrl.plasticity.options.build_options`): unknown
+    keys and bad values raise a ``ConfigError`` (a ``ValueError``) naming the option.
     """
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in options.items():
-        if key not in fields:
-            hint = close_matches(str(key), fields)
-            did_you_mean = f" did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
-            raise ValueError(f"interventions[{name}]: unknown option {key!r};{did_you_mean} valid: {fields}")
-        kwargs[key] = _coerce(value, hints[key], f"interventions[{name}].{key}")
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise ValueError(f"interventions[{name}]: {exc}") from None
+    return build_options(cls, options, f"interventions[{name}]", f"intervention {name!r}")
 
 
 def check_values(checks: Mapping[str, bool], values: Any) -> None:
@@ -373,8 +332,7 @@ def register_intervention(name: str, cls: type, options_type: type) -> None:
 
     factory.__name__ = factory.__qualname__ = f"make_{name}"
     factory.__doc__ = f"Build :class:`{cls.__name__}` from an ``interventions`` entry."
-    factory.options_type = options_type  # type: ignore[attr-defined]  (check_intervention reads it)
-    INTERVENTIONS.register(name)(factory)
+    INTERVENTIONS.register(name, options=options_type)(factory)
 
 
 def check_intervention(cfg: InterventionConfig) -> None:
@@ -383,8 +341,8 @@ def check_intervention(cfg: InterventionConfig) -> None:
     Raises:
         ValueError: an unknown name (listing the valid ones) or a bad option.
     """
-    factory = INTERVENTIONS.get(cfg.name)
-    options_type = getattr(factory, "options_type", None)
+    INTERVENTIONS.check(cfg.name)
+    options_type = INTERVENTIONS.options(cfg.name)
     if options_type is not None:
         parse_options(options_type, cfg.name, cfg.options)
 

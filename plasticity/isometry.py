@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -158,7 +159,15 @@ class _PenaltyFn(torch.autograd.Function):
         return grad.mul_(4.0 * grad_output), None
 
 
-@REGULARIZERS.register("isometry")
+@dataclass(frozen=True)
+class IsometryPenaltyOptions:
+    """Options of the ``isometry`` regularizer entry (besides ``coef``)."""
+
+    target: float = 1.0
+    """s, the Gram target ``G = sI`` (AdamO's ``optimizer.iso_target``)."""
+
+
+@REGULARIZERS.register("isometry", options=IsometryPenaltyOptions)
 class IsometryPenalty:
     """The coupled isometry regularizer: ``coef · Σ_W R(W)`` added to the task loss.
 

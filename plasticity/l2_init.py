@@ -43,6 +43,7 @@ Note [Analytic backward]
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -188,7 +189,15 @@ def _named(model: nn.Module, params: list[nn.Parameter]) -> list[tuple[str, nn.P
     return found
 
 
-@REGULARIZERS.register("l2_init")
+@dataclass(frozen=True)
+class L2InitOptions:
+    """Options of the ``l2_init`` regularizer entry (besides ``coef``)."""
+
+    kinds: tuple[str, ...] = PARAM_KINDS
+    """Parameter groups (``param_groups`` kinds) pulled towards their initial values."""
+
+
+@REGULARIZERS.register("l2_init", options=L2InitOptions)
 def l2_init(model: nn.Module, groups: list[dict[str, Any]], cfg: RegularizerConfig) -> L2InitRegularizer:
     """Build L2-Init for ``model``: θ₀ is a copy of the parameters *now* (Note [Anchor]).
 

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -173,7 +174,17 @@ class ParsevalRegularizer:
             raise ValueError(f"parseval regularizer has no state, got keys {sorted(state)}")
 
 
-@REGULARIZERS.register("parseval")
+@dataclass(frozen=True)
+class ParsevalOptions:
+    """Options of the ``parseval`` regularizer entry (besides ``coef``)."""
+
+    target: float = 2.0
+    """s in ‖WWᵀ − sI‖²_F (docs/methods.md §3)."""
+    include_head: bool = False
+    """Penalise the output layer too."""
+
+
+@REGULARIZERS.register("parseval", options=ParsevalOptions)
 def parseval(model: nn.Module, groups: list[dict[str, Any]], cfg: RegularizerConfig) -> ParsevalRegularizer:
     """Build the Parseval regularizer over ``model``'s hidden weights (tagged ``groups``).
 

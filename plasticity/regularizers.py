@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from plasticrl.plasticity.options import ConfigError, parse_entry
 from plasticrl.plasticity.registry import Registry
 from torch import Tensor, nn
 
@@ -47,15 +48,20 @@ class RegularizerConfig:
             )
 
     @classmethod
-    def from_dict(cls, entry: Mapping[str, Any]) -> RegularizerConfig:
-        """Build from a YAML mapping; every key besides ``name`` and ``coef`` is an option."""
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"each regularizers entry must be a mapping, got {entry!r}")
-        missing = [k for k in ("name", "coef") if k not in entry]
-        if missing:
-            raise ValueError(f"regularizers entry {dict(entry)} lacks {missing}")
-        options = {k: v for k, v in entry.items() if k not in ("name", "coef")}
-        return cls(name=str(entry["name"]), coef=entry["coef"], options=options)
+    def from_dict(cls, entry: Mapping[str, Any], prefix: str = "regularizers[]") -> RegularizerConfig:
+        """Build from a YAML mapping; every key besides ``name`` and ``coef`` is an option.
+
+        The options are checked against the options dataclass the name is registered with
+        (:func:`plasticrl.plasticity.options.parse_entry`, the one strict converter).
+
+        Raises:
+            ConfigError: no name or coef, an unknown name, an unknown option or a bad value.
+        """
+        name, fixed, options = parse_entry(entry, prefix, REGULARIZERS, {"coef": float})
+        try:
+            return cls(name=name, coef=fixed["coef"], options=options)
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}: {exc}", key=prefix) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Inverse of :meth:`from_dict`."""

@@ -293,7 +293,25 @@ def _penalised_layers(
     return found
 
 
-@REGULARIZERS.register("spectral")
+@dataclass(frozen=True)
+class SpectralOptions:
+    """Options of the ``spectral`` regularizer entry (besides ``coef``; module docstring)."""
+
+    power: float = 2.0
+    """k in (σ_max^k − 1)² (docs/methods.md §3)."""
+    bias: BiasMode = "zero"
+    """How a layer's bias enters its matrix: ignored (``zero``) or appended as a column."""
+    include_head: bool = True
+    """Penalise the output layer too."""
+    n_power_iterations: int = 1
+    """Power-iteration steps per update (warm-started)."""
+    init: InitMode = "svd"
+    """Starting vectors of the power iteration: exact SVD or random (Note [Cold start])."""
+    seed: int = 0
+    """Seed of random starting vectors."""
+
+
+@REGULARIZERS.register("spectral", options=SpectralOptions)
 def spectral(model: nn.Module, groups: list[dict[str, Any]], cfg: RegularizerConfig) -> SpectralRegularizer:
     """Build the spectral regularizer for ``model`` from its tagged ``groups`` (``param_groups``).
 

@@ -13,7 +13,9 @@ Contains:
     describe_config: every key with its default and docstring (``plasticrl config``).
 
 Loading is strict, as the two good ideas of nanoGPT's configurator: an unknown key is an error and
-types must match (an int is accepted for a float; YAML's ``1e-3`` string is read as a float). The
+types must match (an int is accepted for a float; YAML's ``1e-3`` is a number, read by the YAML 1.2
+loader). Every value goes through one converter, :mod:`plasticrl.plasticity.options`, which the
+components' options (regularizer and intervention entries, change kinds) use too. The
 ``agent`` section is validated against the config class registered for ``agent.name``. Values are
 checked by each dataclass's ``__post_init__`` before any training starts.
 """
@@ -24,12 +26,11 @@ import ast
 import dataclasses
 import inspect
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 import torch
 import yaml
@@ -38,11 +39,11 @@ from plasticrl.agents.dqn import DQNConfig
 from plasticrl.agents.networks import NETWORKS, NetworkConfig
 from plasticrl.agents.networks import applicable_keys as network_keys
 from plasticrl.envs.make import EnvConfig, NonStationaryConfig
-from plasticrl.plasticity.interventions import INTERVENTIONS, InterventionConfig, check_intervention
+from plasticrl.plasticity.interventions import InterventionConfig
 from plasticrl.plasticity.metrics import MetricsConfig
 from plasticrl.plasticity.optimizers import OPTIMIZERS, OptimizerConfig
 from plasticrl.plasticity.optimizers import applicable_keys as optimizer_keys
-from plasticrl.plasticity.registry import close_matches
+from plasticrl.plasticity.options import ConfigError, convert, unknown_key
 from plasticrl.plasticity.regularizers import RegularizerConfig
 
 __all__ = [
@@ -86,18 +87,6 @@ _Yaml12Loader.add_implicit_resolver(
 def yaml_load(text: str) -> Any:
     """Parse YAML with YAML 1.2 booleans (see ``_Yaml12Loader``)."""
     return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
-
-
-class ConfigError(ValueError):
-    """A config problem; the message names the key and the file or override it came from.
-
-    Attributes:
-        key: the dotted key at fault, when known (used to blame the right override).
-    """
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -187,85 +176,6 @@ class ExperimentConfig:
 # Strict conversion dict -> dataclass
 
 
-_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML value to type ``tp`` or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(
-            errors[0]
-            if len(errors) == 1
-            else f"{key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}",
-            key=key,
-        )
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: invalid value {value!r}; valid choices: {list(args)}", key=key)
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}", key=key)
-        return _build(tp, value, key)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}", key=key)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}", key=key)
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if origin in (Mapping, dict) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}", key=key)
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}", key=key)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)  # 1e5 written as a float
-            if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML reads 1e5 as a string
-                as_float = float(value)
-                if as_float.is_integer():
-                    return int(as_float)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}", key=key)
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}", key=key)
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML 1.1 reads 1e-3 as a string
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}", key=key)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}", key=key)
-        return value
-    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a schema bug
-
-
 def _schema_for(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -273,60 +183,38 @@ def _schema_for(cls: type) -> dict[str, Any]:
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     """Build dataclass ``cls`` from ``data`` strictly; ``prefix`` is the dotted path for messages."""
-    if cls is RegularizerConfig:
-        if isinstance(data, Mapping) and "coef" in data:  # same number rules as every float key
-            data = {**data, "coef": _convert(data["coef"], float, f"{prefix}.coef")}
-        try:
-            return RegularizerConfig.from_dict(data)
-        except ValueError as exc:
-            raise ConfigError(f"{prefix}: {exc}", key=prefix) from None
-    if cls is InterventionConfig:
-        if isinstance(data, Mapping):  # YAML 1.1 reads 1e-4 as a string: same rule as float keys
-            data = {
-                k: float(v) if isinstance(v, str) and _SCIENTIFIC.match(v) else v for k, v in data.items()
-            }
-        try:
-            entry = InterventionConfig.from_dict(data)
-            if entry.name in INTERVENTIONS:  # options of a registered one are checked here already
-                check_intervention(entry)
-            return entry
-        except ValueError as exc:
-            raise ConfigError(f"{prefix}: {exc}", key=prefix) from None
+    if cls in _ENTRY_LISTS.values():  # one list entry: {name, ...options of that name}
+        return cls.from_dict(data, prefix)  # type: ignore[attr-defined]
     schema = _schema_for(cls)
     applicable = _applicable(cls, data)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in schema:
-            hint = close_matches(str(name), list(schema))
-            did_you_mean = f" did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
-            raise ConfigError(
-                f"unknown key {key!r};{did_you_mean} valid keys here: {sorted(schema)}", key=key
-            )
+            raise unknown_key(key, str(name), list(schema))
         if applicable is not None and name not in applicable[1]:
             component, keys = applicable
             raise ConfigError(f"{key} does not apply to {component}; its keys: {sorted(keys)}", key=key)
         tp = schema[name]
         if name == "agent" and cls is ExperimentConfig:
             kwargs[name] = _build_agent(value, key)
-        elif typing.get_origin(tp) is tuple and typing.get_args(tp)[:1] in _ENTRY_LISTS:
-            entry_cls, shape = _ENTRY_LISTS[typing.get_args(tp)[:1]]
+        elif name in _ENTRY_LISTS and cls is ExperimentConfig:
             if not isinstance(value, list | tuple):
-                raise ConfigError(f"{key}: expected a list of {shape} entries, got {value!r}", key=key)
-            kwargs[name] = tuple(_build(entry_cls, v, f"{key}[{i}]") for i, v in enumerate(value))
+                raise ConfigError(f"{key}: expected a list of {{name, ...}} entries, got {value!r}", key=key)
+            kwargs[name] = tuple(_build(_ENTRY_LISTS[name], v, f"{key}[{i}]") for i, v in enumerate(value))
+        elif dataclasses.is_dataclass(tp) and isinstance(value, Mapping):  # a section: its name's keys
+            kwargs[name] = _build(tp, value, key)  # type: ignore[arg-type]
         else:
-            kwargs[name] = _convert(value, tp, key)
+            kwargs[name] = convert(value, tp, key)
     try:
         return cls(**kwargs)
     except ValueError as exc:
         raise ConfigError(str(exc), key=prefix or None) from None
 
 
-_ENTRY_LISTS: dict[tuple[type, ...], tuple[type, str]] = {
-    (RegularizerConfig,): (RegularizerConfig, "{name, coef, ...}"),
-    (InterventionConfig,): (InterventionConfig, "{name, ...}"),
-}
-"""List-of-entries fields (``regularizers``, ``interventions``): entry class and its shape for errors."""
+_ENTRY_LISTS: dict[str, type] = {"regularizers": RegularizerConfig, "interventions": InterventionConfig}
+"""List-of-entries fields: each entry is ``{name, ...}`` whose name picks its options
+(``from_dict`` checks them with :func:`plasticrl.plasticity.options.parse_entry`)."""
 
 
 _NAMED_SECTIONS: dict[type, tuple[str, Any, Any]] = {
@@ -415,7 +303,7 @@ def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
 def config_to_dict(cfg: Any) -> Any:
     """Plain nested dicts/lists of ``cfg`` (YAML- and checkpoint-safe); inverse of config_from_dict."""
     if isinstance(cfg, RegularizerConfig | InterventionConfig):
-        return cfg.to_dict()
+        return config_to_dict(cfg.to_dict())  # options may hold tuples
     if dataclasses.is_dataclass(cfg):
         keys = _shown_keys(cfg)
         return {

@@ -341,7 +341,7 @@ def test_task_set_requires_reset_after_select() -> None:
 
 
 def test_changes_registry() -> None:
-    assert CHANGES.names() == ["permute_actions", "permute_obs", "reward_scale", "switch"]
+    assert CHANGES.names() == ["obs_noise", "permute_actions", "permute_obs", "reward_scale", "switch"]
     assert isinstance(CHANGES.get("permute_obs")(mode="spatial"), PermuteObs)
     assert (
         repr(CHANGES.get("reward_scale")(scales=[1, -2])) == "RewardScale(scales=(1.0, -2.0), order='cycle')"
@@ -621,7 +621,11 @@ def error_cases() -> list[tuple[Callable[[], Any], type[Exception], str]]:
         ),
         (lambda: ns(stub(), Switch(), NEVER), ValueError, "change 'switch' needs a TaskSet env"),
         (lambda: ns(TaskSet([stub]), Switch(), NEVER), ValueError, "change 'switch' needs at least 2 tasks"),
-        (lambda: Switch("shuffle"), ValueError, "Switch.order must be 'cycle' or 'random', got 'shuffle'"),
+        (
+            lambda: Switch("shufle"),
+            ValueError,
+            "Switch.order must be 'cycle', 'random' or 'shuffle', got 'shufle'",
+        ),
         (lambda: PermuteObs("pixels"), ValueError, "PermuteObs.mode must be 'all', 'spatial' or 'channels'"),
         (lambda: PermuteObs(layout="whc"), ValueError, "PermuteObs.layout must be 'chw' or 'hwc', got 'whc'"),
         (

@@ -393,10 +393,14 @@ def test_constrained_networks_and_unsupported_optimizers_fail_at_construction() 
 
 
 def test_options_are_typed_and_checked() -> None:
-    check_intervention(InterventionConfig("redo", {"tau": "2.5e-2", "every": 1e3}))
-    with pytest.raises(ValueError, match=r"unknown option 'taux'; did you mean 'tau'\?"):
+    check_intervention(InterventionConfig("redo", {"tau": 2.5e-2, "every": 1e3}))
+    with pytest.raises(
+        ValueError,
+        match=r"unknown key 'interventions\[redo\]\.taux'; did you mean 'tau'\? "
+        r"valid keys of intervention 'redo': \['batch_size', 'every', 'init', 'tau'\]",
+    ):
         check_intervention(InterventionConfig("redo", {"taux": 0.1}))
-    with pytest.raises(ValueError, match=r"interventions\[redo\]\.every: expected int, got 2\.5"):
+    with pytest.raises(ValueError, match=r"interventions\[redo\]\.every: expected an integer, got 2\.5"):
         check_intervention(InterventionConfig("redo", {"every": 2.5}))
     with pytest.raises(ValueError, match=r"invalid tau: -1\.0"):
         check_intervention(InterventionConfig("redo", {"tau": -1}))
@@ -407,7 +411,7 @@ def test_options_are_typed_and_checked() -> None:
     assert INTERVENTIONS.names() == ["cbp", "redo", "shrink_perturb"]
     entry = {"name": "shrink_perturb", "p": 0.5, "on_task_switch": True, "every": 0}
     assert InterventionConfig.from_dict(entry).to_dict() == entry
-    with pytest.raises(ValueError, match="lacks a name"):
+    with pytest.raises(ValueError, match="needs a name"):
         InterventionConfig.from_dict({"tau": 0.1})
 
 

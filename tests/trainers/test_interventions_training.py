@@ -249,7 +249,7 @@ def test_bad_options_are_config_errors_naming_the_override(make_tiny_config: Mak
     with pytest.raises(ConfigError, match=r"command-line override .*taus.*did you mean 'tau'"):
         make_tiny_config(bad)
     with pytest.raises(
-        ConfigError, match=r"interventions\[0\]: interventions\[cbp\]\.maturity: expected int"
+        ConfigError, match=r"interventions\[0\]\.maturity: expected an integer, got 'soon'"
     ):
         make_tiny_config("interventions=[{name: cbp, maturity: soon}]")
     cfg = make_tiny_config("interventions=[{name: shrink_perturb, sigma: 1e-4, every: 1e2}]")
