@@ -1,7 +1,8 @@
 """Agents (DQN, PPO), replay buffers and network factories.
 
 Contains:
-    AGENTS: agent name → its config class (the schema of the ``agent`` config section).
+    AGENTS: agent name → its agent class, registered with its config class as options (the
+        schema of the ``agent`` section); the class's ``loop`` names the training loop.
     AgentConfig: the union of agent config classes.
 
 ``agents`` never imports a logger: agents return metric dicts and trainers log them.
@@ -17,8 +18,8 @@ AgentConfig = DQNConfig | PPOConfig
 """Union of the agent config classes."""
 
 AGENTS: Registry[type] = Registry("agent")
-AGENTS.register("dqn")(DQNConfig)
-AGENTS.register("ppo")(PPOConfig)
+AGENTS.register("dqn", options=DQNConfig)(DQNAgent)
+AGENTS.register("ppo", options=PPOConfig)(PPOAgent)
 
 __all__ = [
     "AGENTS",

@@ -65,6 +65,10 @@ class ActionDistribution(Protocol):
         """H(π(·|s)), shape ``(B,)``."""
         ...
 
+    def mode(self) -> Tensor:
+        """The most likely action of each row (the greedy policy)."""
+        ...
+
 
 class Categorical:
     """π(a|s) = softmax(logits)_a over ``Discrete(n)`` actions.
@@ -100,6 +104,10 @@ class Categorical:
     def entropy(self) -> Tensor:
         """H = −Σ_a π(a|s) log π(a|s), ``(B,)``."""
         return -(self.log_probs.exp() * self.log_probs).sum(-1)
+
+    def mode(self) -> Tensor:
+        """argmax_a π(a|s), ``(B,)`` (int64)."""
+        return self.log_probs.argmax(-1)
 
 
 def action_distribution(action_space: gym.Space) -> tuple[type[Categorical], int]:
@@ -244,7 +252,7 @@ def make_actor_critic(
         with torch.no_grad():
             probe = torch.zeros((1, *observation_space.shape), dtype=torch.float32)
             features = trunk(probe).shape[-1]
-        value_head = nn.Linear(features, 1)
+        value_head = nn.Linear(features, 1, bias=cfg.bias)
         if cfg.init == "orthogonal":
             orthogonal_init_(value_head, gain=1.0)
         model: ActorCritic = SharedActorCritic(trunk, policy_head, value_head)

@@ -6,7 +6,9 @@ Contains:
     DQNConfig: the ``agent.*`` section when ``agent.name=dqn``.
     dqn_loss: TD loss of a batch, returning (loss, metrics).
     DQNAgent: holds the online and target networks, the optimizer, its schedule and the
-        regularizers; ``act`` (ε-greedy) and ``update`` (one gradient step) — it never logs.
+        regularizers; ``act`` (ε-greedy) and ``update`` (one gradient step) — it never logs. It
+        is an off-policy agent of :mod:`plasticrl.trainers.off_policy` (``OffPolicyAgent``): the
+        loop also calls ``after_env_step`` (target-network syncs) and ``scalars`` (ε).
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
 from plasticrl.agents.buffers import Batch, ObsStorage
 from plasticrl.agents.common import NonFiniteLossError, linear_schedule
+from plasticrl.agents.networks import NetworkConfig, make_network
 from plasticrl.plasticity.layers import acting_cache, has_orthogonal_layers, retract_
 from plasticrl.plasticity.regularizers import Regularizer
 from torch import Tensor, nn
@@ -132,6 +136,46 @@ class DQNAgent:
         device: where the networks live.
     """
 
+    loop: ClassVar[str] = "off_policy"
+    """The training loop that drives this agent (:mod:`plasticrl.trainers.off_policy`)."""
+
+    @staticmethod
+    def make_model(obs_space: gym.Space[Any], action_space: gym.Space[Any], cfg: NetworkConfig) -> nn.Module:
+        """The Q-network ``(B, *obs_shape) → (B, n_actions)`` of the ``network`` section.
+
+        Raises:
+            ValueError: a non-Discrete action space.
+        """
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"DQN needs a Discrete action space; got {action_space}")
+        return make_network(obs_space, action_space, cfg)
+
+    @classmethod
+    def from_parts(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: DQNConfig,
+        action_space: gym.Space[Any],
+        *,
+        regularizers: Sequence[Regularizer],
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        seed: np.random.SeedSequence,
+        device: torch.device,
+    ) -> DQNAgent:
+        """The agent over a model built by :meth:`make_model` (the off-policy loop's constructor)."""
+        assert isinstance(action_space, gym.spaces.Discrete)
+        return cls(
+            model,
+            optimizer,
+            cfg,
+            int(action_space.n),
+            regularizers=regularizers,
+            scheduler=scheduler,
+            seed=seed,
+            device=device,
+        )
+
     def __init__(
         self,
         q_net: nn.Module,
@@ -154,9 +198,25 @@ class DQNAgent:
         self.n_actions = n_actions
         self.rng = np.random.default_rng(seed)
         self.updates = 0  # gradient steps taken
+        self.next_target_update = cfg.learning_starts + cfg.target_update_every  # env step of the next sync
         # Constrained (orthogonal) layers: reuse their weights across gradient-free forwards and
         # retract their unconstrained tensors at target syncs (plasticrl.plasticity.layers). Checked once.
         self._constrained = has_orthogonal_layers(self.q_net)
+
+    @property
+    def model(self) -> nn.Module:
+        """The network being trained (the online Q-network): the probe and interventions act on it."""
+        return self.q_net
+
+    def after_env_step(self, step: int) -> None:
+        """Sync the target network when env step ``step`` reached the next sync (after updates)."""
+        if step >= self.next_target_update:
+            self.update_target()
+            self.next_target_update += self.cfg.target_update_every
+
+    def scalars(self, step: int) -> dict[str, float]:
+        """What the loop logs about the agent beside its losses: ``charts/epsilon``."""
+        return {"charts/epsilon": self.epsilon(step)}
 
     def epsilon(self, step: int) -> float:
         """ε at env step ``step`` (linear decay)."""
@@ -174,6 +234,20 @@ class DQNAgent:
         if not explore.all():
             actions = np.where(explore, actions, self.greedy(obs))
         return actions
+
+    def evaluation_actions(
+        self, obs: np.ndarray, *, greedy: bool, rng: np.random.Generator, epsilon: float = 0.0
+    ) -> np.ndarray:
+        """Actions for evaluation episodes: greedy, or ε-greedy with ``epsilon`` drawn from ``rng``.
+
+        ``rng`` is the evaluation's own stream, never the exploration generator, so evaluating
+        leaves training bit-identical.
+        """
+        actions = self.greedy(obs)
+        if greedy or epsilon <= 0.0:
+            return actions
+        explore = rng.random(len(actions)) < epsilon
+        return np.where(explore, rng.integers(0, self.n_actions, size=len(actions)), actions)
 
     def _cache(self, net: nn.Module) -> contextlib.AbstractContextManager[None]:
         return acting_cache(net) if self._constrained else contextlib.nullcontext()
@@ -243,6 +317,7 @@ class DQNAgent:
             "regularizers": [reg.state_dict() for reg in self.regularizers],
             "rng": self.rng.bit_generator.state,
             "updates": self.updates,
+            "next_target_update": self.next_target_update,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -256,3 +331,5 @@ class DQNAgent:
             reg.load_state_dict(reg_state)
         self.rng.bit_generator.state = state["rng"]
         self.updates = int(state["updates"])
+        if "next_target_update" in state:  # checkpoints before the agent owned it: the loop's
+            self.next_target_update = int(state["next_target_update"])

@@ -79,6 +79,10 @@ def _reject_variants(cfg: NetworkConfig) -> None:
             f"network.layernorm is not supported by {cfg.name!r} (it would break the "
             "layer isometry); use mlp or minatar_cnn"
         )
+    if cfg.nap or not cfg.bias:
+        raise ValueError(
+            f"network.nap and network.bias=false are options of mlp and minatar_cnn, not of {cfg.name!r}"
+        )
     if cfg.activation == "crelu":
         raise ValueError(
             f"network.activation=crelu is not supported by {cfg.name!r} (its activation "

@@ -7,6 +7,7 @@ Contains:
     mlp: a multilayer perceptron over flattened observations.
     minatar_cnn: the MinAtar reference network (Young & Tian 2019).
     orthogonal_init_: orthogonal *initialisation* (training leaves it; not a constraint).
+    hidden_activation: a hidden activation module of a config (``groupsort`` with its group size).
 
 A network maps a batch of observations ``(B, *obs_shape)`` (float32) to ``(B, n_actions)``.
 It may declare ``head_names`` (module names of its output layers); otherwise the last layer with a
@@ -36,6 +37,37 @@ Note [Architecture variants]
         In ``mlp`` the norm sits at the index after its Linear (``Flatten, Linear, LayerNorm,
         act, …``); in MinAtarCNN the modules are ``conv, conv_norm, conv_act, fc, fc_norm,
         fc_act, head``. Without ``layernorm`` the networks are module-for-module the plain ones.
+
+Note [Plain-layer options]
+    ``network.activation=groupsort``
+        :class:`plasticrl.plasticity.layers.GroupSort` with ``network.group_size`` (2 = MaxMin), the
+        activation of the isometric networks, in *plain* layers: with ``init=orthogonal`` the
+        weights start orthogonal (``orthogonal_init_``, gain √2 hidden, 1 head) and training is free
+        to leave that set — unlike ``isometric_*``, whose layers are orthogonal-*constrained*. In
+        MinAtarCNN's conv it sorts each pixel's channels in groups. Widths (``hidden_sizes``,
+        ``channels``) must be divisible by ``group_size`` (a start-up error otherwise). GroupSort is
+        one of the metrics' activation types, so its outputs are the hidden units the dormant
+        fractions and srank read, exactly as ReLU's. Unit *recycling* (``redo``, ``cbp``) refuses
+        these networks at start-up: GroupSort mixes the units of a group, so an output unit is no
+        single producer unit (:func:`plasticrl.plasticity.units.find_unit_layers` detects it).
+    ``network.bias=false``
+        Every Linear/Conv of the network, the head included, is built with ``bias=False``: the
+        network has no bias parameters at all (and PPO's shared-trunk value head none either).
+        Default true: the layers of every existing preset.
+
+Note [NaP]
+    ``network.nap=true`` is Normalize-and-Project (Lyle et al., arXiv 2407.01800;
+    docs/methods.md §2.1), both halves under one key because neither is NaP alone. The network puts
+    :func:`plasticrl.plasticity.nap.nap_norm` (``LayerNorm(width, elementwise_affine=False)``; for
+    MinAtarCNN's conv ``GroupNorm(1, C, affine=False)``, over (C, H, W) as ``layernorm`` does)
+    where ``layernorm`` puts its norm (same module indices), and after initialisation records
+    every hidden Linear/Conv's ‖W₀‖_F as a buffer (``nap_init_norm``: in the state dict, so
+    checkpoints carry it). :func:`plasticrl.trainers.learning.build_learning` attaches the
+    projection ``W ← ‖W₀‖_F · W/‖W‖_F`` to the optimizer as a step post-hook, so it runs after
+    every ``optimizer.step()`` in both loops, with any optimizer. Heads and biases are never
+    projected. ``nap`` and ``layernorm`` exclude each other. An intervention entry was not chosen:
+    interventions run per update, not per optimizer step, and cannot change the architecture, so
+    NaP there would need two entries that only work together.
 """
 
 from __future__ import annotations
@@ -48,7 +80,8 @@ from typing import Literal
 
 import gymnasium as gym
 import numpy as np
-from plasticrl.plasticity.layers import ORTHOGONAL_MAPS, CReLU
+from plasticrl.plasticity.layers import ORTHOGONAL_MAPS, CReLU, GroupSort
+from plasticrl.plasticity.nap import mark_projected_, nap_norm
 from plasticrl.plasticity.registry import Registry, options_of
 from torch import Tensor, nn
 
@@ -59,6 +92,7 @@ __all__ = [
     "make_network",
     "ACTIVATIONS",
     "activation_expansion",
+    "hidden_activation",
     "orthogonal_init_",
     "applicable_keys",
 ]
@@ -75,15 +109,23 @@ class NetworkConfig:
     channels: int = 16
     """Convolutional channels (minatar_cnn)."""
     activation: str = "relu"
-    """Hidden activation: one of ACTIVATIONS; ``crelu`` doubles the next layer's fan-in
-    (Note [Architecture variants])."""
+    """Hidden activation: one of ACTIVATIONS; ``crelu`` doubles the next layer's fan-in;
+    ``groupsort`` sorts groups of ``group_size`` features (Notes [Architecture variants],
+    [Plain-layer options])."""
     layernorm: bool = False
     """mlp / minatar_cnn: LayerNorm after every hidden Linear (GroupNorm(1, C) after the conv),
     before the activation; never on the head (Note [Architecture variants])."""
+    nap: bool = False
+    """mlp / minatar_cnn: NaP (Lyle et al. 2024): a norm without learnable parameters before every
+    hidden activation, and every hidden weight projected back to its initial Frobenius norm after
+    every optimizer step; output layers and biases are never projected (Note [NaP])."""
+    bias: bool = True
+    """mlp / minatar_cnn: false builds every layer, heads included, without a bias parameter."""
     init: Literal["default", "orthogonal"] = "default"
     """Weight initialisation: torch's default, or orthogonal init (gain √2 hidden, 1 head)."""
     group_size: int = 2
-    """GroupSort group size for isometric networks (2 = MaxMin)."""
+    """GroupSort group size (2 = MaxMin): of isometric networks, and of ``activation=groupsort``
+    in mlp / minatar_cnn (hidden widths and channels must be divisible by it)."""
     orthogonal_map: str | None = None
     """Isometric networks: the orthogonal constraint's map (plasticrl.plasticity.layers.ORTHOGONAL_MAPS);
     None = its default (qr)."""
@@ -103,8 +145,14 @@ class NetworkConfig:
             )
         if self.group_size < 2:
             raise ValueError(f"network.group_size must be >= 2, got {self.group_size}")
-        if not isinstance(self.layernorm, bool):
-            raise ValueError(f"network.layernorm must be true or false, got {self.layernorm!r}")
+        for key in ("layernorm", "nap", "bias"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"network.{key} must be true or false, got {getattr(self, key)!r}")
+        if self.nap and self.layernorm:
+            raise ValueError(
+                "network.nap and network.layernorm both put a norm before every hidden activation; "
+                "choose one (nap's norm has no learnable parameters)"
+            )
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -115,18 +163,24 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
     "silu": nn.SiLU,
     "crelu": CReLU,
+    "groupsort": GroupSort,
 }
-"""Hidden activations by config name; each is constructed with no arguments."""
+"""Hidden activations by config name; each is constructed with no arguments, except that the
+standard networks build ``groupsort`` as ``GroupSort(network.group_size)`` (:func:`hidden_activation`)."""
 
 NetworkFactory = Callable[[gym.Space, gym.Space, NetworkConfig], nn.Module]
 NETWORKS: Registry[NetworkFactory] = Registry("network")
 
 COMMON_KEYS = ("name", "hidden_sizes")
 """``network.*`` keys that apply to every registered network."""
-MLPOptions = options_of(NetworkConfig, "MLPOptions", ("activation", "layernorm", "init"))
+MLPOptions = options_of(
+    NetworkConfig, "MLPOptions", ("activation", "layernorm", "nap", "bias", "init", "group_size")
+)
 """Options of ``mlp``."""
 MinAtarCNNOptions = options_of(
-    NetworkConfig, "MinAtarCNNOptions", ("channels", "activation", "layernorm", "init")
+    NetworkConfig,
+    "MinAtarCNNOptions",
+    ("channels", "activation", "layernorm", "nap", "bias", "init", "group_size"),
 )
 """Options of ``minatar_cnn``."""
 
@@ -168,6 +222,38 @@ def activation_expansion(name: str) -> int:
     return int(getattr(ACTIVATIONS[name], "expansion", 1))
 
 
+def hidden_activation(cfg: NetworkConfig) -> nn.Module:
+    """A new hidden activation module of ``cfg``.
+
+    ``GroupSort(cfg.group_size)`` (over dim 1: features, or a conv's channels pixel by pixel) for
+    ``groupsort``, else ``ACTIVATIONS[cfg.activation]()``.
+    """
+    if cfg.activation == "groupsort":
+        return GroupSort(cfg.group_size)
+    return ACTIVATIONS[cfg.activation]()
+
+
+def _check_groups(cfg: NetworkConfig, widths: dict[str, int]) -> None:
+    """Refuse, at construction, a width that ``activation=groupsort`` cannot split into groups."""
+    if cfg.activation != "groupsort":
+        return
+    for key, width in widths.items():
+        if width % cfg.group_size:
+            raise ValueError(
+                f"{key} ({width}) must be divisible by network.group_size ({cfg.group_size}) "
+                "with network.activation=groupsort"
+            )
+
+
+def _hidden_norm(cfg: NetworkConfig, width: int, *, conv: bool = False) -> nn.Module | None:
+    """The norm between a hidden layer and its activation: LayerNorm/GroupNorm, NaP's, or None."""
+    if cfg.layernorm:
+        return nn.GroupNorm(1, width) if conv else nn.LayerNorm(width)
+    if cfg.nap:
+        return nap_norm(width, conv=conv)
+    return None
+
+
 def make_network(observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig) -> nn.Module:
     """Build the network ``cfg.name`` for the given spaces."""
     return NETWORKS.get(cfg.name)(observation_space, action_space, cfg)
@@ -187,32 +273,41 @@ def orthogonal_init_(module: nn.Module, gain: float = math.sqrt(2.0)) -> nn.Modu
     return module
 
 
-def _apply_init(net: nn.Module, head: nn.Module, cfg: NetworkConfig) -> nn.Module:
+def _apply_init(net: nn.Module, head: nn.Module, cfg: NetworkConfig, hidden: list[nn.Module]) -> nn.Module:
+    """Initialise, then (``nap``) record the initial norms of the ``hidden`` layers (Note [NaP])."""
     if cfg.init == "orthogonal":
         orthogonal_init_(net, gain=math.sqrt(2.0))
         orthogonal_init_(head, gain=1.0)
+    if cfg.nap:
+        for layer in hidden:
+            mark_projected_(layer)
     return net
 
 
 @NETWORKS.register("mlp", options=MLPOptions)
 def mlp(observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig) -> nn.Module:
-    """Flatten → [Linear → (LayerNorm) → activation] × len(hidden_sizes) → Linear(n_actions).
+    """Flatten → [Linear → (norm) → activation] × len(hidden_sizes) → Linear(n_actions).
 
     With ``activation=crelu`` each Linear after a hidden layer (and the head) takes twice that
-    layer's width as input (Note [Architecture variants]).
+    layer's width as input (Note [Architecture variants]). The norm is ``layernorm``'s or
+    ``nap``'s; ``bias=false`` drops every bias (Note [Plain-layer options]).
     """
     in_dim = int(np.prod(_obs_shape(observation_space)))
+    _check_groups(cfg, {f"network.hidden_sizes[{i}]": w for i, w in enumerate(cfg.hidden_sizes)})
     expansion = activation_expansion(cfg.activation)
     layers: list[nn.Module] = [nn.Flatten()]
+    hidden: list[nn.Module] = []
     for width in cfg.hidden_sizes:
-        layers.append(nn.Linear(in_dim, width))
-        if cfg.layernorm:
-            layers.append(nn.LayerNorm(width))
-        layers.append(ACTIVATIONS[cfg.activation]())
+        hidden.append(nn.Linear(in_dim, width, bias=cfg.bias))
+        layers.append(hidden[-1])
+        norm = _hidden_norm(cfg, width)
+        if norm is not None:
+            layers.append(norm)
+        layers.append(hidden_activation(cfg))
         in_dim = width * expansion
-    head = nn.Linear(in_dim, _n_actions(action_space))
+    head = nn.Linear(in_dim, _n_actions(action_space), bias=cfg.bias)
     net = nn.Sequential(*layers, head)
-    return _apply_init(net, head, cfg)
+    return _apply_init(net, head, cfg, hidden)
 
 
 class MinAtarCNN(nn.Module):
@@ -220,12 +315,13 @@ class MinAtarCNN(nn.Module):
 
     Expects channel-first ``(B, C, H, W)`` float observations (10×10 for MinAtar). With
     ``cfg.layernorm``, ``conv_norm`` (GroupNorm(1, channels)) and ``fc_norm`` (LayerNorm(hidden))
-    sit before ``conv_act`` and ``fc_act``; with ``activation=crelu`` the dense layer's fan-in is
+    sit before ``conv_act`` and ``fc_act`` (with ``cfg.nap``, the same without affine parameters);
+    with ``activation=crelu`` the dense layer's fan-in is
     ``2·channels·(H−2)(W−2)`` and the head's ``2·hidden`` (Note [Architecture variants]).
 
     Attributes:
-        conv_norm: the conv's normalisation, or None without ``layernorm``.
-        fc_norm: the dense layer's normalisation, or None without ``layernorm``.
+        conv_norm: the conv's normalisation, or None without ``layernorm``/``nap``.
+        fc_norm: the dense layer's normalisation, or None without ``layernorm``/``nap``.
     """
 
     head_names = ("head",)
@@ -237,17 +333,17 @@ class MinAtarCNN(nn.Module):
         c, h, w = obs_shape
         if h < 3 or w < 3:
             raise ValueError(f"minatar_cnn needs H, W >= 3, got shape {obs_shape}")
-        act = ACTIVATIONS[cfg.activation]
         expansion = activation_expansion(cfg.activation)
         hidden = cfg.hidden_sizes[-1]
+        _check_groups(cfg, {"network.channels": cfg.channels, "network.hidden_sizes[-1]": hidden})
         # Assigned in forward order, so named_modules() lists them as they run.
-        self.conv = nn.Conv2d(c, cfg.channels, kernel_size=3, stride=1)
-        self.conv_norm: nn.Module | None = nn.GroupNorm(1, cfg.channels) if cfg.layernorm else None
-        self.conv_act = act()
-        self.fc = nn.Linear(expansion * cfg.channels * (h - 2) * (w - 2), hidden)
-        self.fc_norm: nn.Module | None = nn.LayerNorm(hidden) if cfg.layernorm else None
-        self.fc_act = act()
-        self.head = nn.Linear(expansion * hidden, n_actions)
+        self.conv = nn.Conv2d(c, cfg.channels, kernel_size=3, stride=1, bias=cfg.bias)
+        self.conv_norm: nn.Module | None = _hidden_norm(cfg, cfg.channels, conv=True)
+        self.conv_act = hidden_activation(cfg)
+        self.fc = nn.Linear(expansion * cfg.channels * (h - 2) * (w - 2), hidden, bias=cfg.bias)
+        self.fc_norm: nn.Module | None = _hidden_norm(cfg, hidden)
+        self.fc_act = hidden_activation(cfg)
+        self.head = nn.Linear(expansion * hidden, n_actions, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Q-values ``(B, n_actions)``."""
@@ -264,4 +360,4 @@ class MinAtarCNN(nn.Module):
 def minatar_cnn(observation_space: gym.Space, action_space: gym.Space, cfg: NetworkConfig) -> nn.Module:
     """The MinAtar reference network (docs/methods.md §4)."""
     net = MinAtarCNN(_obs_shape(observation_space), _n_actions(action_space), cfg)
-    return _apply_init(net, net.head, cfg)
+    return _apply_init(net, net.head, cfg, [net.conv, net.fc])

@@ -24,7 +24,7 @@ import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -244,6 +244,9 @@ class PPOAgent:
         device: where the model lives.
     """
 
+    loop: ClassVar[str] = "on_policy"
+    """The training loop that drives this agent (:mod:`plasticrl.trainers.on_policy`)."""
+
     def __init__(
         self,
         model: ActorCritic,
@@ -287,6 +290,21 @@ class PPOAgent:
             dist = self.distribution(self.model.policy(obs))
         actions = dist.sample(self.action_generator)
         return actions, dist.log_prob(actions)
+
+    @torch.no_grad()
+    def evaluation_actions(self, obs: np.ndarray, *, greedy: bool, rng: np.random.Generator) -> np.ndarray:
+        """Actions for evaluation episodes: π's mode (``greedy``) or a draw from π(·|s).
+
+        Draws come from ``rng`` (the evaluation's own stream), never from the training
+        generators, so evaluating leaves training bit-identical.
+        """
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        with self._cache():
+            dist = self.distribution(self.model.policy(x))
+        if greedy:
+            return dist.mode().cpu().numpy()
+        generator = torch.Generator(self.device).manual_seed(int(rng.integers(2**62)))
+        return dist.sample(generator).cpu().numpy()
 
     @torch.no_grad()
     def value(self, obs: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 from plasticrl.trainers.config import load_config
-from plasticrl.trainers.off_policy import build_dqn, train_off_policy
+from plasticrl.trainers.off_policy import build_off_policy, train_off_policy
 
 DEFAULT_CONFIG = "configs/minatar/dqn_breakout.yaml"
 # The final ε; plasticity metrics off: they are not one of the three parts of the bound, cost
@@ -44,7 +44,7 @@ def per_call_ms(fn, n: int, warmup: int = 100) -> float:
 def measure_parts(cfg, n: int) -> dict[str, float]:
     """Per-call milliseconds of an env step, an ε-greedy act and a sample+update, each alone."""
     torch.set_num_threads(cfg.torch_threads or torch.get_num_threads())
-    setup = build_dqn(cfg)
+    setup = build_off_policy(cfg)
     envs, agent, buffer = setup.envs, setup.agent, setup.buffer
     obs, _ = envs.reset(seed=cfg.seed)
     for _ in range(cfg.agent.learning_starts):

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 from plasticrl.trainers.config import load_config
-from plasticrl.trainers.off_policy import build_dqn
+from plasticrl.trainers.off_policy import build_off_policy
 
 BASE = "configs/minatar/dqn_permuted_adam.yaml"
 VARIANTS: dict[str, list[str]] = {
@@ -34,7 +34,7 @@ VARIANTS: dict[str, list[str]] = {
 
 def build(overrides: list[str], extra: list[str]):
     cfg = load_config(BASE, [*overrides, *extra, "agent.eps_decay_steps=1"])
-    setup = build_dqn(cfg)
+    setup = build_off_policy(cfg)
     envs, buffer = setup.envs, setup.buffer
     obs, _ = envs.reset(seed=0)
     rng = np.random.default_rng(0)

@@ -1,13 +1,26 @@
 """AdamO: Adam with a decoupled isometry step (Rosseau, Müller, Nowé, ICML 2026).
 
 Contains:
-    AdamO: the optimizer (``plasticity.AdamO``), shaped like ``torch.optim.AdamW``.
-    adamo: the functional form, dispatching to ``_single_tensor_adamo`` (the readable reference),
-        ``_multi_tensor_adamo`` (``foreach``) and ``_fused_adamo`` (torch's fused AdamW kernel).
+    AdamO: the optimizer (``plasticity.AdamO``), a subclass of ``torch.optim.Adam`` with AdamW's
+        decoupled weight decay plus one additive step, ``θ ← θ − η_iso·λ·∇R(θ_{t−1})``.
     The ``"adamo"`` factory in :data:`plasticrl.plasticity.optimizers.OPTIMIZERS`.
 
 Paper: *Preserving Plasticity in Continual Learning via Dynamical Isometry*, arXiv 2606.09762.
-The maths of the isometry term lives in :mod:`plasticrl.plasticity.isometry`; docs/methods.md §1 is the spec.
+The maths of the isometry term lives in :mod:`plasticrl.plasticity.isometry`; docs/methods.md §1
+is the spec (§1.2 the update rule).
+
+Note [Adam part]
+    The Adam part of every step is torch's own: :meth:`torch.optim.Adam._init_group` and the
+    functional ``torch.optim.adam.adam`` with ``decoupled_weight_decay=True`` (AdamW), so the
+    single-tensor, ``foreach`` and ``fused`` kernels, the state keys and the ``state_dict`` format
+    are torch's. AdamO adds two things around it, per param group: ∇R is evaluated at θ_{t−1}
+    before the Adam update and added after it. Each tensor's Adam update reads only that tensor
+    and its own state, so adding ∇R after the whole group's update gives the same bits as adding
+    it right after each tensor's. The one choice that is not torch's is the default kernel:
+    ``fused=None`` and ``foreach=None`` pick the fused kernel (one pass per tensor, ~4× faster
+    than the loop on a small CPU network) when every parameter of the group is a floating-point
+    CPU or CUDA tensor, else ``foreach`` off the CPU and the single-tensor loop on it. It is
+    resolved at each step, so ``param_groups`` keep the flags as given (None stays None).
 
 Note [Which tensors take the isometry step]
     Decided by the param-group key ``isometry`` set by :func:`plasticrl.plasticity.optimizers.param_groups`
@@ -19,27 +32,22 @@ Note [Which tensors take the isometry step]
 
 Note [Isometry prefetch]
     ∇R(θ_t) depends only on the weights, which are final as soon as step t−1 returns. With
-    ``iso_prefetch=True`` the end of each ``step`` submits ∇R for the next step to one background
-    thread; matmuls release the GIL, so it runs on an otherwise idle core while the trainer steps
-    the env, acts and runs the forward/backward of the next update, and the next ``step`` only
-    waits for it (normally already done) and adds it. The values are those the synchronous path
-    computes, provided the weights did not change in between. Guard: each parameter's
-    ``_version`` (bumped by every in-place op: ``load_state_dict``, ``p.copy_``, ``p[idx] = ...``,
-    this optimizer's own updates) and ``data_ptr`` are recorded at submission and compared at
-    use; a mismatch, a changed ``iso_target`` or a missing entry recomputes synchronously. Writes
-    through ``p.data`` bump no ``_version``: code that edits weights that way must call
-    :meth:`AdamO.discard_prefetch`. Nothing thread-related is kept in ``state`` or
-    ``param_groups``, so ``state_dict``, pickling and ``copy.deepcopy`` are unaffected (a copy
-    starts with no pending prefetch); a forked child starts its own worker.
+    ``iso_prefetch=True`` the end of each ``step`` submits ∇R for the next step to a
+    :class:`~plasticrl.plasticity.prefetch.TensorPrefetch` (one background thread; matmuls release
+    the GIL), so it runs on an otherwise idle core while the trainer steps the env, acts and runs
+    the forward/backward of the next update; the next ``step`` takes it (normally done already).
+    The values are exactly the synchronous ones (Note [Prefetch validity] in that module: a weight
+    edited in place, a changed ``iso_target`` or a failure recomputes synchronously); code that
+    edits weights through ``p.data`` must call :meth:`AdamO.discard_prefetch`. Nothing of it is in
+    ``state`` or ``param_groups``, so ``state_dict``, pickling and ``copy.deepcopy`` are unaffected.
 
     CPU tensors only (on CUDA the kernels are asynchronous already). It pays when a core is idle
     during the rest of the update: torch intra-op threads < cores and one run per machine, and
-    enough other work per update (forward/backward, env step) to hide the ∇R matmuls. On the
-    MinAtar DQN (one intra-op thread, 2-core CPU, ``benchmarks/bench_adamo.py``) a full update
-    costs ~1.5× fused Adam with the synchronous isometry step and ~1.1–1.2× with prefetch; what
-    remains on the trainer thread (~0.1 ms) is the hand-off, the extra pass that adds ∇R, and
-    cache traffic. When every core is busy (two seeds on two cores) it saves nothing and costs a
-    thread hand-off per step. Hence off by default, with the ``.data`` caveat as second reason.
+    enough other work per update to hide the ∇R matmuls. On the MinAtar DQN (one intra-op thread,
+    2-core CPU, ``benchmarks/bench_adamo.py``) a full update costs ~1.5× fused Adam with the
+    synchronous isometry step and ~1.1–1.2× with prefetch. When every core is busy (two seeds on
+    two cores) it saves nothing and costs a thread hand-off per step. Hence off by default, with
+    the ``.data`` caveat as second reason.
 
 Note [iso_every]
     ``iso_every = k > 1`` applies the isometry step only on a parameter's steps ``t ≡ 0 (mod k)``,
@@ -50,20 +58,28 @@ Note [iso_every]
 from __future__ import annotations
 
 import math
-import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from plasticrl.plasticity.isometry import isometry_grad
-from plasticrl.plasticity.optimizers import OPTIMIZERS, AdamOOptions, OptimizerConfig
+from plasticrl.plasticity.optimizers import OPTIMIZERS, AdamOOptions, OptimizerConfig, adam_state_keys
+from plasticrl.plasticity.prefetch import TensorPrefetch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT
+from torch.optim.adam import adam
+from torch.optim.optimizer import ParamsT
 
-__all__ = ["AdamO", "adamo"]
+__all__ = ["AdamO"]
+
+_ISO_DEFAULTS: dict[str, Any] = {
+    "iso_coef": 1e-2,
+    "iso_target": 1.0,
+    "iso_lr": None,
+    "iso_every": 1,
+    "iso_prefetch": False,
+    "isometry": None,  # None: by tensor rank (Note [Which tensors take the isometry step])
+}
+"""AdamO's group keys beyond Adam's, with the defaults a checkpoint that lacks them gets."""
 
 
 def _is_number(value: object) -> bool:
@@ -76,7 +92,22 @@ def _takes_isometry(group: dict[str, Any]) -> bool:
     return flag is None or bool(flag)
 
 
-class AdamO(Optimizer):
+def _kernels(group: dict[str, Any]) -> tuple[bool, bool]:
+    """``(fused, foreach)`` for ``group``, resolving the ``None`` defaults (Note [Adam part])."""
+    fused, foreach = group["fused"], group["foreach"]
+    if fused and foreach:
+        raise RuntimeError("AdamO: fused=True and foreach=True cannot be combined")
+    params = group["params"]
+    if fused is None:
+        fused = foreach is None and all(
+            p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+        )
+    if foreach is None:
+        foreach = not fused and all(p.device.type != "cpu" for p in params)
+    return bool(fused), bool(foreach)
+
+
+class AdamO(torch.optim.Adam):
     r"""Adam plus a decoupled isometry step on weight matrices (AdamO).
 
     .. math::
@@ -104,9 +135,10 @@ class AdamO(Optimizer):
             &\textbf{return} \: \theta_t
        \end{aligned}
 
-    ``∇R`` is evaluated at θ_{t−1}, before the Adam step (docs/methods.md §1.2, [ours]); weight decay is
-    decoupled as in AdamW. With ``iso_coef=0`` this is ``torch.optim.Adam`` (``weight_decay=0``)
-    or ``torch.optim.AdamW``. ``maximize`` flips the task gradient only; the isometry step always
+    ``∇R`` is evaluated at θ_{t−1}, before the Adam step (docs/methods.md §1.2, [ours]); weight
+    decay is decoupled as in AdamW. With ``iso_coef=0`` this is ``torch.optim.AdamW`` (and
+    ``torch.optim.Adam`` when ``weight_decay=0``), bit for bit: the Adam part is torch's own
+    (Note [Adam part]). ``maximize`` flips the task gradient only; the isometry step always
     descends R. Which tensors take the step: Note [Which tensors take the isometry step].
     Paper: Rosseau, Müller, Nowé, *Preserving Plasticity in Continual Learning via Dynamical
     Isometry*, ICML 2026, https://arxiv.org/abs/2606.09762.
@@ -128,12 +160,11 @@ class AdamO(Optimizer):
         iso_prefetch: compute the next step's ∇R on a background thread, for CPU tensors
             (default False; exact, see Note [Isometry prefetch] for when it pays).
         foreach: use the multi-tensor implementation (default None: see ``fused``).
-        fused: run the Adam part with torch's fused AdamW kernel (one pass per tensor; ~4× faster
-            than the loop on a small CPU network). ``None`` (default) picks fused when ``foreach``
-            is not set and every parameter is a floating-point tensor on the CPU or CUDA, else
-            ``foreach`` off the CPU and the single-tensor loop on it. Cannot be combined with
-            ``foreach=True``.
+        fused: run the Adam part with torch's fused AdamW kernel. ``None`` (default) picks it when
+            ``foreach`` is not set and the group's parameters allow it (Note [Adam part]).
+            Cannot be combined with ``foreach=True``.
         maximize: maximize the objective (default False).
+        amsgrad: torch's AMSGrad variant of the Adam part (default False).
 
     Raises:
         ValueError: ``Invalid <name>: <value>`` for an out-of-range or wrongly typed argument.
@@ -161,6 +192,7 @@ class AdamO(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         maximize: bool = False,
+        amsgrad: bool = False,
     ) -> None:
         checks: tuple[tuple[str, object, bool], ...] = (
             ("lr", lr, _is_number(lr) and lr >= 0),
@@ -185,117 +217,110 @@ class AdamO(Optimizer):
             ("foreach", foreach, foreach is None or isinstance(foreach, bool)),
             ("fused", fused, fused is None or (isinstance(fused, bool) and not (fused and foreach))),
             ("maximize", maximize, isinstance(maximize, bool)),
+            ("amsgrad", amsgrad, isinstance(amsgrad, bool)),
         )
         for name, value, ok in checks:
             if not ok:
                 raise ValueError(f"Invalid {name}: {value}")
-        defaults: dict[str, Any] = {
-            "lr": lr,
-            "betas": (float(betas[0]), float(betas[1])),
-            "eps": eps,
-            "weight_decay": weight_decay,
+        super().__init__(
+            params,
+            lr=lr,
+            betas=(float(betas[0]), float(betas[1])),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )
+        iso = {
+            **_ISO_DEFAULTS,
             "iso_coef": iso_coef,
             "iso_target": iso_target,
             "iso_lr": iso_lr,
             "iso_every": iso_every,
             "iso_prefetch": iso_prefetch,
-            "isometry": None,  # None: by tensor rank (Note [Which tensors take the isometry step])
-            "foreach": foreach,
-            "fused": fused,
-            "maximize": maximize,
         }
-        super().__init__(params, defaults)
-        self._iso_pending: _Prefetch | None = None
+        # Groups were added by torch with Adam's defaults; AdamO's keys join them (and the
+        # defaults, for later add_param_group calls) without overriding a group's own values.
+        self.defaults.update(iso)
+        for group in self.param_groups:
+            for key, value in iso.items():
+                group.setdefault(key, value)
+        # torch lets GradScaler hand its scale to a fused kernel, which then skips an inf step
+        # itself; the isometry step would still run. Off: GradScaler unscales and skips `step`.
+        self._step_supports_amp_scaling = False
+        self._prefetch: TensorPrefetch[float] = TensorPrefetch(isometry_grad)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        # Keys added after the first release (and every flag) get their defaults when loading
-        # older state; everything below is also what a deepcopy/unpickle restores.
+        # Also what load_state_dict, deepcopy and unpickling run: checkpoints of the first AdamO
+        # (before it subclassed Adam) lack torch's newer keys and some of ours; Adam's defaults
+        # fill torch's, except that AdamO's weight decay is always decoupled.
         for group in self.param_groups:
-            group.setdefault("iso_coef", 1e-2)
-            group.setdefault("iso_target", 1.0)
-            group.setdefault("iso_lr", None)
-            group.setdefault("iso_every", 1)
-            group.setdefault("iso_prefetch", False)
-            group.setdefault("isometry", None)
-            group.setdefault("foreach", None)
-            group.setdefault("fused", None)
-            group.setdefault("maximize", False)
+            for key, value in _ISO_DEFAULTS.items():
+                group.setdefault(key, value)
+            group["decoupled_weight_decay"] = True
+        # Not part of the state: a copy or unpickled optimizer starts without a pending prefetch.
+        self.__dict__.setdefault("_prefetch", TensorPrefetch(isometry_grad))
+
+    def _iso_due(self, group: dict[str, Any], p: Tensor) -> bool:
+        """Whether ``p``'s next step applies the isometry step (Note [iso_every])."""
+        every: int = group["iso_every"]
+        if every == 1:
+            return True
+        state = self.state.get(p)  # never creates an entry (state is a defaultdict)
+        done = int(state["step"].item()) if state else 0
+        return (done + 1) % every == 0
+
+    def _iso_params(self, group: dict[str, Any]) -> list[Tensor]:
+        """The tensors of ``group`` that take the isometry step now (Note [Which tensors ...])."""
+        if group["iso_coef"] == 0 or not _takes_isometry(group):
+            return []
+        return [p for p in group["params"] if p.grad is not None and p.dim() >= 2 and self._iso_due(group, p)]
+
+    def _adam_step(self, group: dict[str, Any], fused: bool, foreach: bool) -> None:
+        """Torch's Adam(W) update of ``group`` with the resolved kernel flags (Note [Adam part])."""
+        if fused:
+            # torch keeps `step` on the parameter's device for the fused kernel (elsewhere the CPU
+            # is fine); the default kernel is resolved per step, so a loaded state may sit elsewhere.
             for p in group["params"]:
-                p_state = self.state.get(p, {})
-                if p_state and not torch.is_tensor(p_state["step"]):
-                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
-        # Not part of the state: a pending prefetch stays valid across load_state_dict (the
-        # weights are checked at use); a copy or unpickled optimizer starts without one.
-        self.__dict__.setdefault("_iso_pending", None)
-
-    def _init_group(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor],
-        state_steps: list[Tensor],
-        iso_mask: list[bool],
-    ) -> None:
-        """Fill the parallel lists for the params of ``group`` that have a gradient; lazy state."""
-        takes_iso = _takes_isometry(group)
-        # The fused kernel reads `step` on the parameter's device; the loops read it on the CPU.
-        fused = _implementation(group["params"], group["foreach"], group["fused"]) == "fused"
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("AdamO does not support sparse gradients")
-            if torch.is_complex(p):
-                raise RuntimeError("AdamO does not support complex parameters")
-            state = self.state[p]
-            step_device = p.device if fused else torch.device("cpu")
-            if len(state) == 0:
-                # `step` is a float32 tensor, as in torch.optim.Adam.
-                state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            elif state["step"].device != step_device:
-                state["step"] = state["step"].to(step_device)
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            state_steps.append(state["step"])
-            iso_mask.append(takes_iso and p.dim() >= 2)
-
-    @staticmethod
-    def _iso_due(group: dict[str, Any], step: Tensor, ahead: int) -> bool:
-        """Whether the step ``step + ahead`` of a parameter applies the isometry step."""
-        every = group["iso_every"]
-        return every == 1 or (int(step.item()) + ahead) % every == 0
-
-    def _isometry_grads(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        state_steps: list[Tensor],
-        iso_mask: list[bool],
-        prefetched: dict[Tensor, tuple[float, Tensor]],
-    ) -> list[Tensor | None]:
-        """∇R(θ_t) for each param taking the isometry step on this step, else None."""
-        if group["iso_coef"] == 0:
-            return [None] * len(params)
-        target = group["iso_target"]
-        out: list[Tensor | None] = []
-        for p, step, takes_iso in zip(params, state_steps, iso_mask, strict=True):
-            if not takes_iso or not self._iso_due(group, step, 1):
-                out.append(None)
-                continue
-            ready = prefetched.pop(p, None)
-            out.append(ready[1] if ready is not None and ready[0] == target else isometry_grad(p, target))
-        return out
+                state = self.state.get(p)
+                if state and state["step"].device != p.device:
+                    state["step"] = state["step"].to(p.device)
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        exp_avgs: list[Tensor] = []
+        exp_avg_sqs: list[Tensor] = []
+        max_exp_avg_sqs: list[Tensor] = []
+        steps: list[Tensor] = []
+        resolved = {**group, "fused": fused, "foreach": foreach}  # a view: the group keeps None
+        if self._init_group(resolved, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):
+            raise RuntimeError("AdamO does not support complex parameters")  # ∇R is for real W
+        beta1, beta2 = group["betas"]
+        adam(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            max_exp_avg_sqs,
+            steps,
+            foreach=foreach,
+            fused=fused,
+            decoupled_weight_decay=True,
+            amsgrad=group["amsgrad"],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one optimization step.
+        """Perform one optimization step: torch's Adam(W) step plus the isometry step.
 
         Args:
             closure: re-evaluates the model and returns the loss (optional).
@@ -307,363 +332,42 @@ class AdamO(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
-        prefetched = self._take_prefetch()
+        iso_grad = self._prefetch.take()
         for group in self.param_groups:
-            params: list[Tensor] = []
-            grads: list[Tensor] = []
-            exp_avgs: list[Tensor] = []
-            exp_avg_sqs: list[Tensor] = []
-            state_steps: list[Tensor] = []
-            iso_mask: list[bool] = []
-            self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, state_steps, iso_mask)
-            # ∇R at θ_t, before the Adam step changes θ (docs/methods.md §1.2).
-            iso_grads = self._isometry_grads(group, params, state_steps, iso_mask, prefetched)
-            beta1, beta2 = group["betas"]
-            iso_lr = group["iso_lr"] if group["iso_lr"] is not None else group["lr"]
-            adamo(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                state_steps,
-                iso_grads,
-                foreach=group["foreach"],
-                fused=group["fused"],
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                iso_coef=group["iso_coef"] * group["iso_every"],
-                iso_lr=iso_lr,
-                maximize=group["maximize"],
-            )
-        self._launch_prefetch()
+            fused, foreach = _kernels(group)
+            # ∇R at θ_{t−1}, before the Adam step changes θ (docs/methods.md §1.2).
+            iso_params = self._iso_params(group)
+            iso_grads = [iso_grad(p, group["iso_target"]) for p in iso_params]
+            self._adam_step(group, fused, foreach)
+            if iso_params:
+                # θ ← θ − η_iso (kλ) ∇R(θ_{t−1}): the decoupled isometry step.
+                iso_lr = group["iso_lr"] if group["iso_lr"] is not None else group["lr"]
+                alpha = -iso_lr * (group["iso_coef"] * group["iso_every"])
+                torch._foreach_add_(iso_params, iso_grads, alpha=alpha)
+        self._submit_prefetch()
         return loss
-
-    # -- Note [Isometry prefetch] ------------------------------------------------------------
 
     def discard_prefetch(self) -> None:
         """Drop a pending ∇R prefetch, e.g. after editing weights through ``p.data``."""
-        self._iso_pending = None
+        self._prefetch.discard()
 
-    def _launch_prefetch(self) -> None:
+    def _submit_prefetch(self) -> None:
+        """Start ∇R for the next step of every CPU weight due then (Note [Isometry prefetch])."""
         params: list[Tensor] = []
         targets: list[float] = []
         for group in self.param_groups:
             if not (group["iso_prefetch"] and group["iso_coef"] != 0 and _takes_isometry(group)):
                 continue
             for p in group["params"]:
-                state = self.state.get(p)
                 # CPU only: on CUDA the matmuls are asynchronous kernels already, and a worker
                 # thread would not see the trainer's current stream.
-                if (
-                    p.dim() >= 2
-                    and p.device.type == "cpu"
-                    and state
-                    and self._iso_due(group, state["step"], 1)
-                ):
+                if p.dim() >= 2 and p.device.type == "cpu" and self.state.get(p) and self._iso_due(group, p):
                     params.append(p)
                     targets.append(group["iso_target"])
-        if not params:
-            self._iso_pending = None
-            return
-        # Detach on this thread: the worker then holds the current storage even if `p.data` is
-        # later rebound, and never touches autograd metadata.
-        weights = [p.detach() for p in params]
-        future = _submit(_isometry_grads_task, weights, targets)
-        self._iso_pending = _Prefetch(
-            future, params, [p._version for p in params], [p.data_ptr() for p in params], targets
-        )
-
-    def _take_prefetch(self) -> dict[Tensor, tuple[float, Tensor]]:
-        pending, self._iso_pending = self._iso_pending, None
-        if pending is None:
-            return {}
-        try:
-            grads = pending.future.result()
-        except Exception:  # the synchronous recomputation below raises it where it belongs
-            return {}
-        return {
-            p: (target, grad)
-            for p, version, ptr, target, grad in zip(
-                pending.params,
-                pending.versions,
-                pending.data_ptrs,
-                pending.targets,
-                grads,
-                strict=True,
-            )
-            if p._version == version and p.data_ptr() == ptr
-        }
+        self._prefetch.submit(params, targets)
 
 
-@dataclass
-class _Prefetch:
-    """A submitted ∇R computation and the weight fingerprints it is valid for."""
-
-    future: Future[list[Tensor]]
-    params: list[Tensor]
-    versions: list[int]
-    data_ptrs: list[int]
-    targets: list[float]
-
-
-def _isometry_grads_task(weights: list[Tensor], targets: list[float]) -> list[Tensor]:
-    return [isometry_grad(w, s) for w, s in zip(weights, targets, strict=True)]
-
-
-_worker: ThreadPoolExecutor | None = None
-_worker_lock = threading.Lock()
-
-
-def _submit(fn: Callable[..., list[Tensor]], *args: Any) -> Future[list[Tensor]]:
-    """Run ``fn`` on the process-wide prefetch thread (one thread: one spare core)."""
-    global _worker
-    with _worker_lock:
-        if _worker is None:
-            _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adamo-iso")
-        return _worker.submit(fn, *args)
-
-
-def _forget_worker_after_fork() -> None:
-    # A forked child has no copy of the worker thread; it starts its own on first use.
-    global _worker, _worker_lock
-    _worker, _worker_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_worker_after_fork)
-
-
-def _implementation(params: list[Tensor], foreach: bool | None, fused: bool | None) -> str:
-    """``"fused"``, ``"foreach"`` or ``"single"``, resolving the ``None`` defaults (see AdamO)."""
-    if fused and foreach:
-        raise RuntimeError("AdamO: fused=True and foreach=True cannot be combined")
-    if fused is None:
-        fused = foreach is None and all(
-            p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
-        )
-    if fused:
-        return "fused"
-    if foreach is None:
-        foreach = all(p.device.type != "cpu" for p in params)
-    return "foreach" if foreach else "single"
-
-
-def adamo(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    iso_grads: list[Tensor | None],
-    *,
-    foreach: bool | None = None,
-    fused: bool | None = None,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    iso_coef: float,
-    iso_lr: float,
-    maximize: bool,
-) -> None:
-    """Functional AdamO: update ``params`` and the state lists in place (see :class:`AdamO`).
-
-    Args:
-        params: parameters with a gradient.
-        grads: their task gradients.
-        exp_avgs: first moments m.
-        exp_avg_sqs: second moments v.
-        state_steps: step counters (0-d float tensors), incremented here.
-        iso_grads: ∇R(θ_t) of each parameter, evaluated at the current weights before this call,
-            or None where the parameter takes no isometry step.
-        foreach: multi-tensor implementation (None: see ``fused``).
-        fused: torch's fused AdamW kernel for the Adam part; None: on when ``foreach`` is None
-            and every param is a floating-point CPU or CUDA tensor.
-        lr: η.
-        beta1: β1.
-        beta2: β2.
-        eps: ε.
-        weight_decay: μ (decoupled).
-        iso_coef: the multiplier of ∇R (λ, times k with ``iso_every=k``).
-        iso_lr: η_iso.
-        maximize: maximize the task objective.
-    """
-    impl = {"fused": _fused_adamo, "foreach": _multi_tensor_adamo, "single": _single_tensor_adamo}[
-        _implementation(params, foreach, fused)
-    ]
-    impl(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        state_steps,
-        iso_grads,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        iso_coef=iso_coef,
-        iso_lr=iso_lr,
-        maximize=maximize,
-    )
-
-
-def _single_tensor_adamo(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    iso_grads: list[Tensor | None],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    iso_coef: float,
-    iso_lr: float,
-    maximize: bool,
-) -> None:
-    for i, param in enumerate(params):
-        grad = grads[i] if not maximize else -grads[i]
-        exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
-
-        step_t += 1
-        step = step_t.item()
-
-        # θ ← θ − ημθ: decoupled weight decay (AdamW).
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-
-        # m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²: the moments see only the task gradient.
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-
-        # θ ← θ − η m̂ / (√v̂ + ε), with the bias corrections folded into the step size.
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-
-        # θ ← θ − η_iso λ ∇R(θ_t): the decoupled isometry step.
-        iso_grad = iso_grads[i]
-        if iso_grad is not None:
-            param.add_(iso_grad, alpha=-iso_lr * iso_coef)
-
-
-def _multi_tensor_adamo(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    iso_grads: list[Tensor | None],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    iso_coef: float,
-    iso_lr: float,
-    maximize: bool,
-) -> None:
-    for indices in _by_device_and_dtype(params).values():
-        dev_params = [params[i] for i in indices]
-        dev_grads = [grads[i] for i in indices]
-        dev_exp_avgs = [exp_avgs[i] for i in indices]
-        dev_exp_avg_sqs = [exp_avg_sqs[i] for i in indices]
-        dev_steps = [state_steps[i] for i in indices]
-
-        if maximize:
-            dev_grads = list(torch._foreach_neg(dev_grads))
-        # CPU step counters: one wrapped scalar tensor instead of one per counter.
-        torch._foreach_add_(dev_steps, torch.tensor(1.0), alpha=1.0)
-
-        if weight_decay != 0:
-            torch._foreach_mul_(dev_params, 1 - lr * weight_decay)
-
-        torch._foreach_lerp_(dev_exp_avgs, dev_grads, 1 - beta1)
-        torch._foreach_mul_(dev_exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(dev_exp_avg_sqs, dev_grads, dev_grads, 1 - beta2)
-
-        steps = [s.item() for s in dev_steps]
-        step_sizes = [-lr / (1 - beta1**step) for step in steps]
-        bias_correction2_sqrt = [(1 - beta2**step) ** 0.5 for step in steps]
-        denoms = torch._foreach_sqrt(dev_exp_avg_sqs)
-        torch._foreach_div_(denoms, bias_correction2_sqrt)
-        torch._foreach_add_(denoms, eps)
-        torch._foreach_addcdiv_(dev_params, dev_exp_avgs, denoms, step_sizes)
-
-        _add_isometry_step(params, iso_grads, indices, -iso_lr * iso_coef)
-
-
-def _fused_adamo(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    iso_grads: list[Tensor | None],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    iso_coef: float,
-    iso_lr: float,
-    maximize: bool,
-) -> None:
-    # The Adam part is exactly torch.optim.AdamW(fused=True)'s kernel; the isometry step follows.
-    for indices in _by_device_and_dtype(params).values():
-        dev_params = [params[i] for i in indices]
-        dev_steps = [state_steps[i] for i in indices]
-        torch._foreach_add_(dev_steps, 1)
-        torch._fused_adamw_(
-            dev_params,
-            [grads[i] for i in indices],
-            [exp_avgs[i] for i in indices],
-            [exp_avg_sqs[i] for i in indices],
-            [],
-            dev_steps,
-            amsgrad=False,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=weight_decay,
-            eps=eps,
-            maximize=maximize,
-            grad_scale=None,
-            found_inf=None,
-        )
-        _add_isometry_step(params, iso_grads, indices, -iso_lr * iso_coef)
-
-
-def _by_device_and_dtype(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    """Indices of ``params`` bucketed by (device, dtype): foreach and fused kernels take one each."""
-    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, p in enumerate(params):
-        buckets.setdefault((p.device, p.dtype), []).append(i)
-    return buckets
-
-
-def _add_isometry_step(
-    params: list[Tensor], iso_grads: list[Tensor | None], indices: list[int], alpha: float
-) -> None:
-    """θ ← θ + alpha · ∇R(θ_t) for the params among ``indices`` that take the isometry step."""
-    pairs = [(params[i], iso_grads[i]) for i in indices if iso_grads[i] is not None]
-    if pairs:
-        torch._foreach_add_([p for p, _ in pairs], [g for _, g in pairs], alpha=alpha)
-
-
-@OPTIMIZERS.register("adamo", options=AdamOOptions)
+@OPTIMIZERS.register("adamo", options=AdamOOptions, state_keys=adam_state_keys(AdamO))
 def _adamo_factory(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> AdamO:
     # fused=None lets AdamO choose (fused on CPU/CUDA unless foreach is set), like `adam` here.
     return AdamO(

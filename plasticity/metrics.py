@@ -88,7 +88,7 @@ from typing import Any, NamedTuple
 import torch
 from plasticrl.plasticity.isometry import isometry_gap
 from plasticrl.plasticity.layers import CReLU, GroupSort
-from plasticrl.plasticity.optimizers import param_groups
+from plasticrl.plasticity.optimizers import param_groups, state_keys_of
 from torch import Tensor, nn
 from torch.func import functional_call, jacfwd, jacrev, vmap
 from torch.nn.utils import parametrize
@@ -666,34 +666,34 @@ def param_rms(model: nn.Module) -> float:
 def optimizer_stats(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Statistics of the second-moment denominator √v̂ per parameter-group kind.
 
-    Definition **[ours]**: for every parameter with optimizer state, √v̂ elementwise, where
-    v̂ = ``exp_avg_sq`` / (1 − β₂^t) for Adam-family optimizers (Adam, AdamW, AdamO, fused or not;
-    any optimizer with ``exp_avg_sq`` state, bias-corrected when its group has ``betas``), and
-    v̂ = ``square_avg`` (minus ``grad_avg``² when centred) for RMSprop. This is the per-coordinate
-    scale the step divides by; a dead unit's rows have √v̂ → 0. Entries are pooled over the
-    groups of one kind (``kind`` tag, or ``group_<i>`` for untagged groups). Optimizers without
-    such state (SGD) give an empty dict.
+    Definition **[ours]**: for every parameter with optimizer state, √v̂ elementwise, where v is
+    the second moment its optimizer's registry entry declares (Note [Optimizer state keys] in
+    :mod:`plasticrl.plasticity.optimizers`; a subclass reads its nearest declared base's):
+    v̂ = v / (1 − β₂^t) for the Adam family (Adam, AdamW, AdamO, fused or not; bias-corrected),
+    and v̂ = v minus the first moment squared for centred RMSprop (v itself uncentred). This is
+    the per-coordinate scale the step divides by; a dead unit's rows have √v̂ → 0. Entries are
+    pooled over the groups of one kind (``kind`` tag, or ``group_<i>`` for untagged groups).
+    Optimizers that declare no second moment (SGD) or no keys at all give an empty dict.
 
     Returns:
         ``sqrt_v_mean/<kind>``, ``sqrt_v_max/<kind>``, ``sqrt_v_min/<kind>``.
     """
+    keys = state_keys_of(optimizer, exact=False)
+    if keys is None or keys.second_moment is None:
+        return {}
     pooled: dict[str, list[Tensor]] = {}
     for i, group in enumerate(optimizer.param_groups):
         kind = str(group.get("kind", f"group_{i}"))
-        betas = group.get("betas")
         for p in group["params"]:
             state = optimizer.state.get(p, {})
-            if "exp_avg_sq" in state:
-                v = state["exp_avg_sq"].detach().to(torch.float64)
-                step = float(state.get("step", 0.0))
-                if betas is not None and step > 0:
-                    v = v / (1.0 - float(betas[1]) ** step)
-            elif "square_avg" in state:
-                v = state["square_avg"].detach().to(torch.float64)
-                if "grad_avg" in state:
-                    v = v - state["grad_avg"].detach().to(torch.float64).square()
-            else:
+            if keys.second_moment not in state:
                 continue
+            v = state[keys.second_moment].detach().to(torch.float64)
+            step = float(state[keys.step]) if keys.step in state else 0.0
+            if keys.bias_corrected and step > 0:
+                v = v / (1.0 - float(group["betas"][1]) ** step)
+            if keys.centred and keys.first_moment in state:
+                v = v - state[keys.first_moment].detach().to(torch.float64).square()
             pooled.setdefault(kind, []).append(v.clamp_min(0.0).sqrt().flatten())
     out: dict[str, float] = {}
     for kind, parts in pooled.items():

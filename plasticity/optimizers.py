@@ -6,6 +6,8 @@ Contains:
     OPTIMIZERS: the optimizer registry (``adam``, ``adamw``, ``sgd``, ``rmsprop``; ``adamo`` is
         registered by :mod:`plasticrl.plasticity.adamo`).
     make_optimizer: build an optimizer by name or ``package.module:Class`` from tagged groups.
+    adam_state_keys, state_keys_of, declared_state_keys: the per-parameter state keys each entry
+        declares (Note [Optimizer state keys]).
 
 Note [Parameter groups]
     Groups are decided once, here, from tensor properties and the network's declared head, never
@@ -24,6 +26,15 @@ Note [Parameter groups]
     The head is the set of modules named in the network's ``head_names`` attribute when it has
     one (PPO's actor and critic heads), else the last module, in ``named_modules()`` order, that
     owns a parameter of two or more dimensions.
+
+Note [Optimizer state keys]
+    Each entry declares the per-parameter state its optimizer keeps, by role (step counter, first
+    and second moment, other tensors shaped like the parameter), as a
+    :class:`~plasticrl.plasticity.registry.StateKeys` with the optimizer classes it describes.
+    Weight surgery (:mod:`plasticrl.plasticity.surgery`) and the √v̂ metrics
+    (:func:`plasticrl.plasticity.metrics.optimizer_stats`) find them with :func:`state_keys_of`;
+    nothing else spells torch's state-key names. Surgery asks for the exact class (a subclass may
+    keep state it cannot know); the metrics, which only read, accept the nearest declared base.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from plasticrl.plasticity.registry import Registry, options_of
+from plasticrl.plasticity.registry import Registry, StateKeys, options_of
 from plasticrl.plasticity.rmsprop import RMSprop
 from torch import nn
 
@@ -51,6 +62,10 @@ __all__ = [
     "AdamOOptions",
     "SGDOptions",
     "RMSpropOptions",
+    "StateKeys",
+    "adam_state_keys",
+    "state_keys_of",
+    "declared_state_keys",
 ]
 
 GroupKind = Literal["matrix", "head", "vector", "constrained"]
@@ -86,6 +101,10 @@ class OptimizerConfig:
     """AdamO: η_iso; None follows each group's current lr (so schedules apply)."""
     iso_head: bool = False
     """Also apply the isometry step / penalty to the output head's weights."""
+    reset_on_task_switch: bool = False
+    """Reset the optimizer's state (moments, step counts) at every task boundary, as the AdamO
+    paper's RL protocol does; the weights and the lr schedule carry over. Needs ``nonstationary.kind``
+    (:func:`plasticrl.trainers.learning.reset_optimizer_state`)."""
     iso_every: int = 1
     """AdamO: apply the isometry step every k steps with k× its size (1 = exact; >1 approximate)."""
     iso_prefetch: bool = False
@@ -130,7 +149,7 @@ class OptimizerConfig:
 OptimizerFactory = Callable[[list[dict[str, Any]], OptimizerConfig], torch.optim.Optimizer]
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 
-COMMON_KEYS = ("name", "lr", "lr_schedule", "lr_end_factor", "iso_head")
+COMMON_KEYS = ("name", "lr", "lr_schedule", "lr_end_factor", "iso_head", "reset_on_task_switch")
 """``optimizer.*`` keys that apply whatever the optimizer (``iso_head`` also steers the coupled
 isometry penalty, which works with any optimizer)."""
 IMPORTED_KEYS = (*COMMON_KEYS, "kwargs")
@@ -150,6 +169,44 @@ RMSpropOptions = options_of(
     OptimizerConfig, "RMSpropOptions", ("alpha", "eps", "momentum", "centered", "weight_decay", "compile")
 )
 """Options of ``rmsprop``."""
+
+
+def adam_state_keys(*optimizers: type[torch.optim.Optimizer]) -> StateKeys:
+    """The state keys of torch's Adam family (``amsgrad`` adds ``max_exp_avg_sq``), for ``optimizers``."""
+    return StateKeys(
+        optimizers=optimizers,
+        step="step",
+        first_moment="exp_avg",
+        second_moment="exp_avg_sq",
+        others=("max_exp_avg_sq",),
+        bias_corrected=True,
+    )
+
+
+def declared_state_keys() -> dict[type, StateKeys]:
+    """Optimizer class → the state keys its registry entry declares (Note [Optimizer state keys])."""
+    declared: dict[type, StateKeys] = {}
+    for name in OPTIMIZERS:
+        keys = OPTIMIZERS.state_keys(name)
+        if keys is not None:
+            declared.update(dict.fromkeys(keys.optimizers, keys))
+    return declared
+
+
+def state_keys_of(optimizer: torch.optim.Optimizer, *, exact: bool = True) -> StateKeys | None:
+    """The state keys declared for ``optimizer``'s class (Note [Optimizer state keys]).
+
+    Args:
+        optimizer: any optimizer.
+        exact: match its exact type only (for code that edits state); False also accepts the
+            nearest declared class in its MRO (for code that only reads it).
+
+    Returns:
+        The declared keys, or None when no registry entry declares the class.
+    """
+    declared = declared_state_keys()
+    classes = (type(optimizer),) if exact else type(optimizer).__mro__
+    return next((declared[c] for c in classes if c in declared), None)
 
 
 def applicable_keys(name: str) -> frozenset[str]:
@@ -223,9 +280,11 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.
     ``Class(groups, lr=cfg.lr, **cfg.kwargs)``.
     """
     factory = OPTIMIZERS.get(cfg.name)
-    if isinstance(factory, type) and issubclass(factory, torch.optim.Optimizer):
+    entry: object = factory  # narrowed below without narrowing `factory`
+    if isinstance(entry, type) and issubclass(entry, torch.optim.Optimizer):
+        optimizer_class: Callable[..., torch.optim.Optimizer] = entry  # takes lr, unlike the base
         try:
-            return factory(groups, lr=cfg.lr, **dict(cfg.kwargs))
+            return optimizer_class(groups, lr=cfg.lr, **dict(cfg.kwargs))
         except TypeError as exc:
             raise ValueError(f"cannot construct optimizer {cfg.name!r}: {exc}") from None
     if cfg.compile and cfg.name not in FUSED_UPDATES:
@@ -269,17 +328,21 @@ def _adam_kwargs(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> dict[str
     )
 
 
-@OPTIMIZERS.register("adam", options=AdamOptions)
+@OPTIMIZERS.register("adam", options=AdamOptions, state_keys=adam_state_keys(torch.optim.Adam))
 def _adam(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, **_adam_kwargs(groups, cfg))
 
 
-@OPTIMIZERS.register("adamw", options=AdamOptions)
+@OPTIMIZERS.register("adamw", options=AdamOptions, state_keys=adam_state_keys(torch.optim.AdamW))
 def _adamw(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, **_adam_kwargs(groups, cfg))
 
 
-@OPTIMIZERS.register("sgd", options=SGDOptions)
+@OPTIMIZERS.register(
+    "sgd",
+    options=SGDOptions,
+    state_keys=StateKeys(optimizers=(torch.optim.SGD,), others=("momentum_buffer",)),
+)
 def _sgd(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(
         groups,
@@ -291,7 +354,19 @@ def _sgd(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Opti
     )
 
 
-@OPTIMIZERS.register("rmsprop", options=RMSpropOptions)
+@OPTIMIZERS.register(
+    "rmsprop",
+    options=RMSpropOptions,
+    # Ours and torch's keep the same state; the centred variant keeps the first moment `grad_avg`.
+    state_keys=StateKeys(
+        optimizers=(RMSprop, torch.optim.RMSprop),
+        step="step",
+        first_moment="grad_avg",
+        second_moment="square_avg",
+        others=("momentum_buffer",),
+        centred=True,
+    ),
+)
 def _rmsprop(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     # Ours, not torch's: torch's centred RMSprop can write NaN (plasticrl.plasticity.rmsprop).
     return RMSprop(

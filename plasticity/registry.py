@@ -4,6 +4,7 @@ Contains:
     Registry: a typed mapping from names to factories that also resolves ``package.module:attr``.
     resolve_import: import ``package.module:attr`` with a one-line error.
     close_matches: "did you mean" suggestions for error messages.
+    StateKeys: the per-parameter state keys an optimizer entry declares (``state_keys=``).
 
 Every extension point (networks, optimizers, regularizers, interventions, agents, schedules) is a
 ``Registry``. Registration happens by plain import of the defining module; nothing scans entry
@@ -18,7 +19,7 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["Registry", "resolve_import", "close_matches", "options_of"]
+__all__ = ["Registry", "resolve_import", "close_matches", "options_of", "StateKeys"]
 
 T = TypeVar("T")
 
@@ -85,6 +86,42 @@ def options_of(section: type, name: str, keys: tuple[str, ...]) -> type:
     return options
 
 
+@dataclasses.dataclass(frozen=True)
+class StateKeys:
+    """The per-parameter state an optimizer keeps, by role: what an optimizer entry declares.
+
+    Code that reads or edits optimizer state (weight surgery, the √v̂ metrics) looks the roles up
+    here instead of spelling torch's key names, so a new optimizer is supported by declaring its
+    keys once, on its registry entry (``OPTIMIZERS.register(..., state_keys=StateKeys(...))``).
+
+    Example:
+        >>> keys = StateKeys(optimizers=(object,), step="step", first_moment="m", second_moment="v")
+        >>> sorted(keys.tensors)
+        ['m', 'v']
+    """
+
+    optimizers: tuple[type, ...]
+    """The optimizer classes (exact types) whose ``state[p]`` these keys describe."""
+    step: str | None = None
+    """Per-tensor step counter (one number per tensor, never sliced); None: none kept."""
+    first_moment: str | None = None
+    """Running mean of the gradient (Adam's ``m``, centred RMSprop's ``ḡ``); None: none kept."""
+    second_moment: str | None = None
+    """Running mean of the squared gradient (Adam's ``v``, RMSprop's ``E[g²]``); None: none kept."""
+    others: tuple[str, ...] = ()
+    """Further state tensors shaped like the parameter (AMSGrad's max of ``v``, momentum buffers)."""
+    bias_corrected: bool = False
+    """``v̂ = v / (1 − β₂^t)``, with ``β₂ = group["betas"][1]`` and ``t`` the step counter (Adam)."""
+    centred: bool = False
+    """``v̂ = v − m²`` where the first moment is kept (centred RMSprop keeps it only when centred)."""
+
+    @property
+    def tensors(self) -> frozenset[str]:
+        """Every key of a state tensor shaped like its parameter (all but the step counter)."""
+        moments = (self.first_moment, self.second_moment, *self.others)
+        return frozenset(k for k in moments if k is not None)
+
+
 class Registry(Generic[T]):
     """A named collection of factories of one kind.
 
@@ -108,8 +145,11 @@ or 'package.module:attr'
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._options: dict[str, type] = {}
+        self._state_keys: dict[str, StateKeys] = {}
 
-    def register(self, name: str, *, options: type | None = None) -> Callable[[T], T]:
+    def register(
+        self, name: str, *, options: type | None = None, state_keys: StateKeys | None = None
+    ) -> Callable[[T], T]:
         """Decorator that registers ``fn`` under ``name``; a duplicate name is an error.
 
         Args:
@@ -117,6 +157,7 @@ or 'package.module:attr'
             options: the entry's options dataclass: the config keys that apply to it (its fields).
                 The strict config converter refuses any other key of the section for this entry
                 and ``plasticrl config`` shows only these. None: the entry declares no options.
+            state_keys: an optimizer entry's per-parameter state keys (:class:`StateKeys`).
         """
 
         def deco(fn: T) -> T:
@@ -125,6 +166,8 @@ or 'package.module:attr'
             self._entries[name] = fn
             if options is not None:
                 self._options[name] = options
+            if state_keys is not None:
+                self._state_keys[name] = state_keys
             return fn
 
         return deco
@@ -133,10 +176,15 @@ or 'package.module:attr'
         """The options dataclass ``name`` was registered with (None: none declared, or a path)."""
         return self._options.get(name)
 
+    def state_keys(self, name: str) -> StateKeys | None:
+        """The :class:`StateKeys` ``name`` was registered with (None: none declared, or a path)."""
+        return self._state_keys.get(name)
+
     def unregister(self, name: str) -> None:
         """Remove ``name`` (for tests that register temporary entries)."""
         del self._entries[name]
         self._options.pop(name, None)
+        self._state_keys.pop(name, None)
 
     def get(self, name: str) -> T:
         """Return the entry for a registered ``name`` or a ``package.module:attr`` path."""

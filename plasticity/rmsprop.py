@@ -80,7 +80,9 @@ class RMSprop(torch.optim.Optimizer):
             lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered
         )
         super().__init__(params, defaults)
-        self._compiled = torch.compile(_rmsprop_loop, dynamic=False) if compile else None
+        self._compiled: Callable[..., None] | None = (
+            torch.compile(_rmsprop_loop, dynamic=False) if compile else None
+        )
         self._lrs: list[Tensor] = []  # per-tensor lr handed to the compiled update (no recompiles)
 
     def _compiled_step(self, batches: list[tuple[Any, ...]]) -> None:
@@ -102,6 +104,7 @@ class RMSprop(torch.optim.Optimizer):
                 t.fill_(lr)
             joined = [sum((list(b[i]) for b in chunk), []) for i in range(5)]
             group = chunk[0][-1]
+            assert self._compiled is not None  # only called when compiled
             self._compiled(*joined, self._lrs, *(group[k] for k in keys))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -162,7 +165,7 @@ def _rmsprop(
     """The multi-tensor update of one group (foreach ops: one C++ loop per operation)."""
     alpha, eps, lr = group["alpha"], group["eps"], group["lr"]
     if group["weight_decay"]:
-        grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        grads = list(torch._foreach_add(grads, params, alpha=group["weight_decay"]))
     torch._foreach_mul_(square_avgs, alpha)
     torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
     if group["centered"]:

@@ -1,8 +1,6 @@
 r"""Edit rows and columns of layers together with the optimizer state of exactly those slices.
 
 Contains:
-    SUPPORTED_OPTIMIZERS: the optimizer classes whose state can be edited slice by slice, and the
-        state keys each keeps per parameter entry.
     check_optimizer: raise unless an optimizer's state can be edited slice by slice.
     check_editable: raise for a module whose weight is computed by a parametrization.
     reset_state_: put the optimizer state of ``param[index]`` back to a fresh optimizer's (zeros).
@@ -27,15 +25,17 @@ Note [In place]
 
 Note [Optimizer state]
     "Reset" means: the state a freshly built optimizer would hold for those entries. For every
-    supported optimizer that is zero — Adam/AdamW/AdamO's ``exp_avg``, ``exp_avg_sq`` (and
-    ``max_exp_avg_sq`` under amsgrad), RMSprop's ``square_avg``, ``grad_avg``,
-    ``momentum_buffer`` and SGD's ``momentum_buffer``. The step counter ``step`` is one number per
-    tensor and cannot be reset for a slice: it is left alone. Adam's bias correction therefore
+    supported optimizer that is zero — every state tensor shaped like the parameter, as the
+    optimizer's registry entry declares them (Note [Optimizer state keys] in
+    :mod:`plasticrl.plasticity.optimizers`: Adam/AdamW/AdamO's moments and AMSGrad's maximum,
+    RMSprop's moments and momentum buffer, SGD's momentum buffer). The step counter is one number
+    per tensor and cannot be reset for a slice: it is left alone. Adam's bias correction therefore
     treats a recycled slice as old, and its first update after the reset is
     ``η · (1−β1)/√(1−β2) ≈ 3.16 η`` in size (defaults) rather than η — the behaviour of Dopamine's
-    ReDo, which also zeroes the moments and keeps the count. An optimizer not in
-    :data:`SUPPORTED_OPTIMIZERS`, or a state key we do not know, is an error naming it: a silent
-    skip would leave stale moments on recycled units, the bug this module exists to prevent.
+    ReDo, which also zeroes the moments and keeps the count. An optimizer class whose entry declares
+    no state keys (matched by exact type: a subclass may keep other state), or a state key it does
+    not declare, is an error naming it: a silent skip would leave stale moments on recycled
+    units, the bug this module exists to prevent.
 
 Note [Flatten layout]
     A conv producer with ``C`` channels and spatial size ``H×W`` feeding a Linear through
@@ -66,17 +66,16 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import torch
-from plasticrl.plasticity.adamo import AdamO
-from plasticrl.plasticity.rmsprop import RMSprop
+from plasticrl.plasticity.optimizers import declared_state_keys, state_keys_of
+from plasticrl.plasticity.registry import StateKeys
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 __all__ = [
-    "SUPPORTED_OPTIMIZERS",
     "InitKind",
     "check_optimizer",
     "check_editable",
@@ -89,20 +88,6 @@ __all__ = [
 InitKind = Literal["default", "orthogonal"]
 """``default``: torch's own ``reset_parameters`` distribution; ``orthogonal``: orthogonal rows."""
 
-_ADAM_KEYS = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
-_RMSPROP_KEYS = frozenset({"square_avg", "grad_avg", "momentum_buffer"})
-
-SUPPORTED_OPTIMIZERS: Mapping[type[torch.optim.Optimizer], frozenset[str]] = {
-    torch.optim.Adam: _ADAM_KEYS,
-    torch.optim.AdamW: _ADAM_KEYS,
-    AdamO: frozenset({"exp_avg", "exp_avg_sq"}),
-    RMSprop: _RMSPROP_KEYS,
-    torch.optim.RMSprop: _RMSPROP_KEYS,
-    torch.optim.SGD: frozenset({"momentum_buffer"}),
-}
-"""Optimizer class (exact type) → its per-entry state keys, each reset to zero (Note [Optimizer state])."""
-
-_COUNTERS = frozenset({"step"})  # per-tensor counters: left alone
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -110,10 +95,11 @@ def _optimizer_name(optimizer_type: type) -> str:
     return f"{optimizer_type.__module__}.{optimizer_type.__qualname__}"
 
 
-def _state_keys(optimizer: torch.optim.Optimizer) -> frozenset[str]:
-    keys = SUPPORTED_OPTIMIZERS.get(type(optimizer))
+def _state_keys(optimizer: torch.optim.Optimizer) -> StateKeys:
+    """The declared state keys of ``optimizer``'s exact class, or an error naming the supported ones."""
+    keys = state_keys_of(optimizer, exact=True)
     if keys is None:
-        supported = ", ".join(_optimizer_name(t) for t in SUPPORTED_OPTIMIZERS)
+        supported = ", ".join(_optimizer_name(t) for t in declared_state_keys())
         raise ValueError(
             f"optimizer {_optimizer_name(type(optimizer))} is not supported by weight surgery (its state "
             f"cannot be reset slice by slice, and skipping it would leave stale moments on edited "
@@ -122,20 +108,24 @@ def _state_keys(optimizer: torch.optim.Optimizer) -> frozenset[str]:
     return keys
 
 
+def _known(keys: StateKeys) -> list[str]:
+    return sorted(keys.tensors | ({keys.step} if keys.step else set()))
+
+
 def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
     """Raise unless ``optimizer``'s state can be edited slice by slice (Note [Optimizer state]).
 
     Raises:
-        ValueError: an optimizer class not in :data:`SUPPORTED_OPTIMIZERS` (exact type: a subclass
-            may keep other state), or a state key the table does not know.
+        ValueError: an optimizer class whose registry entry declares no state keys (exact type:
+            a subclass may keep other state), or a state key it does not declare.
     """
     keys = _state_keys(optimizer)
     for state in optimizer.state.values():
-        unknown = set(state) - keys - _COUNTERS
+        unknown = set(state).difference(_known(keys))
         if unknown:
             raise ValueError(
                 f"{type(optimizer).__name__} state holds keys {sorted(unknown)} unknown to weight surgery "
-                f"(known: {sorted(keys | _COUNTERS)})"
+                f"(known: {_known(keys)})"
             )
 
 
@@ -180,12 +170,12 @@ def reset_state_(optimizer: torch.optim.Optimizer, param: Tensor, index: Any) ->
     if not state:
         return  # never stepped: nothing to reset
     for key, value in state.items():
-        if key in _COUNTERS:
+        if key == keys.step:
             continue
-        if key not in keys:
+        if key not in keys.tensors:
             raise ValueError(
                 f"{type(optimizer).__name__} state key {key!r} is unknown to weight surgery "
-                f"(known: {sorted(keys | _COUNTERS)})"
+                f"(known: {_known(keys)})"
             )
         if value is None:  # SGD without momentum keeps momentum_buffer=None
             continue
@@ -301,10 +291,11 @@ def unit_columns(units: Tensor, n_units: int, consumer: nn.Module, *, copies: in
     raise ValueError(f"cannot map units to the inputs of a {type(consumer).__name__} (Linear or Conv only)")
 
 
-def _n_units(module: nn.Module) -> int:
+def _affine(module: nn.Module) -> nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d:
+    """``module`` itself, once checked to be a Linear or Conv layer (whose units are its outputs)."""
     if not isinstance(module, _AFFINE):
         raise ValueError(f"units are the outputs of a Linear or Conv layer, got {type(module).__name__}")
-    return int(module.weight.shape[0])
+    return module
 
 
 @torch.no_grad()
@@ -356,21 +347,22 @@ def reinit_units_(
     for module in (producer, *consumers, *norms):
         check_editable(module)
     check_optimizer(optimizer)
-    n_units = _n_units(producer)
-    weight = producer.weight
-    units = torch.as_tensor(units, dtype=torch.long, device=weight.device).unique()
-    if units.numel() == 0:
+    layer = _affine(producer)
+    weight = layer.weight
+    n_units = int(weight.shape[0])
+    unit_ids = torch.as_tensor(units, dtype=torch.long, device=weight.device).unique()
+    if unit_ids.numel() == 0:
         return
-    if int(units.min()) < 0 or int(units.max()) >= n_units:
-        raise ValueError(f"units {units.tolist()} out of range for a layer of {n_units} units")
-    consumer_columns = [unit_columns(units, n_units, c, copies=copies) for c in consumers]  # checks first
+    if int(unit_ids.min()) < 0 or int(unit_ids.max()) >= n_units:
+        raise ValueError(f"units {unit_ids.tolist()} out of range for a layer of {n_units} units")
+    consumer_columns = [unit_columns(unit_ids, n_units, c, copies=copies) for c in consumers]  # checks first
     # ---- incoming weights: fresh rows; bias: zero
     fresh = init_sample(producer, generator=generator, init=init, gain=gain)
-    weight[units] = fresh["weight"][units]
-    reset_state_(optimizer, weight, (units,))
-    if producer.bias is not None:
-        producer.bias[units] = 0.0
-        reset_state_(optimizer, producer.bias, (units,))
+    weight[unit_ids] = fresh["weight"][unit_ids]
+    reset_state_(optimizer, weight, (unit_ids,))
+    if layer.bias is not None:
+        layer.bias[unit_ids] = 0.0
+        reset_state_(optimizer, layer.bias, (unit_ids,))
     # ---- per-unit normalisation parameters and statistics: back to their initial values
     for norm in norms:
         initial = init_sample(norm, generator=generator)
@@ -378,11 +370,12 @@ def reinit_units_(
         for name, tensor in own:
             if name not in initial or tensor.dim() == 0 or tensor.shape[0] % n_units:
                 continue  # shared by all units (or not a statistic): leave it
-            rows = _unit_positions(units, n_units, tensor.shape[0] // n_units)
+            rows = _unit_positions(unit_ids, n_units, tensor.shape[0] // n_units)
             tensor[rows] = initial[name][rows].to(tensor.dtype)
             if isinstance(tensor, nn.Parameter):
                 reset_state_(optimizer, tensor, (rows,))
     # ---- outgoing weights: zero, so the recycled unit starts silent
     for consumer, columns in zip(consumers, consumer_columns, strict=True):
-        consumer.weight[:, columns] = 0.0
-        reset_state_(optimizer, consumer.weight, (slice(None), columns))
+        consumer_weight = _affine(consumer).weight
+        consumer_weight[:, columns] = 0.0
+        reset_state_(optimizer, consumer_weight, (slice(None), columns))

@@ -8,6 +8,8 @@ Commands:
     plasticrl config [CONFIG] [key=value ...]   every key with its value and meaning
     plasticrl plot RUN_DIR [RUN_DIR ...] [--out DIR]   PNGs of returns and plasticity curves
     plasticrl sweep SWEEP.yaml [--workers N] [--dry-run]   base config x grid x seeds, in parallel
+    plasticrl report RUN_DIR [RUN_DIR ...] --out DIR   aggregate runs (never pooling different configs)
+    plasticrl eval RUN_DIR [--episodes N] [--sample] [--video [--out DIR]]   play a trained policy
 
 Bad input (missing file, bad override, unknown name) prints one line on stderr and exits with 2,
 never a traceback (set PLASTICRL_DEBUG=1 for one). Ctrl-C during training writes a checkpoint
@@ -22,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 import gymnasium as gym
+from plasticrl.trainers.evaluation import run_eval_command
 from plasticrl.trainers.experiments.plot import DEFAULT_TAGS, run_plot_command
 from plasticrl.trainers.experiments.report import run_report_command
 from plasticrl.trainers.experiments.sweep import run_sweep_command
@@ -72,6 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot_parser(sub)
     _add_sweep_parser(sub)
     _add_report_parser(sub)
+    _add_eval_parser(sub)
+    return parser
+
+
+def _add_eval_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add ``eval RUN_DIR [--episodes N] [--sample] [--video [--out DIR]]`` to ``plasticrl``'s subparsers."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="play a trained run's policy: mean return, optionally videos",
+        description="Load RUN_DIR's last checkpoint and play episodes with its greedy policy\n"
+        "(--sample: as it explored); --video records each with gymnasium's RecordVideo.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--episodes", type=int, default=10, metavar="N", help="episodes to play (10)")
+    parser.add_argument("--sample", action="store_true", help="the exploring policy, not the greedy one")
+    parser.add_argument("--seed", type=int, default=0, help="reset seed of the first episode (0)")
+    parser.add_argument("--video", action="store_true", help="record every episode as an mp4")
+    parser.add_argument("--out", metavar="DIR", help="video folder (default RUN_DIR/videos)")
     return parser
 
 
@@ -159,7 +182,7 @@ def _add_report_parser(
         help="aggregate runs: learning curves with CIs, per-task scores, plasticity gap, IQM",
         description="Read the event files of every RUN_DIR, group runs by method (folder name\n"
         "without __s<seed>, or --group-by a config key), align them by task segment and write\n"
-        "report.md, scores.csv and PNGs into --out.",
+        "report.md, scores.csv and PNGs into --out; runs of different configs are never pooled.",
         epilog="examples:\n"
         "  plasticrl report runs/permuted_breakout/* --out docs/results/permuted_breakout\n"
         "  plasticrl report runs/a_* runs/b_* --out cmp --group-by optimizer.name",
@@ -267,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plot": run_plot_command,
         "sweep": run_sweep_command,
         "report": run_report_command,
+        "eval": run_eval_command,
     }
     try:
         return commands[args.command](args)

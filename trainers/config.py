@@ -27,29 +27,31 @@ import dataclasses
 import inspect
 import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
 from plasticrl.agents import AGENTS, AgentConfig
 from plasticrl.agents.dqn import DQNConfig
-from plasticrl.agents.networks import NETWORKS, NetworkConfig
+from plasticrl.agents.networks import NetworkConfig
 from plasticrl.agents.networks import applicable_keys as network_keys
-from plasticrl.envs.make import EnvConfig, NonStationaryConfig
+from plasticrl.envs.make import EnvConfig, NonStationaryConfig, change_options, nonstationary_keys
 from plasticrl.plasticity.interventions import InterventionConfig
 from plasticrl.plasticity.metrics import MetricsConfig
-from plasticrl.plasticity.optimizers import OPTIMIZERS, OptimizerConfig
+from plasticrl.plasticity.optimizers import OptimizerConfig
 from plasticrl.plasticity.optimizers import applicable_keys as optimizer_keys
 from plasticrl.plasticity.options import ConfigError, convert, unknown_key
 from plasticrl.plasticity.regularizers import RegularizerConfig
+from plasticrl.trainers.logging import WandbConfig
 
 __all__ = [
     "ConfigError",
     "LoggingConfig",
     "CheckpointConfig",
+    "EvalConfig",
     "ExperimentConfig",
     "load_config",
     "config_from_dict",
@@ -101,10 +103,46 @@ class LoggingConfig:
     """Write loss and Q-value scalars every this many env steps."""
     progress: bool = True
     """Show the progress line (``--quiet`` turns it off)."""
+    wandb: WandbConfig | None = None
+    """Mirror the run to Weights & Biases: ``{project, entity, group, tags, mode}`` (``pip install
+    'plasticrl[wandb]'``; ``mode: offline`` needs no network); null: TensorBoard only."""
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"logging.every must be >= 1, got {self.every}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The ``eval`` section: evaluation episodes on the current task, apart from training.
+
+    Every ``every`` env steps the agent plays ``episodes`` episodes in envs of its own, built as the
+    training envs and set to the task the training envs run then (permutation included), frozen
+    for the evaluation; logged as ``eval/episodic_return`` (mean), ``eval/episodic_return/task_<i>``
+    and, for game switches, ``eval/episodic_return/game_<name>`` (:mod:`plasticrl.trainers.evaluation`).
+    Its random draws come from a stream of its own, so training is bit-identical with it on or off.
+    """
+
+    every: int = 0
+    """Evaluate every this many env steps (and at the end); 0 = never."""
+    episodes: int = 128
+    """Episodes per evaluation, played in parallel (one per eval env)."""
+    policy: Literal["sample", "greedy"] = "sample"
+    """``sample``: PPO draws from π, DQN is ε-greedy with ``epsilon``; ``greedy``: the best action."""
+    epsilon: float = 0.05
+    """DQN's ε when ``policy=sample`` (ε_eval)."""
+    max_episode_steps: int = 100_000
+    """A cap on an evaluation episode's length (the env's own time limit comes first)."""
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"eval.every must be >= 0, got {self.every}")
+        if self.episodes < 1:
+            raise ValueError(f"eval.episodes must be >= 1, got {self.episodes}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"eval.epsilon must be in [0, 1], got {self.epsilon}")
+        if self.max_episode_steps < 1:
+            raise ValueError(f"eval.max_episode_steps must be >= 1, got {self.max_episode_steps}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +190,8 @@ class ExperimentConfig:
     ``{name, ...options}`` (plasticrl.plasticity.interventions)."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """Plasticity metrics section (cadence in updates, probe size, thresholds)."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation section (off unless ``eval.every`` is set)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logging section."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -170,6 +210,11 @@ class ExperimentConfig:
             device = None
         if device is None or device.type not in ("cpu", "cuda", "mps"):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'mps', got {self.device!r}")
+        if self.optimizer.reset_on_task_switch and self.nonstationary.kind is None:
+            raise ValueError(
+                "optimizer.reset_on_task_switch=true needs task switches, but nonstationary.kind is null "
+                "(stationary); set nonstationary.kind and its schedule, or drop the reset"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,11 +262,32 @@ _ENTRY_LISTS: dict[str, type] = {"regularizers": RegularizerConfig, "interventio
 (``from_dict`` checks them with :func:`plasticrl.plasticity.options.parse_entry`)."""
 
 
-_NAMED_SECTIONS: dict[type, tuple[str, Any, Any]] = {
-    OptimizerConfig: ("optimizer", OPTIMIZERS, optimizer_keys),
-    NetworkConfig: ("network", NETWORKS, network_keys),
+@dataclass(frozen=True)
+class _Named:
+    """A section whose naming key picks the keys that apply (``optimizer.name``, ``nonstationary.kind``)."""
+
+    section: str
+    """The section's key in the config (``optimizer``)."""
+    by: str
+    """The naming key inside it (``name``; ``kind`` for ``nonstationary``)."""
+    keys_of: Callable[[Any], frozenset[str]]
+    """Naming value → the section's keys that apply (from the registry entry's options); raises
+    ValueError for an unknown name, which is left to the section's own check."""
+    label: str
+    """How messages name the component (``optimizer``, ``change kind``)."""
+    drop_on_change: frozenset[str] = frozenset()
+    """Keys dropped from a lower layer when a higher one changes the name even though they apply
+    to the new one (``nonstationary.options``: the old kind's options)."""
+
+
+_NAMED_SECTIONS: dict[type, _Named] = {
+    OptimizerConfig: _Named("optimizer", "name", optimizer_keys, "optimizer"),
+    NetworkConfig: _Named("network", "name", network_keys, "network"),
+    NonStationaryConfig: _Named(
+        "nonstationary", "kind", nonstationary_keys, "nonstationary.kind", frozenset({"options"})
+    ),
 }
-"""Sections whose ``name`` picks the keys that apply: (kind, registry, name → applicable keys)."""
+"""Sections whose naming key picks the keys that apply."""
 
 
 def _applicable(cls: type, data: Mapping[str, Any]) -> tuple[str, frozenset[str]] | None:
@@ -233,45 +299,55 @@ def _applicable(cls: type, data: Mapping[str, Any]) -> tuple[str, frozenset[str]
     named = _NAMED_SECTIONS.get(cls)
     if named is None:
         return None
-    kind, registry, keys_of = named
-    name = data.get("name", cls().name)
-    if not isinstance(name, str) or (name not in registry and ":" not in name):
+    name = data.get(named.by, getattr(cls(), named.by))
+    try:
+        keys = named.keys_of(name)
+    except (ValueError, TypeError):
         return None
-    return f"{kind} {name!r}", keys_of(name)
+    shown = "null (stationary)" if name is None else repr(name)
+    return f"{named.label} {shown}", keys
 
 
-def _prune(data: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``data`` with each named section in ``names`` cut to the keys of that name."""
+def _prune(data: Mapping[str, Any], names: Mapping[str, Any], changed: bool = False) -> dict[str, Any]:
+    """A copy of ``data`` with each named section in ``names`` cut to the keys of that name.
+
+    ``changed``: the names are new to ``data`` (a higher layer picks them), so the section's
+    ``drop_on_change`` keys go too.
+    """
     out = _deep_copy(dict(data))
-    for cls, (kind, _, _) in _NAMED_SECTIONS.items():
-        section, name = out.get(kind), names.get(kind)
-        if isinstance(section, dict) and name is not None:
-            applicable = _applicable(cls, {"name": name})
+    for cls, named in _NAMED_SECTIONS.items():
+        section = out.get(named.section)
+        if isinstance(section, dict) and named.section in names:
+            applicable = _applicable(cls, {named.by: names[named.section]})
             if applicable is not None:
-                out[kind] = {k: v for k, v in section.items() if k in applicable[1]}
+                drop = named.drop_on_change if changed else frozenset()
+                out[named.section] = {
+                    k: v for k, v in section.items() if k in applicable[1] and k not in drop
+                }
     return out
 
 
 def _rebase(lower: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
     """``lower`` with each named section pruned to the keys of the name a higher layer picks.
 
-    ``names`` maps a section (``optimizer``, ``network``) to the name that a higher layer (a
-    preset over its ``base``, or command-line overrides over the file) sets. Keys the lower layer
-    set for its own component would not apply to the new one: they are dropped, so the section
-    starts from the new component's defaults. Keys the higher layer sets itself stay strict, and
-    a section whose name does not change is left as it is (its own errors stay errors).
+    ``names`` maps a section (``optimizer``, ``network``, ``nonstationary``) to the name that a
+    higher layer (a preset over its ``base``, or command-line overrides over the file) sets. Keys
+    the lower layer set for its own component would not apply to the new one: they are dropped,
+    so the section starts from the new component's defaults. Keys the higher layer sets itself
+    stay strict, and a section whose name does not change is left as it is (its own errors stay
+    errors).
     """
     own = _names_set(lower)
-    return _prune(lower, {kind: name for kind, name in names.items() if name != own.get(kind)})
+    return _prune(lower, {kind: name for kind, name in names.items() if name != own.get(kind)}, changed=True)
 
 
 def _names_set(layer: Mapping[str, Any]) -> dict[str, Any]:
     """The named sections' names a preset layer sets (``{"optimizer": "adam"}``)."""
     out = {}
-    for kind, *_ in _NAMED_SECTIONS.values():
-        section = layer.get(kind)
-        if isinstance(section, Mapping) and "name" in section:
-            out[kind] = section["name"]
+    for named in _NAMED_SECTIONS.values():
+        section = layer.get(named.section)
+        if isinstance(section, Mapping) and named.by in section:
+            out[named.section] = section[named.by]
     return out
 
 
@@ -290,7 +366,9 @@ def _build_agent(value: Any, key: str) -> AgentConfig:
     name = value.get("name", "dqn")
     if not isinstance(name, str) or name not in AGENTS:
         raise ConfigError(f"unknown agent.name {name!r}; valid choices: {AGENTS.names()}", key=f"{key}.name")
-    return _build(AGENTS.get(name), value, key)
+    schema = AGENTS.options(name)
+    assert schema is not None, f"agent {name!r} is registered without its config class"
+    return _build(schema, value, key)
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
@@ -319,8 +397,9 @@ def config_to_dict(cfg: Any) -> Any:
 def _shown_keys(cfg: Any) -> set[str]:
     """The fields of dataclass ``cfg`` that apply (all, unless it is a named section)."""
     names = {f.name for f in dataclasses.fields(cfg)}
-    if type(cfg) in _NAMED_SECTIONS:
-        applicable = _applicable(type(cfg), {"name": cfg.name})
+    named = _NAMED_SECTIONS.get(type(cfg))
+    if named is not None:
+        applicable = _applicable(type(cfg), {named.by: getattr(cfg, named.by)})
         if applicable is not None:
             return names & applicable[1]
     return names
@@ -353,7 +432,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``key=value`` override set (creating sections)."""
     parsed = [(text, *parse_override(text)) for text in overrides]
-    names = {path[0]: value for _, path, value in parsed if len(path) == 2 and path[1] == "name"}
+    naming = {named.section: named.by for named in _NAMED_SECTIONS.values()}
+    names = {path[0]: value for _, path, value in parsed if len(path) == 2 and naming.get(path[0]) == path[1]}
     out: dict[str, Any] = _rebase(data, names)
     for text, path, value in parsed:
         node = out
@@ -495,6 +575,14 @@ def describe_config(cfg: Any = None, prefix: str = "") -> list[tuple[str, str, s
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value) and not isinstance(value, RegularizerConfig | InterventionConfig):
             rows.extend(describe_config(value, key + "."))
+        elif isinstance(cfg, NonStationaryConfig) and f.name == "options" and cfg.kind is not None:
+            parts = change_options(cfg)  # each kind's options, with their defaults and docs
+            for kind, options in parts:
+                inner = f"{key}." if len(parts) == 1 else f"{key}.{kind}."
+                if dataclasses.is_dataclass(options):
+                    rows.extend(describe_config(options, inner))
+                else:  # a package.module:Class kind without an options dataclass
+                    rows.append((inner.rstrip("."), repr(options), docs.get(f.name, "")))
         else:
             rows.append((key, repr(config_to_dict(value)), docs.get(f.name, "")))
     return rows

@@ -5,6 +5,8 @@ Contains:
     build_learning: those four from ``cfg``, in the order that matters (the probe first).
     build_interventions: the configured interventions, bound to the model and its optimizer.
     make_lr_scheduler: the configured schedule as a LambdaLR that scales every group's own lr.
+    reset_optimizer_state: forget an optimizer's state, as at a task boundary
+        (``optimizer.reset_on_task_switch``).
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 from plasticrl.plasticity.interventions import Intervention, make_interventions
 from plasticrl.plasticity.optimizers import OptimizerConfig, make_optimizer, param_groups
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.plasticity.regularizers import Regularizer, make_regularizers
 from plasticrl.trainers.config import ExperimentConfig
+from plasticrl.trainers.seeding import stream
 from torch import nn
 
 __all__ = [
@@ -27,12 +29,8 @@ __all__ = [
     "build_learning",
     "build_interventions",
     "make_lr_scheduler",
-    "INTERVENTION_SEED_INDEX",
+    "reset_optimizer_state",
 ]
-
-INTERVENTION_SEED_INDEX = 4
-"""Interventions draw from child 4 of ``SeedSequence(cfg.seed).spawn(5)`` (fixed: checkpoints and
-published runs depend on it)."""
 
 
 @dataclass
@@ -56,11 +54,17 @@ def build_learning(model: nn.Module, cfg: ExperimentConfig, total_updates: int) 
     """The probe, optimizer, regularizers and lr schedule of ``model`` from ``cfg``.
 
     The probe is built before any update, so it keeps the initial weights (distance-to-init).
+    A model with NaP-marked layers (``network.nap``) gets NaP's projection as a step post-hook of
+    the optimizer, so it runs after every ``optimizer.step()`` of either loop (Note [NaP and the
+    optimizer] in :mod:`plasticrl.plasticity.nap`); other models get no hook.
     """
+    from plasticrl.plasticity.nap import attach_nap
+
     measuring = cfg.metrics.every > 0 or cfg.metrics.ntk_every > 0
     probe = PlasticityProbe(model, cfg.metrics) if measuring else None
     groups = param_groups(model, iso_head=cfg.optimizer.iso_head)
     optimizer = make_optimizer(groups, cfg.optimizer)
+    attach_nap(model, optimizer)
     regularizers = make_regularizers(model, groups, cfg.regularizers)
     scheduler = make_lr_scheduler(optimizer, cfg.optimizer, total_updates)
     return Learning(probe, optimizer, regularizers, scheduler)
@@ -78,7 +82,7 @@ def build_interventions(
     Raises:
         ValueError: an impossible combination (e.g. ReDo on a constrained network), at start-up.
     """
-    seed = np.random.SeedSequence(cfg.seed).spawn(INTERVENTION_SEED_INDEX + 1)[INTERVENTION_SEED_INDEX]
+    seed = stream(cfg.seed, "interventions")  # Note [Random streams] in plasticrl.trainers.seeding
     return make_interventions(
         model,
         optimizer,
@@ -105,3 +109,26 @@ def make_lr_scheduler(
         return 1.0 - (1.0 - end) * min(update / horizon, 1.0)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Forget ``optimizer``'s per-parameter state (moments, step counts), keeping its param groups.
+
+    torch's optimizers create their state lazily at a parameter's first step, so an empty state is
+    exactly a fresh optimizer's: the next step is its first step (Adam's bias correction starts
+    over), for every optimizer built on ``torch.optim.Optimizer`` (AdamO's included). The param
+    groups, and with them the lr and the lr schedule, are untouched. An optimizer with state
+    outside ``state`` may define ``reset_state()``, which is called instead.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.Adam([p], lr=0.1)
+        >>> p.grad = torch.ones(2); opt.step()
+        >>> reset_optimizer_state(opt); len(opt.state)
+        0
+    """
+    reset = getattr(optimizer, "reset_state", None)
+    if callable(reset):
+        reset()
+    else:
+        optimizer.state.clear()

@@ -1,98 +1,233 @@
-"""The off-policy training loop (DQN): act, step, store, update, log, checkpoint.
+"""The off-policy training loop (DQN, and any agent that follows ``OffPolicyAgent``).
 
 Contains:
-    build_dqn: env, network, optimizer, regularizers, agent, replay buffer and interventions from a config.
+    OffPolicyAgent: the small protocol the loop drives (act, update, after-env-step hook, scalars).
+    OffPolicySetup / build_off_policy: env, network, optimizer, regularizers, agent, replay buffer
+        and interventions from a config.
+    OffPolicyState: the loop's counters and current observations (checkpointed).
     train_off_policy: the loop, reading top to bottom like CleanRL's ``dqn.py`` main block.
 
-The loop owns the logger and the checkpoints (through :class:`plasticrl.trainers.session.Session`); the agent
-only returns metric dicts. Each iteration is one vector-env step (``num_envs`` env steps);
+The loop owns the logger and the checkpoints (through :class:`plasticrl.trainers.session.Session`);
+the agent only returns metric dicts. Each iteration is one vector-env step (``num_envs`` env steps);
 ``global_step`` counts env steps.
+
+A second off-policy agent is an agent file: a config class with the off-policy keys
+(``OffPolicyConfig``) and an agent class with ``loop = "off_policy"``, ``make_model``,
+``from_parts`` and the methods of ``OffPolicyAgent``, registered in ``plasticrl.agents.AGENTS``
+with its config class as options. :class:`plasticrl.agents.dqn.DQNAgent` is the example.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
-from plasticrl.agents.buffers import ReplayBuffer
-from plasticrl.agents.dqn import DQNAgent, DQNConfig
-from plasticrl.agents.networks import make_network
+from plasticrl.agents import AGENTS
+from plasticrl.agents.buffers import Batch, ObsStorage, ReplayBuffer
 from plasticrl.envs.vector import envs_state, final_observations, make_vector_env, restore_envs
 from plasticrl.plasticity.interventions import Intervention
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
-from plasticrl.trainers.learning import build_interventions, build_learning
+from plasticrl.trainers.evaluation import Evaluator
+from plasticrl.trainers.learning import build_interventions, build_learning, reset_optimizer_state
 from plasticrl.trainers.runfolder import make_run_dir
+from plasticrl.trainers.seeding import stream
 from plasticrl.trainers.session import Companions, Session, TrainResult, prepare_process, task_switched
+from torch import Tensor, nn
 
-__all__ = ["DQNSetup", "build_dqn", "train_off_policy"]
+__all__ = [
+    "OffPolicyConfig",
+    "OffPolicyAgent",
+    "OffPolicySetup",
+    "OffPolicyState",
+    "build_off_policy",
+    "train_off_policy",
+]
+
+
+class OffPolicyConfig(Protocol):
+    """The ``agent`` keys the off-policy loop reads (``DQNConfig`` has them)."""
+
+    @property
+    def learning_starts(self) -> int:
+        """Env steps of acting before the first update."""
+        ...
+
+    @property
+    def replay_ratio(self) -> float:
+        """Gradient updates per env step."""
+        ...
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per update."""
+        ...
+
+    @property
+    def buffer_size(self) -> int:
+        """Replay capacity in transitions."""
+        ...
+
+    @property
+    def obs_storage(self) -> ObsStorage:
+        """How the replay buffer stores observations."""
+        ...
+
+
+class OffPolicyAgent(Protocol):
+    """What the off-policy loop calls on an agent, in the order it calls it."""
+
+    optimizer: torch.optim.Optimizer
+    updates: int
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained network (the probe and the interventions act on it)."""
+        ...
+
+    def act(self, obs: np.ndarray, step: int) -> np.ndarray:
+        """Actions for the sub-envs' observations at env step ``step``."""
+        ...
+
+    def update(self, batch: Batch) -> Mapping[str, Tensor]:
+        """One gradient step on a replay batch; detached scalar metrics (``losses/<key>``)."""
+        ...
+
+    def after_env_step(self, step: int) -> None:
+        """Called once per vector step after the updates, once learning has started (DQN: target syncs)."""
+        ...
+
+    def scalars(self, step: int) -> dict[str, float]:
+        """Extra scalars logged at the logging cadence (DQN: ``charts/epsilon``)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to checkpoint."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        ...
 
 
 @dataclass
-class DQNSetup:
-    """Everything a DQN run is made of."""
+class OffPolicySetup:
+    """Everything an off-policy run is made of."""
 
     envs: gym.vector.VectorEnv
-    agent: DQNAgent
+    agent: Any
+    """The agent (an ``OffPolicyAgent``: ``DQNAgent`` for ``agent.name=dqn``)."""
     buffer: ReplayBuffer
     probe: PlasticityProbe | None
-    """Plasticity metrics of the online network; None when ``metrics.every`` and ``ntk_every`` are 0."""
-    interventions: list[Intervention] = dataclasses.field(default_factory=list)
-    """The configured interventions, bound to the online network and its optimizer."""
+    """Plasticity metrics of the trained network; None when ``metrics.every`` and ``ntk_every`` are 0."""
+    interventions: list[Intervention] = field(default_factory=list)
+    """The configured interventions, bound to the trained network and its optimizer."""
 
 
-def build_dqn(cfg: ExperimentConfig) -> DQNSetup:
-    """Build the vector env, Q-network, optimizer, regularizers, agent, buffer and interventions of ``cfg``.
+def build_off_policy(cfg: ExperimentConfig) -> OffPolicySetup:
+    """Build the vector env, network, optimizer, regularizers, agent, buffer and interventions of ``cfg``.
+
+    The agent class is ``AGENTS.get(cfg.agent.name)``; its random streams are ``agent`` and
+    ``replay`` (Note [Random streams] in :mod:`plasticrl.trainers.seeding`).
 
     Raises:
-        ValueError: a non-Discrete action space, or interventions that cannot work with this
-            network or optimizer (the envs are closed first).
+        ValueError: an action space the agent cannot act in, or interventions that cannot work
+            with this network or optimizer (the envs are closed first).
     """
-    agent_cfg = cfg.agent
-    assert isinstance(agent_cfg, DQNConfig)
+    agent_cfg: Any = cfg.agent
+    agent_cls: Any = AGENTS.get(cfg.agent.name)
     device = torch.device(cfg.device)
     envs = make_vector_env(cfg.env, cfg.seed, cfg.nonstationary)
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    if not isinstance(act_space, gym.spaces.Discrete):
-        raise ValueError(f"DQN needs a Discrete action space; {cfg.env.id!r} has {act_space}")
-    q_net = make_network(obs_space, act_space, cfg.network).to(device)
-    total_updates = math.ceil(max(cfg.total_steps - agent_cfg.learning_starts, 0) * agent_cfg.replay_ratio)
-    learning = build_learning(q_net, cfg, total_updates)
-    probe, optimizer = learning.probe, learning.optimizer
-    # Independent streams for exploration and replay sampling, both fixed by the run seed.
-    explore_seed, replay_seed = np.random.SeedSequence(cfg.seed).spawn(2)
-    agent = DQNAgent(
-        q_net,
-        optimizer,
-        agent_cfg,
-        int(act_space.n),
-        regularizers=learning.regularizers,
-        scheduler=learning.scheduler,
-        seed=explore_seed,
-        device=device,
-    )
-    try:  # an impossible combination (e.g. ReDo on a constrained network) fails here, at start-up
-        interventions = build_interventions(q_net, optimizer, cfg, obs_space, device)
+    try:
+        obs_space, act_space = envs.single_observation_space, envs.single_action_space
+        try:
+            model = agent_cls.make_model(obs_space, act_space, cfg.network).to(device)
+        except ValueError as exc:
+            raise ValueError(f"env {cfg.env.id!r}: {exc}") from None
+        total_updates = math.ceil(
+            max(cfg.total_steps - agent_cfg.learning_starts, 0) * agent_cfg.replay_ratio
+        )
+        learning = build_learning(model, cfg, total_updates)
+        agent = agent_cls.from_parts(
+            model,
+            learning.optimizer,
+            agent_cfg,
+            act_space,
+            regularizers=learning.regularizers,
+            scheduler=learning.scheduler,
+            seed=stream(cfg.seed, "agent"),
+            device=device,
+        )
+        # an impossible combination (e.g. ReDo on a constrained network) fails here, at start-up
+        interventions = build_interventions(model, learning.optimizer, cfg, obs_space, device)
     except BaseException:
         envs.close()
         raise
     buffer = ReplayBuffer(
-        agent_cfg.buffer_size, obs_space, agent_cfg.obs_storage, seed=replay_seed, device=device
+        agent_cfg.buffer_size,
+        obs_space,
+        agent_cfg.obs_storage,
+        seed=stream(cfg.seed, "replay"),
+        device=device,
     )
-    return DQNSetup(envs, agent, buffer, probe, interventions)
+    return OffPolicySetup(envs, agent, buffer, learning.probe, interventions)
+
+
+@dataclass
+class OffPolicyState:
+    """The off-policy loop's counters and the sub-envs' current observations (checkpointed)."""
+
+    obs: np.ndarray
+    """The observations the next action is chosen on."""
+    global_step: int = 0
+    """Env steps done, summed over sub-envs."""
+    update_credit: float = 0.0
+    """Fractional updates owed (``replay_ratio``)."""
+    task_switch_pending: bool = False
+    """A task switch not yet handed to the interventions (delivered with the next update)."""
+    reset_pending: bool = False
+    """A task switch whose optimizer reset (``optimizer.reset_on_task_switch``) waits for the next update."""
+    optimizer_resets: int = 0
+    """Optimizer resets done."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint entries: ``global_step``, ``obs`` and the counters under ``loop``."""
+        counters = {k: v for k, v in asdict(self).items() if k != "obs"}
+        return {"global_step": self.global_step, "obs": self.obs, "loop": counters}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> OffPolicyState:
+        """Inverse of :meth:`state_dict` (a checkpoint's own entries)."""
+        kept = ("update_credit", "task_switch_pending", "reset_pending", "optimizer_resets")
+        counters = {k: v for k, v in state["loop"].items() if k in kept}
+        return cls(obs=state["obs"], global_step=int(state["loop"]["global_step"]), **counters)
+
+
+def _replay_obs(buffer: ReplayBuffer, rng: np.random.Generator, n: int) -> Tensor:
+    """``n`` observations drawn uniformly from ``buffer`` with ``rng`` (an intervention's probe batch)."""
+    return buffer.get(rng.integers(0, len(buffer), size=n)).obs
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint written before DQN's agent owned its next target-sync step (it was the loop's)."""
+    pending = state["loop"].get("next_target_update")
+    if pending is not None and "next_target_update" not in state["agent"]:
+        state = {**state, "agent": {**state["agent"], "next_target_update": pending}}
+    return state
 
 
 def train_off_policy(
     cfg: ExperimentConfig, run_dir: Path | None, resume_state: dict[str, Any] | None, *, quiet: bool = False
 ) -> TrainResult:
-    """Train a DQN agent for ``cfg.total_steps`` env steps, from scratch or from ``resume_state``.
+    """Train an off-policy agent for ``cfg.total_steps`` env steps, from scratch or from ``resume_state``.
 
     Args:
         cfg: the resolved config.
@@ -101,147 +236,109 @@ def train_off_policy(
         resume_state: a checkpoint of this run to continue from.
         quiet: no progress line.
     """
-    agent_cfg = cfg.agent
-    assert isinstance(agent_cfg, DQNConfig)
+    agent_cfg: Any = cfg.agent
     prepare_process(cfg)
-    setup = build_dqn(cfg)
-    envs, agent, buffer, probe = setup.envs, setup.agent, setup.buffer, setup.probe
-    interventions = setup.interventions
-    companions = Companions(cfg.seed, probe, interventions)
-    episodes, probe_rng, intervention_rng = (
-        companions.episodes,
-        companions.probe_rng,
-        companions.intervention_rng,
-    )
+    setup = build_off_policy(cfg)
+    envs, agent, buffer = setup.envs, setup.agent, setup.buffer
+    companions = Companions(cfg.seed, setup.probe, setup.interventions)
+    episodes, interventions = companions.episodes, companions.interventions
     if run_dir is None:
         run_dir = make_run_dir(cfg)
     num_envs = cfg.env.num_envs
-
-    # Loop state; everything here goes into the checkpoint.
-    loop = _LoopState(next_target_update=agent_cfg.learning_starts + agent_cfg.target_update_every)
+    reset_on_switch = cfg.optimizer.reset_on_task_switch
     if resume_state is None:
-        obs, _ = envs.reset(seed=cfg.seed)
+        state = OffPolicyState(obs=envs.reset(seed=cfg.seed)[0])
     else:
+        resume_state = _upgrade(resume_state)
         envs.close()
         envs = restore_envs(resume_state["envs"], cfg.env, cfg.seed, cfg.nonstationary)
-        obs = resume_state["obs"]
+        state = OffPolicyState.from_state(resume_state)
         agent.load_state_dict(resume_state["agent"])
         if resume_state["buffer"] is not None:
             buffer.load_state_dict(resume_state["buffer"])
-        loop = _LoopState(**resume_state["loop"])
         companions.load_state_dict(resume_state)
 
-    def checkpoint_state() -> dict[str, Any]:
+    def checkpoint() -> dict[str, Any]:
         return {
             "config": config_to_dict(cfg),
-            "global_step": loop.global_step,
             "agent": agent.state_dict(),
             "buffer": buffer.state_dict() if cfg.checkpoint.replay_buffer else None,
             "envs": envs_state(envs),
-            "obs": obs,
-            "loop": dataclasses.asdict(loop),
+            **state.state_dict(),
             **companions.state_dict(),
         }
 
-    session = Session(cfg, run_dir, loop.global_step, resumed=resume_state is not None, quiet=quiet)
-    logger, progress = session.logger, session.progress
-    if probe is not None and resume_state is None:
-        logger.layout(probe.layout())
-
-    def measure(update_metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-        assert probe is not None
-        idx = probe_rng.integers(0, len(buffer), size=cfg.metrics.probe_size)
-        grad_norm = update_metrics.get("grad_norm")  # pre-clipping norm, when clipping is on
-        return probe(
-            buffer.get(idx).obs,
-            ntk=probe.ntk_due(agent.updates),
-            optimizer=agent.optimizer,
-            grad_norm_value=None if grad_norm is None else float(grad_norm),
-        )
-
-    def intervention_probe(n: int) -> torch.Tensor:
-        return buffer.get(intervention_rng.integers(0, len(buffer), size=n)).obs
-
-    def intervene(step: int) -> None:
-        switched, loop.task_switch_pending = loop.task_switch_pending, False
-        for intervention in interventions:
-            scalars = intervention.after_update(
-                agent.updates, agent.q_net, agent.optimizer, intervention_probe, task_switched=switched
-            )
-            if scalars:
-                logger.log(scalars, step)
-
-    metrics: dict[str, torch.Tensor] = {}
+    intervention_obs = functools.partial(_replay_obs, buffer, companions.intervention_rng)
+    metrics: Mapping[str, Tensor] = {}
     learning_clock: tuple[float, int] | None = None  # (time, step) when this process first updated
-
-    def run_loop() -> int:
-        nonlocal obs, metrics, learning_clock
-        while loop.global_step < cfg.total_steps and not session.stop_requested:
+    resumed = resume_state is not None
+    evaluator = Evaluator(cfg, state.global_step)
+    with Session(cfg, run_dir, state.global_step, resumed=resumed, quiet=quiet, state=checkpoint) as session:
+        logger, progress = session.logger, session.progress
+        if companions.probe is not None and not resumed:
+            logger.layout(companions.probe.layout())
+        while state.global_step < cfg.total_steps and not session.stop_requested:
             # ---- act and step the envs
-            actions = agent.act(obs, loop.global_step)
+            actions = agent.act(state.obs, state.global_step)
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            loop.global_step += num_envs
-            step = loop.global_step
+            state.global_step += num_envs
+            step = state.global_step
             # ---- store the real next observation; bootstrap through truncations only
             real_next_obs = final_observations(next_obs, infos, terminations | truncations)
-            buffer.add(obs, real_next_obs, actions, rewards, terminations)
-            obs = next_obs
+            buffer.add(state.obs, real_next_obs, actions, rewards, terminations)
+            state.obs = next_obs
             for scalars in episodes.record(infos):
                 logger.log(scalars, step)
             if interventions and step >= agent_cfg.learning_starts and task_switched(infos):
-                loop.task_switch_pending = True  # delivered with the next update
+                state.task_switch_pending = True  # delivered with the next update
+            if reset_on_switch and task_switched(infos):
+                state.reset_pending = True  # the next update starts from a fresh optimizer state
             # ---- learn
             if step >= agent_cfg.learning_starts:
                 if learning_clock is None:
                     learning_clock = (time.perf_counter(), step)
-                loop.update_credit += agent_cfg.replay_ratio * num_envs
-                while loop.update_credit >= 1.0:
-                    loop.update_credit -= 1.0
+                state.update_credit += agent_cfg.replay_ratio * num_envs
+                while state.update_credit >= 1.0:
+                    state.update_credit -= 1.0
+                    if state.reset_pending:
+                        reset_optimizer_state(agent.optimizer)
+                        state.reset_pending, state.optimizer_resets = False, state.optimizer_resets + 1
+                        logger.log({"optimizer/resets": float(state.optimizer_resets)}, step)
                     metrics = agent.update(buffer.sample(agent_cfg.batch_size))
-                    if probe is not None and (probe.due(agent.updates) or probe.ntk_due(agent.updates)):
-                        logger.log(measure(metrics), step)
+                    if companions.measure_due(agent):
+                        idx = companions.probe_rng.integers(0, len(buffer), size=cfg.metrics.probe_size)
+                        logger.log(companions.measure(agent, buffer.get(idx).obs, metrics), step)
                     if interventions:  # after the metrics: they see the network the update produced
-                        intervene(step)
-                if step >= loop.next_target_update:
-                    agent.update_target()
-                    loop.next_target_update += agent_cfg.target_update_every
+                        switched, state.task_switch_pending = state.task_switch_pending, False
+                        for scalars in companions.intervene(agent, intervention_obs, switched):
+                            logger.log(scalars, step)
+                agent.after_env_step(step)
             # ---- log and checkpoint
             if session.log_cadence.due(step):
                 scalars = {f"losses/{k}": float(v) for k, v in metrics.items()}
-                scalars |= {
-                    "charts/SPS": session.sps(step),
-                    "charts/epsilon": agent.epsilon(step),
-                    "charts/learning_rate": agent.optimizer.param_groups[0]["lr"],
-                }
+                scalars |= {"charts/SPS": session.sps(step), **agent.scalars(step)}
+                scalars["charts/learning_rate"] = agent.optimizer.param_groups[0]["lr"]
                 logger.log(scalars, step)
+            if evaluator.due(step):  # its own envs and stream: training is the same with it off
+                logger.log(evaluator.run(agent, envs, step), step)
             progress.update(step, episodes)
             if session.checkpoint_cadence.due(step):
-                session.save(checkpoint_state)
-        return loop.global_step
-
-    status, _ = session.run(run_loop, checkpoint_state)
-    progress.close(loop.global_step, episodes)
+                session.save()
+        if evaluator.final_due(state.global_step, session.stop_requested):
+            logger.log(evaluator.run(agent, envs, state.global_step), state.global_step)
+    progress.close(state.global_step, episodes)
+    evaluator.close()
     envs.close()
     learning_sps = None
-    if learning_clock is not None and loop.global_step > learning_clock[1]:
-        learning_sps = (loop.global_step - learning_clock[1]) / (session.t_end - learning_clock[0])
+    if learning_clock is not None and state.global_step > learning_clock[1]:
+        learning_sps = (state.global_step - learning_clock[1]) / (session.t_end - learning_clock[0])
     return TrainResult(
         run_dir=run_dir,
-        status=status,
-        global_step=loop.global_step,
+        status=session.status,
+        global_step=state.global_step,
         updates=agent.updates,
         recent_return=episodes.mean_return(),
-        sps=(loop.global_step - session.start_step) / max(session.t_end - session.t_start, 1e-9),
+        sps=(state.global_step - session.start_step) / session.seconds(),
         learning_sps=learning_sps,
         agent=agent,
     )
-
-
-@dataclasses.dataclass
-class _LoopState:
-    """The DQN loop's counters (checkpointed)."""
-
-    global_step: int = 0
-    update_credit: float = 0.0  # fractional updates owed (replay_ratio)
-    next_target_update: int = 0
-    task_switch_pending: bool = False  # a task switch not yet handed to the interventions

@@ -3,6 +3,7 @@
 Contains:
     PPOSetup / build_ppo: actor-critic, optimizer, regularizers, agent, rollout storage, probe and
         interventions.
+    OnPolicyState: the loop's step count and current observations (checkpointed).
     train_on_policy: the loop, reading top to bottom like CleanRL's ``ppo.py`` main block.
 
 The loop owns the logger and the checkpoints (through :class:`plasticrl.trainers.session.Session`); the agent
@@ -23,8 +24,10 @@ Note [Batched values]
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +42,14 @@ from plasticrl.envs.vector import envs_state, final_observations, make_vector_en
 from plasticrl.plasticity.interventions import Intervention
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
-from plasticrl.trainers.learning import build_interventions, build_learning
+from plasticrl.trainers.evaluation import Evaluator
+from plasticrl.trainers.learning import build_interventions, build_learning, reset_optimizer_state
 from plasticrl.trainers.runfolder import make_run_dir
+from plasticrl.trainers.seeding import stream
 from plasticrl.trainers.session import Companions, Session, TrainResult, prepare_process, task_switched
 from torch import Tensor
 
-__all__ = ["PPOSetup", "build_ppo", "train_on_policy"]
+__all__ = ["PPOSetup", "OnPolicyState", "build_ppo", "train_on_policy"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +104,7 @@ def build_ppo(cfg: ExperimentConfig, envs: gym.vector.VectorEnv) -> PPOSetup:
         act_space,
         regularizers=learning.regularizers,
         scheduler=learning.scheduler,
-        seed=np.random.SeedSequence(cfg.seed).spawn(1)[0],
+        seed=stream(cfg.seed, "agent"),
         device=device,
     )
     rollout = Rollout(agent_cfg.num_steps, cfg.env.num_envs, obs_space, act_space, device)
@@ -110,6 +115,38 @@ def build_ppo(cfg: ExperimentConfig, envs: gym.vector.VectorEnv) -> PPOSetup:
 
 # ---------------------------------------------------------------------------------------------
 # The loop
+
+
+@dataclass
+class OnPolicyState:
+    """The on-policy loop's step count and the sub-envs' current observations (checkpointed)."""
+
+    obs: np.ndarray
+    """The observations the next rollout starts from."""
+    global_step: int = 0
+    """Env steps done, summed over sub-envs."""
+    optimizer_resets: int = 0
+    """Optimizer resets done (``optimizer.reset_on_task_switch``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint entries ``global_step``, ``obs`` and the counters under ``loop``."""
+        return {
+            "global_step": self.global_step,
+            "obs": self.obs,
+            "loop": {"optimizer_resets": self.optimizer_resets},
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> OnPolicyState:
+        """Inverse of :meth:`state_dict` (a checkpoint's own entries)."""
+        resets = int(state.get("loop", {}).get("optimizer_resets", 0))
+        return cls(obs=state["obs"], global_step=int(state["global_step"]), optimizer_resets=resets)
+
+
+def _rollout_obs(batch: RolloutBatch, rng: np.random.Generator, n: int) -> Tensor:
+    """``n`` observations of the last rollout drawn with ``rng`` (with replacement past its size)."""
+    size = batch.obs.shape[0]
+    return batch.obs[torch.as_tensor(rng.choice(size, size=n, replace=n > size), device=batch.obs.device)]
 
 
 def train_on_policy(
@@ -139,81 +176,47 @@ def train_on_policy(
     except BaseException:
         envs.close()
         raise
-    agent, rollout, probe, interventions = setup.agent, setup.rollout, setup.probe, setup.interventions
+    agent, rollout = setup.agent, setup.rollout
     device, num_envs = agent.device, cfg.env.num_envs
-    companions = Companions(cfg.seed, probe, interventions)
-    episodes, probe_rng, intervention_rng = (
-        companions.episodes,
-        companions.probe_rng,
-        companions.intervention_rng,
-    )
-
-    # Loop state; everything here goes into the checkpoint.
-    global_step = 0
+    companions = Companions(cfg.seed, setup.probe, setup.interventions)
+    episodes, interventions = companions.episodes, companions.interventions
     if resume_state is None:
-        obs, _ = envs.reset(seed=cfg.seed)
+        state = OnPolicyState(obs=envs.reset(seed=cfg.seed)[0])
     else:
-        obs = resume_state["obs"]
-        global_step = int(resume_state["global_step"])
+        state = OnPolicyState.from_state(resume_state)
         agent.load_state_dict(resume_state["agent"])
         companions.load_state_dict(resume_state)
 
-    def checkpoint_state() -> dict[str, Any]:
+    def checkpoint() -> dict[str, Any]:
         return {
             "config": config_to_dict(cfg),
-            "global_step": global_step,
             "agent": agent.state_dict(),
             "envs": envs_state(envs),
-            "obs": obs,
+            **state.state_dict(),
             **companions.state_dict(),
         }
-
-    session = Session(cfg, run_dir, global_step, resumed=resume_state is not None, quiet=quiet)
-    logger, progress = session.logger, session.progress
-    if probe is not None and resume_state is None:
-        logger.layout(probe.layout())
 
     def as_tensor(array: np.ndarray) -> Tensor:
         return torch.as_tensor(array, dtype=torch.float32, device=device)  # no copy for float32 on CPU
 
-    def measure(batch: RolloutBatch, update_metrics: dict[str, float]) -> dict[str, float]:
-        assert probe is not None
-        n, size = batch.obs.shape[0], cfg.metrics.probe_size
-        idx = torch.as_tensor(probe_rng.choice(n, size=size, replace=size > n), device=device)
-        return probe(
-            batch.obs[idx],
-            ntk=probe.ntk_due(agent.updates),
-            optimizer=agent.optimizer,
-            grad_norm_value=update_metrics.get("grad_norm"),  # mean pre-clipping norm of the update
-        )
-
-    def intervene(batch: RolloutBatch, switched: bool) -> None:
-        def intervention_probe(n: int) -> Tensor:
-            size = batch.obs.shape[0]
-            return batch.obs[
-                torch.as_tensor(intervention_rng.choice(size, size=n, replace=n > size), device=device)
-            ]
-
-        for intervention in interventions:
-            scalars = intervention.after_update(
-                agent.updates, agent.model, agent.optimizer, intervention_probe, task_switched=switched
-            )
-            if scalars:
-                logger.log(scalars, global_step)
-
+    reset_on_switch = cfg.optimizer.reset_on_task_switch
+    track_switches = bool(interventions) or reset_on_switch
     metrics: dict[str, float] = {}
     seconds = {"rollout": 0.0, "update": 0.0}  # this process's time in each phase
-
-    def run_loop() -> int:
-        nonlocal obs, global_step, metrics
-        while global_step < cfg.total_steps and not session.stop_requested:
+    resumed = resume_state is not None
+    evaluator = Evaluator(cfg, state.global_step)
+    with Session(cfg, run_dir, state.global_step, resumed=resumed, quiet=quiet, state=checkpoint) as session:
+        logger, progress = session.logger, session.progress
+        if companions.probe is not None and not resumed:
+            logger.layout(companions.probe.layout())
+        while state.global_step < cfg.total_steps and not session.stop_requested:
             t_start = time.perf_counter()
             switched = False  # a task switch during this rollout, for the interventions
             # ---- rollout: num_steps steps of every sub-env, one actor forward per step
             for t in range(agent_cfg.num_steps):
-                actions, log_probs = agent.act(rollout.put_obs(t, obs))
+                actions, log_probs = agent.act(rollout.put_obs(t, state.obs))
                 next_obs, rewards, terminations, truncations, infos = envs.step(actions.cpu().numpy())
-                global_step += num_envs
+                state.global_step += num_envs
                 rollout.put_step(t, actions, log_probs, rewards, terminations, truncations)
                 # a truncated episode bootstraps from its final observation's value (gae)
                 bootstrap = truncations & ~terminations
@@ -221,14 +224,14 @@ def train_on_policy(
                     final_obs = final_observations(next_obs, infos, bootstrap)[bootstrap]
                     where = torch.from_numpy(np.flatnonzero(bootstrap))
                     rollout.final_values[t, where] = agent.value(as_tensor(final_obs)).cpu()
-                obs = next_obs
+                state.obs = next_obs
                 for scalars in episodes.record(infos):
-                    logger.log(scalars, global_step)
-                switched = switched or (bool(interventions) and task_switched(infos))
+                    logger.log(scalars, state.global_step)
+                switched = switched or (track_switches and task_switched(infos))
             # ---- V(s_t) of the whole rollout in one critic forward (Note [Batched values]), then GAE
             values = agent.value(rollout.obs.flatten(0, 1))
             rollout.values.copy_(values.view(rollout.values.shape))
-            next_values = rollout.next_values(agent.value(as_tensor(obs)))
+            next_values = rollout.next_values(agent.value(as_tensor(state.obs)))
             advantages, returns = gae(
                 rollout.rewards,
                 rollout.values,
@@ -242,34 +245,49 @@ def train_on_policy(
             # ---- learn: update_epochs × num_minibatches gradient steps
             t_update = time.perf_counter()
             learning_rate = agent.optimizer.param_groups[0]["lr"]  # the lr this update uses
+            if reset_on_switch and switched:  # the rollout crossed a task boundary: learn from a fresh state
+                reset_optimizer_state(agent.optimizer)
+                state.optimizer_resets += 1
+                logger.log({"optimizer/resets": float(state.optimizer_resets)}, state.global_step)
             metrics = agent.update(batch)
             seconds["rollout"] += t_update - t_start
             seconds["update"] += time.perf_counter() - t_update
-            if probe is not None and (probe.due(agent.updates) or probe.ntk_due(agent.updates)):
-                logger.log(measure(batch, metrics), global_step)
+            if companions.measure_due(agent):
+                n, size = batch.obs.shape[0], cfg.metrics.probe_size
+                idx = torch.as_tensor(
+                    companions.probe_rng.choice(n, size=size, replace=size > n), device=device
+                )
+                logger.log(companions.measure(agent, batch.obs[idx], metrics), state.global_step)
             if interventions:  # after the metrics: they see the network the update produced
-                intervene(batch, switched)
+                probe_obs = functools.partial(_rollout_obs, batch, companions.intervention_rng)
+                for scalars in companions.intervene(agent, probe_obs, switched):
+                    logger.log(scalars, state.global_step)
             # ---- log and checkpoint, between rollouts
-            if session.log_cadence.due(global_step):
+            if session.log_cadence.due(state.global_step):
                 scalars = {f"losses/{k}": v for k, v in metrics.items()}
-                scalars |= {"charts/SPS": session.sps(global_step), "charts/learning_rate": learning_rate}
-                logger.log(scalars, global_step)  # env/task_id is logged by episodes, at task changes
-            progress.update(global_step, episodes)
-            if session.checkpoint_cadence.due(global_step):
-                session.save(checkpoint_state)
-        return global_step
-
-    status, _ = session.run(run_loop, checkpoint_state)
-    progress.close(global_step, episodes)
+                scalars |= {
+                    "charts/SPS": session.sps(state.global_step),
+                    "charts/learning_rate": learning_rate,
+                }
+                logger.log(scalars, state.global_step)  # env/task_id is logged by episodes, at task changes
+            if evaluator.due(state.global_step):  # its own envs and stream: training is the same with it off
+                logger.log(evaluator.run(agent, envs, state.global_step), state.global_step)
+            progress.update(state.global_step, episodes)
+            if session.checkpoint_cadence.due(state.global_step):
+                session.save()
+        if evaluator.final_due(state.global_step, session.stop_requested):
+            logger.log(evaluator.run(agent, envs, state.global_step), state.global_step)
+    progress.close(state.global_step, episodes)
+    evaluator.close()
     envs.close()
     return TrainResult(
         run_dir=run_dir,
-        status=status,
-        global_step=global_step,
+        status=session.status,
+        global_step=state.global_step,
         updates=agent.updates,
         grad_steps=agent.grad_steps,
         recent_return=episodes.mean_return(),
-        sps=(global_step - session.start_step) / max(session.t_end - session.t_start, 1e-9),
+        sps=(state.global_step - session.start_step) / session.seconds(),
         rollout_seconds=seconds["rollout"],
         update_seconds=seconds["update"],
         agent=agent,

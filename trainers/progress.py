@@ -1,17 +1,53 @@
-"""A one-line progress display for long runs (steps, SPS, recent return, current task).
+"""A one-line progress display for long runs (steps, SPS, ETA, recent return, current task).
 
 Contains:
     Progress: redraws a single line on a terminal; on a pipe or file it prints a plain line every
-        5 % of the run, so logs stay readable. Disabled entirely in quiet mode.
+        5 % of the run, so logs stay readable. Prints the run folder when it starts, so a user
+        can open TensorBoard on it at once. Disabled entirely in quiet mode.
+    format_duration: seconds as ``1h02m``, ``4m05s`` or ``12s`` (pure).
+    eta_seconds: the time left at a steady rate (pure).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from pathlib import Path
 from typing import Protocol, TextIO
 
-__all__ = ["Progress", "ProgressSource"]
+__all__ = ["Progress", "ProgressSource", "format_duration", "eta_seconds"]
+
+
+def format_duration(seconds: float | None) -> str:
+    """A short duration: ``2d03h``, ``1h02m``, ``4m05s``, ``12s``; ``?`` when unknown.
+
+    Examples:
+        >>> [format_duration(s) for s in (12.4, 245, 3725, 183600, None, float("inf"))]
+        ['12s', '4m05s', '1h02m', '2d03h', '?', '?']
+    """
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def eta_seconds(done: float, total: float, elapsed: float) -> float | None:
+    """Seconds left to reach ``total`` at the rate ``done / elapsed``; None before any progress.
+
+    Example:
+        >>> eta_seconds(250, 1000, 10.0)
+        30.0
+    """
+    if done <= 0 or elapsed <= 0:
+        return None
+    return max(total - done, 0) * elapsed / done
 
 
 class ProgressSource(Protocol):
@@ -34,10 +70,18 @@ class Progress:
         start: the first step of this process (non-zero on resume).
         enabled: False prints nothing (``--quiet``).
         stream: where to write (stderr by default, so stdout stays clean for scripts).
+        run_dir: the run folder, printed at once on its own line (``run folder: …``, or
+            ``resuming … at step N``), so it is known before the run ends.
     """
 
     def __init__(
-        self, total: int, start: int = 0, *, enabled: bool = True, stream: TextIO | None = None
+        self,
+        total: int,
+        start: int = 0,
+        *,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        run_dir: str | Path | None = None,
     ) -> None:
         self.total, self.start = total, start
         self.enabled = enabled
@@ -47,18 +91,30 @@ class Progress:
         self._last_draw = 0.0
         self._next_milestone = start + total // 20
         self._last_printed = -1
+        if enabled and run_dir is not None:
+            what = f"resuming {run_dir} at step {start:,}" if start else f"run folder: {run_dir}"
+            self.stream.write(what + "\n")
+            self.stream.flush()
 
     def sps(self, step: int) -> float:
         """Env steps per second since this process started training."""
         elapsed = time.perf_counter() - self.t0
         return (step - self.start) / elapsed if elapsed > 0 else 0.0
 
+    def eta(self, step: int) -> float | None:
+        """Seconds left at this process's mean SPS; None before the first step (0 when done)."""
+        return eta_seconds(step - self.start, self.total - self.start, time.perf_counter() - self.t0)
+
     def line(self, step: int, recent_return: float | None, extra: str = "") -> str:
-        """The text of the progress line at ``step``."""
+        """The text of the progress line at ``step``: steps, percent, SPS, ETA, return, extra."""
         pct = 100.0 * step / self.total if self.total else 100.0
         ret = "-" if recent_return is None else f"{recent_return:.2f}"
         tail = f" | {extra}" if extra else ""
-        return f"{step:>10,}/{self.total:,} ({pct:5.1f}%) | {self.sps(step):7.0f} SPS | return {ret}{tail}"
+        eta = "done" if step >= self.total else f"ETA {format_duration(self.eta(step))}"
+        return (
+            f"{step:>10,}/{self.total:,} ({pct:5.1f}%) | {self.sps(step):7.0f} SPS | {eta} "
+            f"| return {ret}{tail}"
+        )
 
     def update(self, step: int, source: ProgressSource) -> None:
         """Redraw (terminal, at most 4×/s) or print at each 5 % milestone (pipe).

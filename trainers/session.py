@@ -8,10 +8,19 @@ Contains:
     EpisodeStats: recent returns, per-task returns and the current task, from vector-env infos.
     task_switched: whether sub-env 0's task changed at this vector step (for interventions).
     Cadence: "every N steps" bookkeeping that survives resume.
-    Session: the run's logger, progress line, interrupt handler and checkpoint writer; its
-        ``run`` method drives a loop body and turns Ctrl-C and NaN losses into statuses.
+    Session: the run's logger, progress line, interrupt handler and checkpoint writer, as a
+        context manager around the loop body: Ctrl-C and NaN losses become its ``status``, and
+        leaving it writes the last checkpoint.
     Companions: what both loops carry beside their algorithm (episode statistics, the metrics
-        probe, the interventions, their random streams, the global generators), checkpointed as one.
+        probe, the interventions, their random streams, the global generators), checkpointed as
+        one; ``measure`` and ``intervene`` are the two calls a loop makes after an update.
+
+A loop reads top to bottom::
+
+    with Session(cfg, run_dir, state.global_step, resumed=..., quiet=..., state=checkpoint) as session:
+        while state.global_step < cfg.total_steps and not session.stop_requested:
+            ...  # act, step, store, learn, log; session.save() at the checkpoint cadence
+    status = session.status
 """
 
 from __future__ import annotations
@@ -21,20 +30,22 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from plasticrl.agents.common import NonFiniteLossError
-from plasticrl.plasticity.interventions import Intervention
+from plasticrl.plasticity.interventions import Intervention, ProbeSource
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
 from plasticrl.trainers.interrupt import GracefulInterrupt
-from plasticrl.trainers.logging import TensorBoardLogger, config_markdown
+from plasticrl.trainers.logging import open_logger
 from plasticrl.trainers.progress import Progress
 from plasticrl.trainers.runlock import lock_run_dir, unlock_run_dir
-from plasticrl.trainers.seeding import rng_state, seed_everything, set_rng_state
+from plasticrl.trainers.seeding import rng_state, seed_everything, set_rng_state, stream
+from torch import Tensor, nn
 
 __all__ = [
     "prepare_process",
@@ -175,13 +186,26 @@ def task_switched(infos: Mapping[str, Any]) -> bool:
     return bool(infos["task_switched"][0]) and (present is None or bool(present[0]))
 
 
+class LearningAgent(Protocol):
+    """What the probe and the interventions need of an agent: its model, optimizer and update count."""
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained network."""
+        ...
+
+    optimizer: torch.optim.Optimizer
+    updates: int
+
+
 class Companions:
     """Episode statistics, the plasticity probe and the interventions of a run, with their streams.
 
-    Probe batches and intervention batches are drawn from their own generators (children 2 and 3
-    of the run seed's ``SeedSequence``), so measuring or an idle intervention never changes the
-    replay/rollout streams (Note [Probe batches] in :mod:`plasticrl.plasticity.interventions`).
-    ``state_dict`` also captures the global python/numpy/torch generators.
+    Probe batches and intervention batches are drawn from their own generators (the ``probe`` and
+    ``intervention_batch`` streams, Note [Random streams] in :mod:`plasticrl.trainers.seeding`), so
+    measuring or an idle intervention never changes the replay/rollout streams (Note [Probe
+    batches] in :mod:`plasticrl.plasticity.interventions`). ``state_dict`` also captures the global
+    python/numpy/torch generators.
 
     Args:
         seed: the run seed.
@@ -195,9 +219,45 @@ class Companions:
         self.episodes = EpisodeStats()
         self.probe = probe
         self.interventions = list(interventions)
-        children = np.random.SeedSequence(seed).spawn(4)
-        self.probe_rng = np.random.default_rng(children[2])
-        self.intervention_rng = np.random.default_rng(children[3])
+        self.probe_rng = np.random.default_rng(stream(seed, "probe"))
+        self.intervention_rng = np.random.default_rng(stream(seed, "intervention_batch"))
+
+    def measure_due(self, agent: LearningAgent) -> bool:
+        """Whether the probe measures after the update just taken."""
+        return self.probe is not None and (self.probe.due(agent.updates) or self.probe.ntk_due(agent.updates))
+
+    def measure(
+        self, agent: LearningAgent, obs: Tensor, update_metrics: Mapping[str, Any]
+    ) -> dict[str, float]:
+        """The plasticity metrics of ``agent``'s model on probe observations ``obs``.
+
+        ``update_metrics``' ``grad_norm`` (the pre-clipping norm, when clipping is on) is passed on
+        so the probe does not recompute it.
+        """
+        assert self.probe is not None
+        grad_norm = update_metrics.get("grad_norm")
+        return self.probe(
+            obs,
+            ntk=self.probe.ntk_due(agent.updates),
+            optimizer=agent.optimizer,
+            grad_norm_value=None if grad_norm is None else float(grad_norm),
+        )
+
+    def intervene(
+        self, agent: LearningAgent, probe_obs: ProbeSource, switched: bool
+    ) -> list[dict[str, float]]:
+        """Run every intervention after the update just taken; the scalars of those that acted.
+
+        Called after :meth:`measure`, so the metrics see the network the update produced.
+        """
+        out = []
+        for intervention in self.interventions:
+            scalars = intervention.after_update(
+                agent.updates, agent.model, agent.optimizer, probe_obs, task_switched=switched
+            )
+            if scalars:
+                out.append(scalars)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpoint entries (merged into the loop's checkpoint dict)."""
@@ -249,8 +309,15 @@ StateFn = Callable[[], dict[str, Any]]
 class Session:
     """A run's shared machinery around a loop: run folder, logger, progress, Ctrl-C, checkpoints.
 
-    The session holds the run folder's lock (:mod:`plasticrl.trainers.runlock`; taken by whoever made or
-    resumed the folder, else here) until :meth:`run` has written the last checkpoint.
+    A context manager around the loop body. Inside it the first Ctrl-C only sets
+    :attr:`stop_requested` (the loop finishes its iteration); leaving it sets :attr:`status`,
+    closes the logger and writes the last checkpoint — ``checkpoint.pt`` when the loop finished or
+    was interrupted; on a NaN/inf loss (``NonFiniteLossError``, swallowed here) the state, still
+    the last good one, goes to ``nonfinite_stop.pt`` and ``checkpoint.pt`` is kept. Any other error
+    propagates, and no checkpoint is written over the last good one.
+
+    The session holds the run folder's lock (:mod:`plasticrl.trainers.runlock`; taken by whoever
+    made or resumed the folder, else here) until it has written the last checkpoint.
 
     Args:
         cfg: the resolved config.
@@ -258,24 +325,36 @@ class Session:
         start_step: the global step the loop starts from (non-zero on resume).
         resumed: whether this continues a checkpoint (hides events logged after it).
         quiet: no progress line.
+        state: returns the checkpoint dict; called by :meth:`save` and on the way out.
     """
 
     def __init__(
-        self, cfg: ExperimentConfig, run_dir: Path, start_step: int, *, resumed: bool, quiet: bool
+        self,
+        cfg: ExperimentConfig,
+        run_dir: Path,
+        start_step: int,
+        *,
+        resumed: bool,
+        quiet: bool,
+        state: StateFn,
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        self.state = state
         lock_run_dir(run_dir)  # a no-op when the caller took it (make_run_dir, resume)
-        # Hide what a crashed run logged after its checkpoint; the checkpoint's own step stays.
-        self.logger = TensorBoardLogger(run_dir, purge_step=start_step + 1 if resumed else None)
-        if not resumed:
-            flat = dict(_flatten(config_to_dict(cfg)))
-            self.logger.text("hyperparameters", config_markdown(flat))
-        self.progress = Progress(cfg.total_steps, start_step, enabled=cfg.logging.progress and not quiet)
+        # TensorBoard (config text; the HParams summary at close; what a crashed run logged after
+        # its checkpoint hidden) and W&B when logging.wandb is set.
+        self.logger = open_logger(config_to_dict(cfg), run_dir, start_step=start_step, resumed=resumed)
+        self.progress = Progress(
+            cfg.total_steps, start_step, enabled=cfg.logging.progress and not quiet, run_dir=run_dir
+        )
         self.log_cadence = Cadence(cfg.logging.every, start_step)
         self.checkpoint_cadence = Cadence(cfg.checkpoint.every, start_step)
         self.interrupt = GracefulInterrupt()
         self.start_step = start_step
+        self.status = "running"
+        """``finished``, ``interrupted`` (Ctrl-C; checkpoint written at a consistent point) or
+        ``stopped: <reason>`` (a NaN/inf loss), once the ``with`` block is left."""
         self.t_start = time.perf_counter()
         self.t_end = self.t_start
 
@@ -288,43 +367,34 @@ class Session:
         """Ctrl-C was pressed: the loop should finish its iteration and return."""
         return self.interrupt.requested
 
-    def save(self, state: StateFn, name: str = CHECKPOINT_NAME) -> Path:
-        """Write ``state()`` atomically into the run folder."""
-        return save_checkpoint(state(), self.run_dir / name)
+    def save(self, name: str = CHECKPOINT_NAME) -> Path:
+        """Write the checkpoint (``state()``) atomically into the run folder."""
+        return save_checkpoint(self.state(), self.run_dir / name)
 
-    def run(self, loop: Callable[[], int], state: StateFn) -> tuple[str, int]:
-        """Drive ``loop`` (which returns the final global step) and write the final checkpoint.
+    def __enter__(self) -> Session:
+        self.interrupt.__enter__()
+        return self
 
-        Returns:
-            (status, global step): status is ``finished``, ``interrupted`` (Ctrl-C; checkpoint
-            written at a consistent point) or ``stopped: <reason>`` (a NaN/inf loss; the state,
-            still the last good one, goes to ``nonfinite_stop.pt`` and ``checkpoint.pt`` is kept).
-        """
-        status = "finished"
-        step = self.start_step
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         try:
             try:
-                with self.interrupt:
-                    step = loop()
-                if self.interrupt.requested:
-                    status = "interrupted"
-            except NonFiniteLossError as exc:
-                status = f"stopped: {exc}"
-                self.save(state, NONFINITE_NAME)
+                self.interrupt.__exit__(exc_type, exc, tb)
+                if isinstance(exc, NonFiniteLossError):
+                    self.status = f"stopped: {exc}"
+                    self.save(NONFINITE_NAME)
+                elif exc is None:
+                    self.status = "interrupted" if self.interrupt.requested else "finished"
             finally:
                 self.t_end = time.perf_counter()
                 self.logger.close()
-            if not status.startswith("stopped"):
-                self.save(state)
+            if exc is None:
+                self.save()
         finally:
             unlock_run_dir(self.run_dir)
-        return status, step
+        return isinstance(exc, NonFiniteLossError)
 
-
-def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(tree, dict) and tree:
-        out: list[tuple[str, Any]] = []
-        for key, value in tree.items():
-            out.extend(_flatten(value, f"{prefix}{key}."))
-        return out
-    return [(prefix[:-1], tree)]
+    def seconds(self) -> float:
+        """Wall-clock seconds inside the session (to its end, once left)."""
+        return max(self.t_end - self.t_start, 1e-9)

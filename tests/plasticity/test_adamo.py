@@ -1,7 +1,10 @@
 """AdamO, tested in the shape of torch's test/test_optim.py: input and error tables, generic tests.
 
 The paper checks are ``test_one_step_by_hand`` (the update rule on a 2×3 and a 3×2 matrix, written
-out by hand) and ``test_zero_task_gradient_drives_to_isometry``.
+out by hand) and ``test_zero_task_gradient_drives_to_isometry``. The subclass checks (Note [Adam
+part] in plasticrl.plasticity.adamo) are bit-for-bit: λ = 0 is torch's AdamW (Adam without decay),
+λ > 0 is torch's AdamW step plus exactly ``−η λ ∇R(θ_{t−1})``, and a checkpoint written by the
+first AdamO (before it subclassed Adam; ``data/adamo_state_v1.pt``) loads and continues exactly.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ import copy
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from plasticrl.plasticity.adamo import AdamO, adamo
+from plasticrl.plasticity.adamo import AdamO
 from plasticrl.plasticity.isometry import isometry_gap, isometry_grad
 from plasticrl.plasticity.optimizers import OPTIMIZERS, OptimizerConfig, make_optimizer, param_groups
 from torch import Tensor, nn
@@ -60,6 +64,7 @@ ADAMO_ERRORS: list[tuple[dict[str, Any], type[Exception], str, str]] = [
     ({"foreach": "yes"}, ValueError, r"Invalid foreach: yes", "construct"),
     ({"fused": True, "foreach": True}, ValueError, r"Invalid fused: True", "construct"),
     ({"maximize": None}, ValueError, r"Invalid maximize: None", "construct"),
+    ({"amsgrad": 1}, ValueError, r"Invalid amsgrad: 1", "construct"),
     ({"sparse": True}, RuntimeError, r"does not support sparse gradients", "step"),
     ({"complex": True}, RuntimeError, r"does not support complex parameters", "step"),
 ]
@@ -125,26 +130,136 @@ IMPLEMENTATIONS = [{"foreach": False}, {"foreach": True}, {"fused": True}, {}]
 IMPL_IDS = ["single", "foreach", "fused", "defaults"]
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS, ids=IMPL_IDS)
-@pytest.mark.parametrize(("weight_decay", "maximize"), [(0.0, False), (0.1, False), (0.0, True)])
-def test_iso_coef_zero_equals_torch_adam(impl: dict[str, bool], weight_decay: float, maximize: bool) -> None:
-    """λ = 0 is Adam (AdamW with weight decay) over 50 steps on a small MLP, params and moments."""
-    model, reference = _mlp(), _mlp()
-    opt = AdamO(
-        model.parameters(), lr=1e-2, weight_decay=weight_decay, iso_coef=0.0, maximize=maximize, **impl
+# AdamO's default kernel is fused on the CPU (Note [Adam part]); torch's is the single-tensor loop.
+TORCH_FLAGS = {"single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+TORCH_FLAGS["defaults"] = TORCH_FLAGS["fused"]
+
+
+def _conv_net(seed: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 2), nn.ReLU(), nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 2)
     )
-    # torch.optim.Adam itself; with weight decay, AdamW (AdamO's decay is decoupled).
-    ref_cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
-    ref_opt = ref_cls(reference.parameters(), lr=1e-2, weight_decay=weight_decay, maximize=maximize, **impl)
+
+
+def _inputs(model: nn.Module) -> Tensor:
+    return torch.randn(6, 3) if isinstance(model[0], nn.Linear) else torch.randn(6, 2, 3, 3)
+
+
+def _assert_identical(a: torch.optim.Optimizer, b: torch.optim.Optimizer) -> None:
+    """Same parameters and same state, bit for bit."""
+    for group_a, group_b in zip(a.param_groups, b.param_groups, strict=True):
+        for p, q in zip(group_a["params"], group_b["params"], strict=True):
+            assert torch.equal(p, q)
+            assert a.state[p].keys() == b.state[q].keys()
+            for key in a.state[p]:
+                assert torch.equal(a.state[p][key], b.state[q][key]), key
+
+
+@pytest.mark.parametrize("model_fn", [_mlp, _conv_net], ids=["mlp", "conv"])
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS, ids=IMPL_IDS)
+@pytest.mark.parametrize(
+    ("weight_decay", "maximize", "amsgrad"),
+    [(0.0, False, False), (0.1, False, False), (0.0, True, False), (0.1, False, True)],
+)
+def test_iso_coef_zero_is_torch_adamw_bit_for_bit(
+    model_fn: Callable[[], nn.Module],
+    impl: dict[str, bool],
+    weight_decay: float,
+    maximize: bool,
+    amsgrad: bool,
+) -> None:
+    """λ = 0 is torch's AdamW exactly (and Adam without decay), 50 steps, params and state."""
+    flags = TORCH_FLAGS[IMPL_IDS[IMPLEMENTATIONS.index(impl)]]
+    models = [model_fn() for _ in range(3)]
+    kwargs = {"lr": 1e-2, "weight_decay": weight_decay, "maximize": maximize, "amsgrad": amsgrad}
+    opts: list[torch.optim.Optimizer] = [
+        AdamO(models[0].parameters(), iso_coef=0.0, **impl, **kwargs),
+        torch.optim.AdamW(models[1].parameters(), **flags, **kwargs),
+    ]
+    if weight_decay == 0:
+        opts.append(torch.optim.Adam(models[2].parameters(), **flags, **kwargs))
     torch.manual_seed(1)
     for _ in range(50):
-        x = torch.randn(8, 3)
+        x = _inputs(models[0])
+        for model, opt in zip(models, opts, strict=False):
+            _closure_step(model, opt, x)
+    for reference in opts[1:]:
+        _assert_identical(opts[0], reference)
+
+
+@pytest.mark.parametrize("model_fn", [_mlp, _conv_net], ids=["mlp", "conv"])
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS, ids=IMPL_IDS)
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"weight_decay": 0.1, "iso_lr": 3e-3, "iso_target": 2.0}], ids=["plain", "wd"]
+)
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_isometry_step_is_added_to_torch_adamw_exactly(
+    model_fn: Callable[[], nn.Module], impl: dict[str, bool], kwargs: dict[str, Any], prefetch: bool
+) -> None:
+    """AdamO = torch's AdamW step, then θ ← θ − η_iso λ ∇R(θ_{t−1}) on the matrices, bit for bit."""
+    flags = TORCH_FLAGS[IMPL_IDS[IMPLEMENTATIONS.index(impl)]]
+    model, reference = model_fn(), model_fn()
+    lr, coef = 1e-2, 0.3
+    opt = AdamO(model.parameters(), lr=lr, iso_coef=coef, iso_prefetch=prefetch, **impl, **kwargs)
+    adamw_kwargs = {"weight_decay": kwargs.get("weight_decay", 0.0)}
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=lr, **flags, **adamw_kwargs)
+    iso_lr, target = kwargs.get("iso_lr", lr), kwargs.get("iso_target", 1.0)
+    torch.manual_seed(2)
+    for _ in range(20):
+        x = _inputs(model)
         _closure_step(model, opt, x)
-        _closure_step(reference, ref_opt, x)
-    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
-        assert_close(p, q)
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            assert_close(opt.state[p][key], ref_opt.state[q][key])
+        ref_opt.zero_grad()
+        reference(x).square().sum().backward()
+        matrices = [p for p in reference.parameters() if p.dim() >= 2]
+        grads = [isometry_grad(p, target) for p in matrices]  # at θ_{t−1}
+        ref_opt.step()
+        with torch.no_grad():
+            for p, g in zip(matrices, grads, strict=True):
+                p.add_(g, alpha=-iso_lr * coef)
+    _assert_identical(opt, ref_opt)
+
+
+FIXTURE = Path(__file__).parent / "data" / "adamo_state_v1.pt"
+
+
+def _fixture_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def test_checkpoint_of_the_first_adamo_loads_and_continues_exactly() -> None:
+    """``data/adamo_state_v1.pt``: written by the AdamO before it subclassed torch's Adam.
+
+    Model and optimizer state after 5 steps (tagged groups, iso_head, the head at iso_every=2,
+    weight decay 0.1, the default fused kernel), the next 5 inputs, and the weights that AdamO
+    reached after them. Loading it and taking the 5 steps must reach the same weights bit for bit.
+    """
+    checkpoint = torch.load(FIXTURE, weights_only=True)
+    group_keys = set(checkpoint["optimizer"]["param_groups"][0])
+    assert {"amsgrad", "capturable", "differentiable", "decoupled_weight_decay"}.isdisjoint(group_keys)
+    model = _fixture_model()
+    model.load_state_dict(checkpoint["model"])
+    opt = AdamO(param_groups(model, iso_head=True), lr=1.0, weight_decay=0.0, iso_coef=0.0)
+    opt.load_state_dict(checkpoint["optimizer"])
+    assert all(g["decoupled_weight_decay"] and g["fused"] is None for g in opt.param_groups)
+    for x in checkpoint["inputs"]:
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, checkpoint["expected"][name]), name
+
+
+def test_step_hooks_run_once_per_step() -> None:
+    """AdamO calls torch's functional Adam, not ``Adam.step``, so torch's step hooks run once."""
+    torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # wraps Adam.step with torch's hook runner
+    model = _mlp()
+    opt = AdamO(model.parameters())
+    calls: list[str] = []
+    opt.register_step_pre_hook(lambda *_: calls.append("pre"))
+    opt.register_step_post_hook(lambda *_: calls.append("post"))
+    _closure_step(model, opt, torch.randn(4, 3))
+    assert calls == ["pre", "post"]
 
 
 def test_one_step_by_hand() -> None:
@@ -287,37 +402,6 @@ def test_foreach_and_fused_match_single_tensor(inp: OptimInput, impl: dict[str, 
     assert opt_a.state[params_a[1]]["step"].item() == 7.0
 
 
-def test_functional_matches_class() -> None:
-    model, reference = _mlp(), _mlp()
-    opt = AdamO(model.parameters(), lr=1e-2, iso_coef=0.1)
-    x = torch.randn(4, 3)
-    _closure_step(model, opt, x)
-    reference(x).square().sum().backward()
-    params = list(reference.parameters())
-    grads = [p.grad for p in params]
-    states = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
-    steps = [torch.tensor(0.0) for _ in params]
-    with torch.no_grad():
-        iso = [isometry_grad(p) if p.dim() >= 2 else None for p in params]
-        adamo(
-            params,
-            grads,
-            *states,
-            steps,
-            iso,
-            lr=1e-2,
-            beta1=0.9,
-            beta2=0.999,
-            eps=1e-8,
-            weight_decay=0.0,
-            iso_coef=0.1,
-            iso_lr=1e-2,
-            maximize=False,
-        )
-    for p, q in zip(model.parameters(), params, strict=True):
-        assert_close(p, q)
-
-
 @pytest.mark.parametrize("inp", ADAMO_INPUTS, ids=INPUT_IDS)
 def test_state_dict_round_trip(inp: OptimInput) -> None:
     model = _mlp()
@@ -342,9 +426,9 @@ def test_pickle_and_deepcopy_with_pending_prefetch() -> None:
     x = torch.randn(4, 3)
     for _ in range(3):
         _closure_step(model, opt, x)
-    assert opt._iso_pending is not None  # a prefetch is in flight
+    assert opt._prefetch.pending  # a prefetch is in flight
     for restored in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
-        assert restored._iso_pending is None
+        assert not restored._prefetch.pending
         assert restored.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
     # A deep copy of model and optimizer together continues exactly like the original.
     twin_model, twin_opt = copy.deepcopy((model, opt))
@@ -363,7 +447,7 @@ def test_no_prefetch_without_isometry_work() -> None:
         AdamO([{"params": model.parameters(), "isometry": False}], iso_prefetch=True),
     ):
         _closure_step(model, opt, x)
-        assert opt._iso_pending is None
+        assert not opt._prefetch.pending
 
 
 def test_load_older_state_without_new_group_keys() -> None:
@@ -382,12 +466,20 @@ def test_load_older_state_without_new_group_keys() -> None:
         "fused",
         "maximize",
     )
+    torch_keys = ("amsgrad", "capturable", "differentiable", "decoupled_weight_decay")
     for group in state["param_groups"]:
-        for key in new_keys:
+        for key in (*new_keys, *torch_keys):
             del group[key]
     fresh = AdamO(model.parameters(), lr=1e-2, iso_coef=0.5)
     fresh.load_state_dict(state)
     group = fresh.param_groups[0]
+    # torch's Adam defaults, except that AdamO's weight decay is always decoupled
+    assert {k: group[k] for k in torch_keys} == {
+        "amsgrad": False,
+        "capturable": False,
+        "differentiable": False,
+        "decoupled_weight_decay": True,
+    }
     assert {k: group[k] for k in new_keys} == {
         "iso_coef": 1e-2,
         "iso_target": 1.0,

@@ -14,9 +14,9 @@ from plasticrl.agents.actor_critic import make_actor_critic
 from plasticrl.agents.networks import NetworkConfig, make_network
 from plasticrl.plasticity.adamo import AdamO
 from plasticrl.plasticity.layers import CReLU, orthogonal_
+from plasticrl.plasticity.optimizers import state_keys_of
 from plasticrl.plasticity.rmsprop import RMSprop
 from plasticrl.plasticity.surgery import (
-    SUPPORTED_OPTIMIZERS,
     check_optimizer,
     init_sample,
     reinit_units_,
@@ -31,6 +31,7 @@ OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
     "adam_amsgrad": lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True),
     "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
     "adamo": lambda p: AdamO(p, lr=1e-2, iso_coef=1e-2),
+    "adamo_amsgrad": lambda p: AdamO(p, lr=1e-2, iso_coef=1e-2, amsgrad=True),
     "rmsprop": lambda p: RMSprop(p, lr=1e-2, centered=True, momentum=0.9),
     "torch_rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-2, centered=True, momentum=0.9),
     "sgd_momentum": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
@@ -136,7 +137,9 @@ def test_reinit_units_edits_exactly_the_slices(kind: str, opt_name: str) -> None
         mask = masks.get(name, torch.zeros_like(before, dtype=torch.bool))
         only_changed_at(after[name].detach(), before, mask)
     # optimizer state: exactly the same slices zeroed, counters untouched, nothing else changed
-    keys = SUPPORTED_OPTIMIZERS[type(opt)]
+    declared = state_keys_of(opt)  # the keys the optimizer's registry entry declares
+    assert declared is not None
+    keys = declared.tensors
     for name, p in model.named_parameters():
         mask = masks.get(name, torch.zeros_like(p, dtype=torch.bool))
         for key, value in opt.state[p].items():

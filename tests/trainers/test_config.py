@@ -10,7 +10,7 @@ import yaml
 from plasticrl.agents.dqn import DQNConfig
 from plasticrl.agents.networks import NetworkConfig
 from plasticrl.agents.networks import applicable_keys as network_keys
-from plasticrl.envs.make import EnvConfig
+from plasticrl.envs.make import EnvConfig, NonStationaryConfig, nonstationary_keys
 from plasticrl.plasticity.optimizers import OptimizerConfig
 from plasticrl.plasticity.optimizers import applicable_keys as optimizer_keys
 from plasticrl.plasticity.regularizers import RegularizerConfig
@@ -453,7 +453,10 @@ ROUND_TRIP_CONFIGS = [
         },
     },
     {
-        "regularizers": [{"name": "spectral", "coef": 0.001, "power": 2}, {"name": "l2_init", "coef": 0, "kinds": ["head"]}],
+        "regularizers": [
+            {"name": "spectral", "coef": 0.001, "power": 2},
+            {"name": "l2_init", "coef": 0, "kinds": ["head"]},
+        ],
         "optimizer": {"name": "adamo", "betas": [0.5, 0.75], "iso_lr": 0.1},
         "logging": {"name": "run", "dir": "/tmp/x", "every": 10, "progress": False},
         "checkpoint": {"every": 0, "replay_buffer": False},
@@ -499,8 +502,11 @@ def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     instance = cls() if cls is not DQNConfig else DQNConfig()
     applies = {OptimizerConfig: optimizer_keys, NetworkConfig: network_keys}.get(cls)
+    naming = "name"
+    if cls is NonStationaryConfig:  # stationary by default: only ``kind`` applies
+        applies, naming = nonstationary_keys, "kind"
     for f in dataclasses.fields(instance):
-        if applies is not None and f.name not in applies(instance.name):
+        if applies is not None and f.name not in applies(getattr(instance, naming)):
             continue  # the name picks the options: only its keys are shown
         value = getattr(instance, f.name)
         if dataclasses.is_dataclass(value):

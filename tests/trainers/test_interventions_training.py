@@ -248,9 +248,7 @@ def test_bad_options_are_config_errors_naming_the_override(make_tiny_config: Mak
     bad = "interventions=[{name: redo, taus: 0.1}]"
     with pytest.raises(ConfigError, match=r"command-line override .*taus.*did you mean 'tau'"):
         make_tiny_config(bad)
-    with pytest.raises(
-        ConfigError, match=r"interventions\[0\]\.maturity: expected an integer, got 'soon'"
-    ):
+    with pytest.raises(ConfigError, match=r"interventions\[0\]\.maturity: expected an integer, got 'soon'"):
         make_tiny_config("interventions=[{name: cbp, maturity: soon}]")
     cfg = make_tiny_config("interventions=[{name: shrink_perturb, sigma: 1e-4, every: 1e2}]")
     assert cfg.interventions[0].options == {"sigma": 1e-4, "every": 100.0}

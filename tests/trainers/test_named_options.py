@@ -105,3 +105,21 @@ def test_yaml_reads_exponent_floats_as_numbers(text: str, value: float) -> None:
     parsed = parse_override(f"optimizer.lr={text}")[1]
     assert parsed == value and not isinstance(parsed, str)
     assert load_config(None, ["total_steps=1e5"]).total_steps == 100_000
+
+
+def test_nonstationary_kind_picks_its_keys_and_options() -> None:
+    with pytest.raises(ConfigError, match=r"nonstationary.every does not apply to nonstationary.kind null"):
+        load_config(None, ["nonstationary.every=1000"])
+    cycle = REPO / "configs/minatar/dqn_cycle.yaml"
+    base = load_config(cycle)
+    assert base.nonstationary.kind == "switch" and base.nonstationary.options
+    # A higher layer that changes the kind drops the old kind's options (not its schedule).
+    cfg = load_config(cycle, ["nonstationary.kind=[switch, permute_obs]"])
+    assert cfg.nonstationary.options == {} and cfg.nonstationary.every == base.nonstationary.every
+    rows = {key: doc for key, _, doc in describe_config(cfg)}
+    assert "nonstationary.options.switch.order" in rows and "nonstationary.options.permute_obs.mode" in rows
+    assert all(rows[k] for k in rows if k.startswith("nonstationary.options."))
+    rows = {key for key, _, _ in describe_config(load_config(None))}
+    assert {k for k in rows if k.startswith("nonstationary.")} == {"nonstationary.kind"}
+    with pytest.raises(ConfigError, match=r"valid keys of change kind 'switch': \['order'\]"):
+        load_config(cycle, ["nonstationary.options.ordr=cycle"])

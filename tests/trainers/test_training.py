@@ -422,7 +422,7 @@ def test_linear_schedule_in_a_run_decays_every_group(make_tiny_config: MakeConfi
     cfg = make_tiny_config(
         "optimizer.lr_schedule=linear", "optimizer.lr_end_factor=0.5", "total_steps=300", "optimizer.lr=0.01"
     )
-    setup = off_policy.build_dqn(cfg)
+    setup = off_policy.build_off_policy(cfg)
     groups = setup.agent.optimizer.param_groups
     assert len(groups) >= 2 and {g["kind"] for g in groups} >= {"matrix", "vector"}
     setup.envs.close()
@@ -560,6 +560,6 @@ def test_hyperparameter_table_lists_every_key(make_tiny_config: MakeConfig) -> N
 
 
 def test_exploration_and_replay_generators_are_independent(tiny_config: ExperimentConfig) -> None:
-    setup = off_policy.build_dqn(tiny_config)
+    setup = off_policy.build_off_policy(tiny_config)
     setup.envs.close()
     assert setup.agent.rng.bit_generator.state != setup.buffer.rng.bit_generator.state

@@ -1,12 +1,16 @@
 """The figures of ``plasticrl report`` (matplotlib's Agg canvas; no display needed).
 
 Contains:
-    write_figures: every PNG of a report from its :class:`plasticrl.trainers.experiments.report.Scores`.
+    write_figures: every figure (PNG and PDF) of a report from its
+        :class:`plasticrl.trainers.experiments.report.Scores`.
     sampled_curve: a metric series → its last value in each bin of a step grid (pure).
+    band_caption / seeds_text: what a band or error bar is, with the number of seeds (pure).
 
-Figures (methods overlaid, one colour each; shaded: 95 % bootstrap CI over seeds; grey dashed
-lines: the task switches, median over runs):
-    returns.png: learning curves.
+Figures (methods overlaid, one Okabe–Ito colour each, legend labels with each method's number
+of seeds; shaded: 95 % bootstrap CI of the mean over seeds, the caption saying over how many and
+warning under 5; grey dashed lines: the task switches, median over runs, with a legend entry;
+axes labelled with quantity and unit; titles in words):
+    returns.png: learning curves, the task id of each segment as a step function below.
     final_return_per_segment.png / plasticity_gap.png: final return on each task segment, and its
         difference to segment 0.
     dormant_fraction.png, isometry_gap.png, srank.png: the plasticity metrics (a panel per tag),
@@ -22,7 +26,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from plasticrl.trainers.experiments.plot import Series, natural_key, palette
+from plasticrl.trainers.experiments.plot import (
+    FIGURE_TITLES,
+    STEP_LABEL,
+    Series,
+    axis_label,
+    draw_task_strip,
+    fit_legend,
+    natural_key,
+    palette,
+    save_figure,
+    tag_title,
+)
 from plasticrl.trainers.experiments.report import CURVE_TAGS, Scores
 from plasticrl.trainers.experiments.stats import bootstrap_mean_ci
 
@@ -30,7 +45,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["write_figures", "sampled_curve"]
+__all__ = ["write_figures", "sampled_curve", "band_caption", "seeds_text"]
 
 
 def sampled_curve(series: Series, bin_steps: int, n_bins: int, last_step: int | None = None) -> np.ndarray:
@@ -52,18 +67,23 @@ def sampled_curve(series: Series, bin_steps: int, n_bins: int, last_step: int | 
     return out.astype(np.float64)
 
 
-def _figure(panels: int) -> tuple[Figure, list[Axes]]:
+def _figure(panels: int, *, strip: bool = False) -> tuple[Figure, list[Axes], Axes | None]:
+    """A constrained-layout figure of ``panels`` panels (and a task strip under a lone panel)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     ncols = min(panels, 3)
     nrows = math.ceil(panels / ncols)
-    fig = Figure(figsize=(5.2 * ncols, 3.6 * nrows + 0.9), layout="constrained")
+    strip = strip and panels == 1
+    fig = Figure(figsize=(5.6 * ncols, 3.6 * nrows + 1.3 + (1.1 if strip else 0.0)), layout="constrained")
     FigureCanvasAgg(fig)
+    if strip:
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3.6, 1.1])
+        return fig, [top], bottom
     axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
     for ax in axes[panels:]:
         ax.set_visible(False)
-    return fig, axes[:panels]
+    return fig, axes[:panels], None
 
 
 def _band(ax: Axes, x: np.ndarray, curves: np.ndarray, colour: Any, label: str | None, seed: int) -> None:
@@ -83,40 +103,87 @@ def _switches(scores: Scores) -> list[int]:
     return [int(np.median(v)) for _, v in sorted(starts.items())]
 
 
-def _finish(fig: Figure, axes: Sequence[Axes], title: str, path: Path, switches: Sequence[int]) -> Path:
+def seeds_text(scores: Scores) -> str:
+    """How many seeds each method has, in words: ``3 seeds per method`` or ``2-5 seeds per method``."""
+    counts = sorted({len(r) for r in scores.runs.values()})
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{span} seed{'s' if counts[-1] != 1 else ''} per method"
+
+
+def band_caption(scores: Scores, what: str = "shaded") -> str:
+    """What the bands (or error bars) are, with the number of seeds behind them.
+
+    Example:
+        >>> from plasticrl.trainers.experiments.report import Scores
+        >>> two = Scores(("a",), {"a": (None, None)}, {}, {}, {}, {}, 1)
+        >>> band_caption(two)  # doctest: +ELLIPSIS
+        'line: mean over seeds; shaded: 95 % bootstrap CI of the mean, 2 seeds per method (fewer than 5: ...)'
+    """
+    counts = [len(r) for r in scores.runs.values()]
+    if max(counts) <= 1:
+        return f"one seed per method: no {what} interval"
+    text = f"line: mean over seeds; {what}: 95 % bootstrap CI of the mean, {seeds_text(scores)}"
+    if min(counts) < 5:
+        text += " (fewer than 5: the interval only shows how far these seeds are apart)"
+    return text
+
+
+def _label(scores: Scores, method: str) -> str:
+    n = len(scores.runs[method])
+    return f"{method} (n = {n} seed{'s' if n != 1 else ''})"
+
+
+def _finish(
+    fig: Figure, axes: Sequence[Axes], title: str, caption: str, path: Path, switches: Sequence[int]
+) -> list[Path]:
+    from matplotlib.lines import Line2D
+
     for ax in axes:
         for step in switches:
             ax.axvline(step, color="grey", linestyle="--", linewidth=0.7, alpha=0.6)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
+    if switches:
+        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=0.7))
+        labels.append("task switch")
     if handles:
-        fig.legend(
-            handles, labels, loc="outside lower center", ncols=min(len(labels), 3 if len(axes) == 1 else 5)
-        )
-    fig.suptitle(title)
-    fig.savefig(path, dpi=100)
-    return path
+        fit_legend(fig, handles, labels, ncols=3 if len(axes) == 1 else 5)
+    import textwrap
+
+    width = int(fig.get_size_inches()[0] * 12)  # characters of a 10-pt caption per line
+    fig.suptitle("\n".join([title, *textwrap.wrap(caption, width)]), fontsize=10)
+    return save_figure(fig, path)
 
 
-def _returns(scores: Scores, out: Path, colours: Sequence[Any]) -> Path:
-    fig, (ax,) = _figure(1)
+def _segment_strip(ax: Axes, scores: Scores, colours: Sequence[Any]) -> None:
+    """Each method's task id per segment (of its longest run) as a step function."""
+    series = []
+    for m, colour in zip(scores.methods, colours, strict=True):
+        run = max(scores.runs[m], key=lambda r: len(r.segments))
+        segs = run.segments
+        series.append((([s.start for s in segs], [float(s.task_id) for s in segs]), segs[-1].end, colour))
+    draw_task_strip(ax, series)
+
+
+def _returns(scores: Scores, out: Path, colours: Sequence[Any]) -> list[Path]:
+    switches = _switches(scores)
+    fig, (ax,), strip = _figure(1, strip=bool(switches))
     for m, colour in zip(scores.methods, colours, strict=True):
         curves = scores.curves[m]
         x = (np.arange(curves.shape[1]) + 1) * scores.bin_steps
-        _band(ax, x, curves, colour, m, seed=0)
-    ax.set_xlabel("env step")
-    ax.set_ylabel(f"episodic return (mean per {scores.bin_steps}-step bin)")
-    return _finish(
-        fig,
-        [ax],
-        "Learning curves (mean over seeds, 95% bootstrap CI)",
-        out / "returns.png",
-        _switches(scores),
-    )
+        _band(ax, x, curves, colour, _label(scores, m), seed=0)
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylabel(f"return per episode\n(mean per {scores.bin_steps:,}-step bin)")
+    if strip is not None:
+        ax.set_xlabel("")
+        _segment_strip(strip, scores, colours)
+        for step in switches:
+            strip.axvline(step, color="grey", linestyle="--", linewidth=0.7, alpha=0.6)
+    return _finish(fig, [ax], "Learning curves", band_caption(scores), out / "returns.png", switches)
 
 
-def _per_segment(scores: Scores, out: Path, colours: Sequence[Any], gap: bool) -> Path:
-    fig, (ax,) = _figure(1)
+def _per_segment(scores: Scores, out: Path, colours: Sequence[Any], gap: bool) -> list[Path]:
+    fig, (ax,), _ = _figure(1)
     for m, colour in zip(scores.methods, colours, strict=True):
         final = scores.final[m]
         data = final[:, 1:] - final[:, :1] if gap else final
@@ -125,33 +192,37 @@ def _per_segment(scores: Scores, out: Path, colours: Sequence[Any], gap: bool) -
         first = 1 if gap else 0
         x = np.arange(first, first + data.shape[1])
         mean, low, high = bootstrap_mean_ci(data, seed=1)
-        ax.errorbar(x, mean, yerr=[mean - low, high - mean], color=colour, marker="o", capsize=3, label=m)
-    ax.set_xlabel("task segment")
+        label = _label(scores, m)
+        if data.shape[0] > 1:
+            ax.errorbar(
+                x, mean, yerr=[mean - low, high - mean], color=colour, marker="o", capsize=3, label=label
+            )
+        else:
+            ax.plot(x, mean, color=colour, marker="o", label=label)
+    ax.set_xlabel("task segment (k-th task visited)")
+    caption = band_caption(scores, "error bars")
     if gap:
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_ylabel("final return on segment k - on segment 0")
-        title, name = "Plasticity gap (mean over seeds, 95% bootstrap CI)", "plasticity_gap.png"
+        ax.set_ylabel("plasticity gap: final return on\nsegment k minus on segment 0")
+        title, name = "Plasticity gap per task segment", "plasticity_gap.png"
     else:
-        ax.set_ylabel("final return")
-        title, name = (
-            "Final return per task segment (mean over seeds, 95% CI)",
-            "final_return_per_segment.png",
-        )
+        ax.set_ylabel("final return (mean over episodes in\nthe last part of the segment)")
+        title, name = "Final return per task segment", "final_return_per_segment.png"
     ax.xaxis.get_major_locator().set_params(integer=True)
-    return _finish(fig, [ax], title, out / name, [])
+    return _finish(fig, [ax], title, caption, out / name, [])
 
 
-def _metric(scores: Scores, out: Path, colours: Sequence[Any], name: str, pattern: str) -> Path | None:
+def _metric(scores: Scores, out: Path, colours: Sequence[Any], name: str, pattern: str) -> list[Path]:
     regex = re.compile(pattern)
     tags = sorted(
         {t for runs in scores.runs.values() for r in runs for t in r.curves if regex.fullmatch(t)},
         key=natural_key,
     )
     if not tags:
-        return None
+        return []
     n_bins = max(c.shape[1] for c in scores.curves.values())
     x = (np.arange(n_bins) + 1) * scores.bin_steps
-    fig, axes = _figure(len(tags))
+    fig, axes, _ = _figure(len(tags))
     for ax, tag in zip(axes, tags, strict=True):
         for m, colour in zip(scores.methods, colours, strict=True):
             runs = [r for r in scores.runs[m] if tag in r.curves]
@@ -159,22 +230,23 @@ def _metric(scores: Scores, out: Path, colours: Sequence[Any], name: str, patter
                 curves = np.stack(
                     [sampled_curve(r.curves[tag], scores.bin_steps, n_bins, r.last_step) for r in runs]
                 )
-                _band(ax, x, curves, colour, m, seed=2)
-        ax.set_title(tag, fontsize=9)
-        ax.set_xlabel("env step")
-    return _finish(
-        fig, axes, f"{name} (mean over seeds, 95% bootstrap CI)", out / f"{name}.png", _switches(scores)
-    )
+                _band(ax, x, curves, colour, _label(scores, m), seed=2)
+        ax.set_title(tag_title(tag), fontsize=10)
+        ax.set_xlabel(STEP_LABEL)
+        ax.set_ylabel(axis_label(tag))
+    title = FIGURE_TITLES.get(name, name.replace("_", " ").capitalize())
+    return _finish(fig, axes, title, band_caption(scores), out / f"{name}.png", _switches(scores))
 
 
 def write_figures(scores: Scores, out: Path) -> list[Path]:
-    """Write the report's PNGs into ``out``; returns their paths (metric figures only with data)."""
+    """Write the report's figures into ``out``, each as PNG and PDF; returns their paths.
+
+    The metric figures are written only when the runs logged their tags.
+    """
     colours = palette(len(scores.methods))
-    paths = [_returns(scores, out, colours), _per_segment(scores, out, colours, gap=False)]
+    paths = [*_returns(scores, out, colours), *_per_segment(scores, out, colours, gap=False)]
     if max(v.shape[1] for v in scores.final.values()) > 1:
-        paths.append(_per_segment(scores, out, colours, gap=True))
+        paths.extend(_per_segment(scores, out, colours, gap=True))
     for name, pattern in CURVE_TAGS.items():
-        path = _metric(scores, out, colours, name, pattern)
-        if path is not None:
-            paths.append(path)
+        paths.extend(_metric(scores, out, colours, name, pattern))
     return paths

@@ -6,15 +6,22 @@ Contains:
     task_boundaries: the steps at which a task-id series changes value (pure).
     moving_average: the trailing mean of a series (pure).
     run_labels: short legend labels from run folder names (pure).
-    natural_key / palette: tag sort order with numbers as numbers; n distinct colours.
-    plot_runs: the PNGs (returns, dormant fractions, srank, isometry gaps) of one or more runs.
+    natural_key / palette: tag sort order with numbers as numbers; n colour-blind-safe colours.
+    tag_title / axis_label / FIGURE_TITLES: what a figure says instead of a raw tag (pure).
+    fit_legend / save_figure: a figure legend that never leaves the figure; PNG and PDF.
+    plot_runs: the figures (returns, dormant fractions, srank, isometry gaps) of one or more runs.
     run_plot_command: the ``plot`` subcommand of :mod:`plasticrl.trainers.cli`.
 
-Every figure overlays the runs, one colour per run, with a legend of :func:`run_labels`; every
-subplot marks each run's task boundaries (changes of its ``env/task_id`` scalar) as light dashed
-vertical lines in the run's colour. A figure is written only when at least one run has one of its
-tags. Matplotlib (the Agg canvas, never a display) and TensorBoard are imported on first use, so
-importing this module (as the CLI does) costs nothing.
+Figures are meant to go into a paper as they are: every axis is labelled with its quantity and
+unit (env steps on x), titles are words (``Dormant units, τ = 0.025``, not the tag), the palette
+is Okabe–Ito (colour-blind safe), task switches are dashed vertical lines with a legend entry,
+the task id is drawn as a step function under the returns, the legend sits below the panels and
+is kept inside the figure, and every figure is written as PNG and PDF. Every figure overlays the
+runs, one colour per run, with a legend of :func:`run_labels`; every subplot marks each run's
+task boundaries (changes of its ``env/task_id`` scalar) as light dashed vertical lines in the
+run's colour. A figure is written only when at least one run has one of its tags. Matplotlib
+(the Agg canvas, never a display) and TensorBoard are imported on first use, so importing this
+module (as the CLI does) costs nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +47,13 @@ __all__ = [
     "run_labels",
     "natural_key",
     "palette",
+    "OKABE_ITO",
+    "FIGURE_TITLES",
+    "STEP_LABEL",
+    "tag_title",
+    "axis_label",
+    "fit_legend",
+    "save_figure",
     "plot_runs",
     "run_plot_command",
 ]
@@ -59,6 +73,67 @@ network has several heads) and every layer's isometry gap."""
 
 TASK_TAG = "env/task_id"
 """The scalar whose changes are the task boundaries."""
+
+STEP_LABEL = "environment steps"
+"""The x-axis label of every curve (steps summed over sub-envs)."""
+
+OKABE_ITO: tuple[str, ...] = (
+    "#0072B2",  # blue
+    "#E69F00",  # orange
+    "#009E73",  # bluish green
+    "#D55E00",  # vermillion
+    "#CC79A7",  # reddish purple
+    "#56B4E9",  # sky blue
+    "#000000",  # black
+    "#F0E442",  # yellow (last: weak on white)
+)
+"""Okabe & Ito's colour-blind-safe palette (Color Universal Design, 2008), in the order used."""
+
+FIGURE_TITLES: Mapping[str, str] = MappingProxyType(
+    {
+        "episodic_return": "Episodic return",
+        "dormant_fraction": "Dormant units (unit-weighted fraction over hidden layers)",
+        "srank": "Feature rank of the penultimate layer (srank)",
+        "isometry_gap": "Isometry gap of each layer",
+    }
+)
+"""Figure name → its title in words (a name not here gets its words: ``ntk_rank`` → ``Ntk rank``)."""
+
+_METRIC_WORDS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        # tag stem → (title words, y-axis label with its unit)
+        "charts/episodic_return": ("Episodic return", "return per episode (sum of rewards)"),
+        "charts/episodic_length": ("Episode length", "episode length (env steps)"),
+        "charts/SPS": ("Throughput", "env steps per second"),
+        "charts/learning_rate": ("Learning rate", "learning rate"),
+        "charts/epsilon": ("Exploration ε", "ε (probability of a random action)"),
+        "eval/episodic_return": ("Greedy evaluation return", "return per episode (sum of rewards)"),
+        "env/task_id": ("Task", "task id"),
+        "plasticity/dormant_fraction": ("Dormant units", "fraction of units dormant"),
+        "plasticity/dormant_persistent": ("Persistently dormant units", "fraction of units dormant"),
+        "plasticity/srank": ("Feature rank (srank)", "srank (dimensions)"),
+        "plasticity/effective_rank": ("Effective rank of the features", "effective rank (dimensions)"),
+        "plasticity/feature_norm": ("Feature norm", "mean ‖feature‖₂"),
+        "plasticity/isometry_gap": ("Isometry gap", "‖G − sI‖_F / √dim"),
+        "plasticity/weight_norm": ("Weight norm", "‖W‖_F"),
+        "plasticity/weight_dist_init": ("Distance to initial weights", "‖W − W₀‖_F"),
+        "plasticity/weight_sv_max": ("Largest singular value", "σ_max(W)"),
+        "plasticity/weight_sv_min": ("Smallest singular value", "σ_min(W)"),
+        "plasticity/stable_rank": ("Stable rank", "‖W‖_F² / σ_max² (dimensions)"),
+        "plasticity/jacobian_sv2_mean": ("Layer-Jacobian σ², mean", "mean σ² of the layer Jacobian"),
+        "plasticity/jacobian_sv2_var": ("Layer-Jacobian σ², variance", "variance of σ²"),
+        "plasticity/grad_norm": ("Gradient norm", "‖∇θ L‖₂"),
+        "plasticity/param_rms": ("Parameter RMS", "RMS of the parameters"),
+        "plasticity/ntk_condition_number": ("NTK condition number", "λ_max / λ_min of the empirical NTK"),
+        "plasticity/ntk_rank": ("NTK rank", "rank of the empirical NTK"),
+        "losses/td_loss": ("TD loss", "TD loss"),
+        "losses/q_values": ("Q-values", "mean Q(s, a)"),
+        "losses/value_loss": ("Value loss", "value loss"),
+        "losses/policy_loss": ("Policy loss", "policy loss"),
+        "losses/entropy": ("Policy entropy", "entropy (nats)"),
+        "losses/approx_kl": ("Approximate KL", "KL(π_old ‖ π) (nats)"),
+    }
+)
 
 EVENT_GLOB = "events.out.tfevents.*"
 """TensorBoard event files in a run folder."""
@@ -234,14 +309,119 @@ def _run_names(run_dirs: Sequence[Path]) -> list[str]:
 
 
 def palette(n: int) -> list[Any]:
-    """``n`` distinct colours: tab10, tab20, then samples of viridis."""
+    """``n`` distinct colour-blind-safe colours: Okabe–Ito up to 8, then samples of viridis.
+
+    Viridis is perceptually uniform and readable with every common colour-vision deficiency;
+    past 8 lines no palette keeps every pair apart, so say so in the caption or split the figure.
+
+    Example:
+        >>> palette(2)
+        ['#0072B2', '#E69F00']
+    """
+    if n <= len(OKABE_ITO):
+        return list(OKABE_ITO[:n])
     from matplotlib import colormaps
 
-    if n <= 20:
-        cmap = colormaps["tab10" if n <= 10 else "tab20"]
-        return [cmap(i) for i in range(n)]
     cmap = colormaps["viridis"]
-    return [cmap(i / (n - 1)) for i in range(n)]
+    return [cmap(0.92 * i / (n - 1)) for i in range(n)]  # stop before viridis' pale yellow
+
+
+def _stem_and_rest(tag: str) -> tuple[str, list[str]]:
+    """The longest known stem of ``tag`` (:data:`_METRIC_WORDS`) and the parts after it."""
+    parts = tag.split("/")
+    for cut in range(len(parts), 0, -1):
+        stem = "/".join(parts[:cut])
+        if stem in _METRIC_WORDS:
+            return stem, parts[cut:]
+    return "", parts
+
+
+def _words(text: str) -> str:
+    return text.replace("_", " ").strip().capitalize()
+
+
+def tag_title(tag: str) -> str:
+    """A panel title in words for a scalar tag (the tag's τ, layer or task as words too).
+
+    Examples:
+        >>> tag_title("plasticity/dormant_fraction/tau_0.025")
+        'Dormant units, τ = 0.025'
+        >>> tag_title("plasticity/dormant_fraction/tau_0/q.2")
+        'Dormant units, τ = 0, layer q.2'
+        >>> tag_title("plasticity/isometry_gap/actor.0"), tag_title("charts/episodic_return/task_3")
+        ('Isometry gap, layer actor.0', 'Episodic return, task 3')
+        >>> tag_title("plasticity/srank/critic"), tag_title("custom/my_metric")
+        ('Feature rank (srank), head critic', 'My metric (custom)')
+    """
+    stem, rest = _stem_and_rest(tag)
+    if not stem:
+        return f"{_words(rest[-1])} ({'/'.join(rest[:-1])})" if len(rest) > 1 else _words(rest[0])
+    title = _METRIC_WORDS[stem][0]
+    for i, part in enumerate(rest):
+        if part.startswith("tau_"):
+            title += f", τ = {part[4:]}"
+        elif part.startswith("task_"):
+            title += f", task {part[5:]}"
+        elif stem == "plasticity/srank" or stem == "plasticity/effective_rank":
+            title += f", head {part}"
+        else:
+            title += f", layer {'/'.join(rest[i:])}"
+            break
+    return title
+
+
+def axis_label(tag: str) -> str:
+    """The y-axis label (quantity and unit) of a scalar tag.
+
+    Examples:
+        >>> axis_label("plasticity/dormant_fraction/tau_0.1/fc"), axis_label("charts/episodic_return")
+        ('fraction of units dormant', 'return per episode (sum of rewards)')
+        >>> axis_label("custom/my_metric")
+        'my metric'
+    """
+    stem, rest = _stem_and_rest(tag)
+    if stem:
+        return _METRIC_WORDS[stem][1]
+    return rest[-1].replace("_", " ")
+
+
+def fit_legend(fig: Any, handles: Sequence[Any], labels: Sequence[str], *, ncols: int, **kwargs: Any) -> Any:
+    """A figure legend below the panels that stays inside the figure.
+
+    Labels longer than 48 characters are wrapped; if the legend is still wider than the figure,
+    it is redrawn with fewer columns, down to one, and then the figure is widened to fit it. The
+    result is checked on the drawn figure (the renderer's extents), so no label is ever cut off.
+
+    Returns:
+        The legend.
+    """
+    import textwrap
+
+    wrapped = ["\n".join(textwrap.wrap(label, 48)) or label for label in labels]
+    cols = max(1, min(ncols, len(wrapped)))
+    while True:
+        legend = fig.legend(handles, wrapped, loc="outside lower center", ncols=cols, frameon=False, **kwargs)
+        fig.canvas.draw()
+        box, frame = legend.get_window_extent(), fig.bbox
+        if box.x0 >= frame.x0 - 0.5 and box.x1 <= frame.x1 + 0.5:
+            return legend
+        if cols > 1:
+            legend.remove()
+            cols = max(1, cols - 1) if cols <= 3 else max(1, cols // 2)
+            continue
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width * box.width / frame.width + 0.3, height)
+        fig.canvas.draw()
+        return legend
+
+
+def save_figure(fig: Any, png: Path, *, dpi: int = 100) -> list[Path]:
+    """Write ``fig`` as ``png`` and as the PDF beside it (vector, for a paper); returns both paths."""
+    png.parent.mkdir(parents=True, exist_ok=True)
+    pdf = png.with_suffix(".pdf")
+    fig.savefig(png, dpi=dpi)
+    fig.savefig(pdf, metadata={"CreationDate": None})  # no timestamp: identical bytes on a rerun
+    return [png, pdf]
 
 
 def _draw_series(ax: Axes, tag: str, series: Series, colour: Any, window: int) -> None:
@@ -255,6 +435,27 @@ def _draw_series(ax: Axes, tag: str, series: Series, colour: Any, window: int) -
         ax.plot(steps, values, color=colour, linewidth=1.4, marker="." if len(steps) <= 50 else None)
 
 
+def _task_step(series: Series, last_step: int) -> tuple[list[int], list[float]]:
+    """A task-id series as the corners of its step function, held until ``last_step``."""
+    points = sorted(zip(*series, strict=True), key=lambda p: p[0])
+    steps = [0] + [int(s) for s, _ in points] + [max(last_step, int(points[-1][0]))]
+    ids = [float(points[0][1])] + [float(v) for _, v in points] + [float(points[-1][1])]
+    return steps, ids
+
+
+def draw_task_strip(ax: Axes, series: Sequence[tuple[Series, int, Any]]) -> None:
+    """The task id against env steps as a step function, one line per (series, last step, colour)."""
+    ids: set[int] = set()
+    for task, last, colour in series:
+        steps, values = _task_step(task, last)
+        ax.step(steps, values, where="post", color=colour, linewidth=1.4, alpha=0.9)
+        ids.update(int(v) for v in values if math.isfinite(v))
+    ax.set_yticks(sorted(ids))
+    ax.set_ylabel("task id")
+    ax.set_xlabel(STEP_LABEL)
+    ax.grid(alpha=0.3)
+
+
 def _write_figure(
     path: Path,
     title: str,
@@ -263,36 +464,58 @@ def _write_figure(
     labels: Sequence[str],
     colours: Sequence[Any],
     window: int,
-) -> Path:
-    """One PNG: a subplot per tag in ``panels``, every run that has the tag overlaid."""
+) -> list[Path]:
+    """One figure (PNG and PDF): a subplot per tag in ``panels``, every run that has the tag overlaid.
+
+    A single-panel figure of runs that logged ``env/task_id`` gets the task id as a step
+    function in a strip below it, on the same x axis.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(5.0 * ncols, 3.4 * nrows + 0.8), layout="constrained")
-    FigureCanvasAgg(fig)  # the Agg canvas: no display, whatever matplotlib's default backend
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     present = [i for i, run in enumerate(runs) if any(tag in run for tag in panels)]
     boundaries = {i: task_boundaries(*runs[i][TASK_TAG]) if TASK_TAG in runs[i] else [] for i in present}
+    strip = len(panels) == 1 and any(TASK_TAG in runs[i] and runs[i][TASK_TAG][0] for i in present)
+    fig = Figure(figsize=(5.0 * ncols, 3.4 * nrows + 0.8 + (1.2 if strip else 0.0)), layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg canvas: no display, whatever matplotlib's default backend
+    if strip:
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3.4, 1.2], squeeze=True)
+        axes = [top]
+    else:
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    smoothed = False
     for ax, tag in zip(axes, panels, strict=False):
         for i in present:
             if tag in runs[i]:
                 _draw_series(ax, tag, runs[i][tag], colours[i], window)
+                smoothed |= tag.startswith(_SMOOTHED_PREFIX)
             for step in boundaries[i]:
                 ax.axvline(step, color=colours[i], linestyle="--", linewidth=0.8, alpha=0.4)
-        ax.set_title(tag, fontsize=9)
-        ax.set_xlabel("env step")
+        if len(panels) > 1 or tag_title(tag) != title:  # a lone panel named like its figure: once
+            ax.set_title(tag_title(tag), fontsize=10)
+        ax.set_xlabel(STEP_LABEL)
+        ax.set_ylabel(axis_label(tag))
         ax.grid(alpha=0.3)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=colours[i], linewidth=1.6) for i in present]
-    fig.legend(handles, [labels[i] for i in present], loc="outside lower center", ncols=min(len(present), 4))
-    fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    if strip:
+        axes[0].set_xlabel("")
+        last = {i: max(max(s) for s, _ in runs[i].values() if s) for i in present}
+        draw_task_strip(
+            bottom, [(runs[i][TASK_TAG], last[i], colours[i]) for i in present if TASK_TAG in runs[i]]
+        )
+    handles: list[Any] = [Line2D([], [], color=colours[i], linewidth=1.6) for i in present]
+    names = [labels[i] for i in present]
+    if any(boundaries.values()):
+        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=0.8))
+        names.append("task switch")
+    fit_legend(fig, handles, names, ncols=4)
+    caption = f"faint: every episode; line: mean of the last {window} episodes" if smoothed else ""
+    fig.suptitle(title + (f"\n{caption}" if caption else ""), fontsize=11)
+    return save_figure(fig, path)
 
 
 def plot_runs(
@@ -305,7 +528,8 @@ def plot_runs(
     """Write one PNG per figure of ``tags`` that at least one run has data for.
 
     With the default ``tags``: ``episodic_return.png`` (``charts/episodic_return`` against the
-    env step, raw points faint and their ``window``-episode moving average), ``dormant_fraction.png``
+    env step, raw points faint and their ``window``-episode moving average, the task id as a
+    step function below when the runs switch tasks), ``dormant_fraction.png``
     (the total of every τ, a subplot each), ``srank.png`` and ``isometry_gap.png`` (a subplot per
     layer). Runs are overlaid, one colour each, with a legend of shortened folder names
     (:func:`run_labels`); task boundaries (:func:`task_boundaries` of ``env/task_id``) are dashed
@@ -319,7 +543,7 @@ def plot_runs(
         window: episodes in the moving average.
 
     Returns:
-        The written paths, in the order of ``tags``.
+        The written paths, in the order of ``tags``: each figure's PNG, then its PDF.
 
     Raises:
         ValueError: no run folders, a folder missing or without event files (named), a bad
@@ -347,7 +571,8 @@ def plot_runs(
     for name, pattern in patterns.items():
         panels = sorted((t for t in all_tags if pattern.fullmatch(t)), key=natural_key)
         if panels:
-            written.append(_write_figure(out / f"{name}.png", name, panels, runs, labels, colours, window))
+            title = FIGURE_TITLES.get(name, _words(name))
+            written.extend(_write_figure(out / f"{name}.png", title, panels, runs, labels, colours, window))
     return written
 
 

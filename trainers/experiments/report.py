@@ -3,6 +3,8 @@
 Contains:
     RunData: one run's series read back: method, seed, returns, task segments, plasticity curves.
     load_run / method_of: read a run folder; its method label (folder name without ``__s<seed>``).
+    split_by_config: never pool runs of different configs under one label (pure).
+    grouping_lines: what the report grouped, for ``report.md`` and the terminal (pure).
     task_segments: the (start, end, task id) of every task a run visited, from ``env/task_id`` (pure).
     binned_curve: per-episode returns → a curve on a fixed step grid (pure).
     segment_scores: final return and AUC of every task segment of a run (pure).
@@ -21,6 +23,12 @@ Definitions ([ours], stated in every report):
 * **Final return** of a segment: the mean return of the episodes that ended in its last
   ``final_fraction`` (default 20 %) of steps; **AUC**: the mean of the learning curve over the
   segment (its area divided by its length, so segments of different lengths compare).
+* **Method**: the runs that share a label (the folder name without ``__s<seed>`` and a
+  timestamp, or ``--group-by``'s value) *and* a resolved config minus ``seed``, ``logging``,
+  ``checkpoint``, ``device`` and ``torch_threads``: runs of different configs are never pooled as
+  seeds, whatever their names (a label holding several configs is split, each part labelled with
+  the keys that differ). ``report.md`` lists every method with its runs, seeds and distinguishing
+  keys.
 * **Plasticity gap** of segment k: final return on segment k minus final return on segment 0
   (negative: the agent learns the new task less well than it learned the first).
 * **IQM**: interquartile mean of a method's (seeds x segments) final returns (or AUCs), with a
@@ -41,7 +49,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 import numpy as np
 import yaml
@@ -56,6 +64,10 @@ __all__ = [
     "Scores",
     "method_of",
     "qualify_methods",
+    "split_by_config",
+    "config_key",
+    "grouping_lines",
+    "IGNORED_CONFIG_KEYS",
     "load_run",
     "task_segments",
     "binned_curve",
@@ -81,6 +93,11 @@ CURVE_TAGS: Mapping[str, str] = {
 methods overlaid (mean over seeds with its 95 % bootstrap band)."""
 
 Normalize = Literal["none", "minmax"]
+
+IGNORED_CONFIG_KEYS: tuple[str, ...] = ("seed", "logging", "checkpoint", "device", "torch_threads")
+"""Config keys (and sections) that do not make two runs different experiments: runs whose
+resolved configs agree on every other key are seeds of one method. ``total_steps`` is not here:
+runs of different lengths are not pooled."""
 
 _SEED_SUFFIX = re.compile(r"__s(\d+)$")
 _TIMESTAMP = re.compile(r"[_\-.]*\d{8}-\d{6}(_\d+)?$")
@@ -109,6 +126,7 @@ class RunData:
         returns: (steps, returns) of its episodes.
         segments: its task segments, in order (one segment for a stationary run).
         curves: the other scalar series the figures draw (plasticity metrics).
+        config: the run's resolved config (``config.yaml``), nested.
     """
 
     run_dir: Path
@@ -119,22 +137,29 @@ class RunData:
     returns: Series
     segments: tuple[Segment, ...]
     curves: Mapping[str, Series] = field(default_factory=dict)
+    config: Mapping[str, object] = field(default_factory=dict)
 
 
 def method_of(run_dir: Path) -> str:
-    """A run's method label: its folder name without the sweep's ``__s<seed>`` (or a timestamp).
+    """A run's method label: its folder name without the sweep's ``__s<seed>`` and a timestamp.
+
+    ``plasticrl train``'s names end with ``__s<seed>__<time>``: both go, so the seeds of one
+    config share a label.
 
     Examples:
         >>> method_of(Path("runs/study/adamo__optimizer.lr=0.001__s3"))
         'adamo__optimizer.lr=0.001'
         >>> method_of(Path("runs/breakout_adam_20260101-120000"))
         'breakout_adam'
+        >>> method_of(Path("runs/CartPole-v1__dqn__adam__mlp__s2__20260101-120000_1"))
+        'CartPole-v1__dqn__adam__mlp'
     """
     name = run_dir.name
     stripped = _SEED_SUFFIX.sub("", name)
     if stripped != name:
         return stripped
-    return _TIMESTAMP.sub("", name) or name
+    unstamped = _TIMESTAMP.sub("", name)
+    return _SEED_SUFFIX.sub("", unstamped) or unstamped or name
 
 
 def qualify_methods(runs: Sequence[RunData]) -> list[RunData]:
@@ -158,6 +183,109 @@ def qualify_methods(runs: Sequence[RunData]) -> list[RunData]:
         else run
         for run in runs
     ]
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, Mapping) and tree:
+        out: dict[str, object] = {}
+        for key, value in tree.items():
+            out |= _flat(value, f"{prefix}{key}.")
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _relevant(config: Mapping[str, object]) -> dict[str, object]:
+    """The flattened config without :data:`IGNORED_CONFIG_KEYS` (keys and whole sections)."""
+    return {
+        k: v
+        for k, v in _flat(config).items()
+        if not any(k == i or k.startswith(i + ".") for i in IGNORED_CONFIG_KEYS)
+    }
+
+
+def config_key(config: Mapping[str, object]) -> str:
+    """A canonical text of a run's config minus :data:`IGNORED_CONFIG_KEYS`: equal iff same experiment.
+
+    Example:
+        >>> a = config_key({"seed": 0, "optimizer": {"lr": 0.1}})
+        >>> a == config_key({"optimizer": {"lr": 0.1}, "seed": 4}), a
+        (True, '{optimizer.lr: 0.1}')
+    """
+    return yaml.safe_dump(_relevant(config), sort_keys=True, default_flow_style=True).strip()
+
+
+def _short(value: object) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True).strip() if not isinstance(value, str) else value
+    return text.removesuffix("\n...").strip()
+
+
+def split_by_config(runs: Sequence[RunData]) -> list[RunData]:
+    """Keep runs of different configs apart even when they share a method label.
+
+    A label whose runs have one config (minus :data:`IGNORED_CONFIG_KEYS`) is left as it is. A
+    label holding several configs becomes one group per config, each labelled with the keys on
+    which that label's configs differ: ``dqn [optimizer.lr=0.001]``, ``dqn [optimizer.lr=0.0001]``.
+    (Two seed-0 runs of different learning rates are never reported as "2 seeds".)
+
+    Example:
+        >>> runs = [RunData(Path(f"r{i}"), "dqn", 0, 1, 1, ([], []), (), config={"optimizer": {"lr": lr}})
+        ...         for i, lr in enumerate((0.1, 0.1, 0.01))]
+        >>> [r.method for r in split_by_config(runs)]
+        ['dqn [optimizer.lr=0.1]', 'dqn [optimizer.lr=0.1]', 'dqn [optimizer.lr=0.01]']
+    """
+    configs: dict[str, dict[str, dict[str, object]]] = {}
+    for run in runs:
+        configs.setdefault(run.method, {})[config_key(run.config)] = _relevant(run.config)
+    out = []
+    for run in runs:
+        variants = configs[run.method]
+        if len(variants) == 1:
+            out.append(run)
+            continue
+        keys = sorted({k for flat in variants.values() for k in flat})
+        differing = [
+            k for k in keys if len({_short(flat.get(k, "<unset>")) for flat in variants.values()}) > 1
+        ]
+        mine = variants[config_key(run.config)]
+        detail = ", ".join(f"{k}={_short(mine.get(k, '<unset>'))}" for k in differing)
+        out.append(dataclasses.replace(run, method=f"{run.method} [{detail}]"))
+    return out
+
+
+def grouping_lines(runs: Sequence[RunData]) -> list[str]:
+    """What the report grouped: one line per method (runs, seeds, folder, keys that set it apart).
+
+    A method is the runs that share a label and a config minus :data:`IGNORED_CONFIG_KEYS`; the
+    line names the config keys whose values differ between methods (the comparison the report
+    makes), says when two labels hold the same config (two sweeps, say: kept apart, never
+    pooled across names), and warns when a seed occurs twice in one method.
+    """
+    grouped: dict[str, list[RunData]] = {}
+    for run in runs:
+        grouped.setdefault(run.method, []).append(run)
+    flats = {m: _relevant(members[0].config) for m, members in grouped.items()}
+    keys = sorted({k for flat in flats.values() for k in flat})
+    differing = [k for k in keys if len({_short(flat.get(k, "<unset>")) for flat in flats.values()}) > 1]
+    lines = []
+    for method, members in grouped.items():
+        seeds = sorted(r.seed for r in members)
+        parents = sorted({str(r.run_dir.parent) for r in members})
+        text = f"- `{method}`: {len(members)} run{'s' if len(members) != 1 else ''}, seeds {seeds}"
+        text += f", in {', '.join(f'`{p}`' for p in parents)}"
+        if differing:
+            text += "; " + ", ".join(f"{k}={_short(flats[method].get(k, '<unset>'))}" for k in differing)
+        twins = [
+            m
+            for m in grouped
+            if m != method and config_key(grouped[m][0].config) == config_key(members[0].config)
+        ]
+        if twins:
+            text += f" (same config as {', '.join(f'`{m}`' for m in twins)}: kept apart by name)"
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            text += f" (**seed {', '.join(map(str, repeated))} repeated**: same config run twice)"
+        lines.append(text)
+    return lines
 
 
 def _config_value(config: Mapping[str, object], key: str) -> object:
@@ -213,6 +341,7 @@ def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
         returns=scalars[RETURN_TAG],
         segments=tuple(task_segments(task[0], task[1], last)),
         curves=curves,
+        config=config,
     )
 
 
@@ -507,8 +636,12 @@ def write_report(
     normalize: Normalize = "none",
     reps: int = 50_000,
     command: str | None = None,
+    groups_out: TextIO | None = None,
 ) -> list[Path]:
     """Read the runs and write ``report.md``, ``scores.csv`` and the figures into ``out_dir``.
+
+    ``groups_out`` (the command's stderr) also gets :func:`grouping_lines`, so the terminal says
+    which runs were pooled before anyone opens the report.
 
     Returns:
         The written paths (report.md first).
@@ -525,6 +658,12 @@ def write_report(
     runs = [load_run(d, group_by=group_by) for d in run_dirs]
     if group_by is None:
         runs = qualify_methods(runs)
+    runs = split_by_config(runs)
+    if groups_out is not None:
+        lines = grouping_lines(runs)
+        print(f"report: {len(runs)} runs in {len(lines)} method(s):", file=groups_out)
+        for line in lines:
+            print("  " + line.removeprefix("- ").replace("`", "").replace("**", ""), file=groups_out)
     scores = score_table(runs, bin_steps=bin_steps, final_fraction=final_fraction)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -538,6 +677,17 @@ def write_report(
         f"{scores.bin_steps} env steps; final return = episodes ending in the last "
         f"{final_fraction:.0%} of a segment. Definitions: `trainers/report.py`.",
     ]
+    text += [
+        "",
+        "## Groups",
+        "",
+        "Runs are pooled as seeds of one method only when their resolved configs agree on every key "
+        f"but {', '.join(f'`{k}`' for k in IGNORED_CONFIG_KEYS)}"
+        + (f" (labelled by `{group_by}`)" if group_by else " (labelled by folder name without seed)")
+        + "; the keys that differ between methods follow each:",
+        "",
+        *grouping_lines(runs),
+    ]
     unfinished = [r for r in runs if r.last_step < r.total_steps]
     if unfinished:
         text += ["", "**Unfinished runs** (scored up to their last logged step):"]
@@ -545,7 +695,9 @@ def write_report(
     if command:
         text += ["", "Reproduce:", "", "```", command, "```"]
     text += ["", markdown_tables(scores, normalize=normalize, reps=reps)]
-    text += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
+    pngs = [p for p in figures if p.suffix == ".png"]
+    text += ["## Figures", "", "Each figure is also written as a PDF beside its PNG.", ""]
+    text += [f"![{p.stem}]({p.name})" for p in pngs]
     report = out / "report.md"
     report.write_text("\n".join(text) + "\n")
     return [report, csv_path, *figures]
@@ -587,6 +739,7 @@ def run_report_command(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         reps=args.reps,
         command=command,
+        groups_out=sys.stderr,
     ):
         print(path)
     return 0

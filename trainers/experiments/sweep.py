@@ -16,6 +16,8 @@ Contains:
     execute_sweep: run the planned runs as ``python -m plasticrl.trainers.cli train`` child processes,
         ``workers`` at a time, each logging to ``<run_dir>.log``.
     summary_line: ``sweep <name>: N ran, M skipped (complete), K resumed, F failed``.
+    SweepProgress: the one progress line of the whole sweep (runs finished / running / failed /
+        queued, elapsed, ETA), redrawn on a terminal, printed after each finished run otherwise.
     child_command / thread_env / open_run_log / record_exit / raise_on_sigterm: the pieces of
         running one run that the local and Ray backends share.
     run_sweep_command: the ``sweep`` subcommand of :mod:`plasticrl.trainers.cli`;
@@ -671,14 +673,82 @@ def record_exit(run: SweepRun, code: int, result: SweepResult, out: IO[str]) -> 
         print(f"FAILED  {run.name} (exit code {code}; log: {run.log_path})", file=out, flush=True)
 
 
+class SweepProgress:
+    """One progress line for a whole sweep: ``[sweep] 3/8 finished (1 failed) | 2 running | ...``.
+
+    On a terminal the line is redrawn in place (the per-run lines print above it); on a pipe or
+    file it is printed after each run that finishes, so a log shows the sweep's progress without
+    a line per poll. The ETA assumes the remaining runs take as long, on average, as the finished
+    ones took at this concurrency: ``elapsed × remaining / finished``.
+
+    Args:
+        total: the runs this invocation launches (skipped and running-elsewhere ones excluded).
+        out: where the line goes.
+        enabled: False draws nothing (tests that parse the output exactly).
+    """
+
+    def __init__(self, total: int, out: IO[str], *, enabled: bool = True) -> None:
+        self.total = total
+        self.out = out
+        self.enabled = enabled and total > 0
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.t0 = time.perf_counter()
+        self._shown = False
+
+    def line(self, result: SweepResult, running: int, *, now: float | None = None) -> str:
+        """The progress text for ``result`` with ``running`` runs in flight."""
+        from plasticrl.trainers.progress import eta_seconds, format_duration
+
+        elapsed = (time.perf_counter() if now is None else now) - self.t0
+        finished = len(result.ran) + len(result.resumed) + len(result.failed)
+        queued = max(self.total - finished - running - len(result.interrupted), 0)
+        eta = (
+            "done"
+            if finished >= self.total
+            else f"ETA {format_duration(eta_seconds(finished, self.total, elapsed))}"
+        )
+        return (
+            f"[sweep] {finished}/{self.total} finished ({len(result.failed)} failed) | {running} running "
+            f"| {queued} queued | elapsed {format_duration(elapsed)} | {eta}"
+        )
+
+    def clear(self) -> None:
+        """Erase the terminal line before another line is printed (no-op on a pipe)."""
+        if self.enabled and self.tty and self._shown:
+            self.out.write("\r\x1b[K")
+            self._shown = False
+
+    def draw(self, result: SweepResult, running: int, *, finished_one: bool) -> None:
+        """Redraw on a terminal; on a pipe, print only when a run just finished."""
+        if not self.enabled:
+            return
+        if self.tty:
+            self.out.write("\r" + self.line(result, running) + "\x1b[K")
+            self._shown = True
+        elif finished_one:
+            self.out.write(self.line(result, running) + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        """End the terminal line, so what follows starts on a fresh one."""
+        if self.enabled and self.tty and self._shown:
+            self.out.write("\n")
+            self.out.flush()
+            self._shown = False
+
+
 def execute_sweep(
     runs: Sequence[SweepRun],
     *,
     workers: int,
     out: IO[str] | None = None,
     poll_s: float = 0.05,
+    progress: bool = True,
 ) -> SweepResult:
     """Run every non-skipped run as a child process, at most ``workers`` at a time.
+
+    Besides one line per run started and finished, :class:`SweepProgress` shows the whole
+    sweep's progress (``progress=False`` turns it off).
 
     A failed run is recorded with its exit code and log path and does not stop the others.
     Ctrl-C (KeyboardInterrupt) or SIGTERM stops launching runs, sends one SIGINT to each running
@@ -689,6 +759,7 @@ def execute_sweep(
         workers: the most child processes at once (>= 1).
         out: where progress lines go (default stdout).
         poll_s: seconds between checks of the children.
+        progress: show the sweep's :class:`SweepProgress` line.
 
     Returns:
         What ran, was skipped, resumed, failed or interrupted.
@@ -697,25 +768,38 @@ def execute_sweep(
         raise ValueError(f"--workers must be >= 1, got {workers}")
     out = sys.stdout if out is None else out
     result, pending = start_result(runs)
+    bar = SweepProgress(len(pending), out, enabled=progress)
     running: list[_Child] = []
     previous_term = raise_on_sigterm()
+    last_draw = 0.0
     try:
         while pending or running:
+            changed = finished_one = False
             while pending and len(running) < workers:
                 run = pending.pop(0)
+                bar.clear()
                 print(f"{run.action:<7} {run.name}", file=out, flush=True)
                 running.append(_launch(run))
+                changed = True
             for child in list(running):
                 code = child.process.poll()
                 if code is not None:
                     running.remove(child)
+                    bar.clear()
                     _finish(child, code, result, out)
+                    changed = finished_one = True
+            now = time.perf_counter()
+            if changed or (bar.tty and now - last_draw >= 1.0):  # the terminal's clock ticks
+                bar.draw(result, len(running), finished_one=finished_one)
+                last_draw = now
             time.sleep(poll_s)
     except KeyboardInterrupt:
+        bar.clear()
         print(f"interrupt: stopping {len(running)} running run(s) at a checkpoint", file=out, flush=True)
         result.interrupted.extend(r.name for r in pending)
         _stop_children(running, result, out)
     finally:
+        bar.close()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
     return result

@@ -12,7 +12,7 @@ The names most scripts need come from here, imported lazily (``import plasticrl`
 heavy until a name is used):
 
 Example:
-    >>> from plasticrl import AdamO, NonStationary, PlasticityProbe, train
+    >>> from plasticrl import AdamO, NonStationary, PlasticityProbe, load, train
     >>> AdamO.__module__
     'plasticrl.plasticity.adamo'
 
@@ -44,6 +44,9 @@ _EXPORTS: dict[str, str] = {
     "load_config": "plasticrl.trainers.config",
     "train": "plasticrl.trainers.run",
     "resume": "plasticrl.trainers.run",
+    "load": "plasticrl.trainers.evaluation",
+    "TrainedAgent": "plasticrl.trainers.evaluation",
+    "TrainResult": "plasticrl.trainers.session",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -57,7 +60,9 @@ if TYPE_CHECKING:  # pragma: no cover (for type checkers and IDEs)
     from plasticrl.plasticity.probe import PlasticityProbe
     from plasticrl.plasticity.regularizers import REGULARIZERS
     from plasticrl.trainers.config import ExperimentConfig, load_config
+    from plasticrl.trainers.evaluation import TrainedAgent, load
     from plasticrl.trainers.run import resume, train
+    from plasticrl.trainers.session import TrainResult
 
 
 def __getattr__(name: str) -> Any:

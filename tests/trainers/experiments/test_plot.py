@@ -212,17 +212,31 @@ def test_plot_runs_writes_returns_and_dormant_figures(
 ) -> None:
     out = tmp_path / "out"
     written = plot_runs(two_runs, out, window=5)
-    assert written == [out / "episodic_return.png", out / "dormant_fraction.png"]
-    assert sorted(p.name for p in out.iterdir()) == ["dormant_fraction.png", "episodic_return.png"]
+    names = ["episodic_return.png", "episodic_return.pdf", "dormant_fraction.png", "dormant_fraction.pdf"]
+    assert written == [out / n for n in names]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert all(p.read_bytes()[:5] == b"%PDF-" for p in written if p.suffix == ".pdf")
     # no srank / isometry tags in either run: no such figure
     assert not (out / "srank.png").exists() and not (out / "isometry_gap.png").exists()
-    assert png_size(out / "episodic_return.png") == (500, 420)  # one subplot: 5 × (3.4 + 0.8) in at 100 dpi
+    # one panel plus the task strip: 5 × (3.4 + 0.8 + 1.2) in at 100 dpi
+    assert png_size(out / "episodic_return.png") == (500, 540)
     assert png_size(out / "dormant_fraction.png") == (1000, 420)  # two subplots side by side
 
     returns_fig = saved_figures["episodic_return.png"]
-    (ax,) = visible_axes(returns_fig)
-    assert ax.get_title() == "charts/episodic_return"
-    assert [t.get_text() for t in returns_fig.legends[0].get_texts()] == ["s0", "s1"]
+    ax, strip = visible_axes(returns_fig)
+    assert returns_fig.get_suptitle().startswith(
+        "Episodic return\nfaint: every episode; line: mean of the last 5"
+    )
+    assert (
+        ax.get_ylabel() == "return per episode (sum of rewards)" and strip.get_xlabel() == "environment steps"
+    )
+    assert [t.get_text() for t in returns_fig.legends[0].get_texts()] == ["s0", "s1", "task switch"]
+    # the task id of run A as a step function, held to its last step; run B logs none
+    (task_line,) = strip.get_lines()
+    assert task_line.get_drawstyle() == "steps-post" and strip.get_ylabel() == "task id"
+    xs, ys = list(task_line.get_xdata()), list(task_line.get_ydata())
+    assert xs[0] == 0 and xs[-1] == 900 and ys[0] == 0.0 and ys[-1] == 2.0
+    assert [x for x, y0, y1 in zip(xs[1:], ys, ys[1:], strict=False) if y1 != y0] == A_BOUNDARIES
     raw_a, smooth_a, raw_b, smooth_b = data_lines(ax)
     colour_a, colour_b = to_rgba(smooth_a.get_color()), to_rgba(smooth_b.get_color())
     assert colour_a != colour_b
@@ -237,11 +251,9 @@ def test_plot_runs_writes_returns_and_dormant_figures(
     dormant_fig = saved_figures["dormant_fraction.png"]
     axes = visible_axes(dormant_fig)
     # totals only (per-layer tags are not subplots), τ in numeric order; only run A has them
-    assert [a.get_title() for a in axes] == [
-        "plasticity/dormant_fraction/tau_0",
-        "plasticity/dormant_fraction/tau_0.1",
-    ]
-    assert [t.get_text() for t in dormant_fig.legends[0].get_texts()] == ["s0"]
+    assert [a.get_title() for a in axes] == ["Dormant units, τ = 0", "Dormant units, τ = 0.1"]
+    assert {a.get_ylabel() for a in axes} == {"fraction of units dormant"}
+    assert [t.get_text() for t in dormant_fig.legends[0].get_texts()] == ["s0", "task switch"]
     for a in axes:
         (line,) = data_lines(a)
         assert list(line.get_xdata()) == list(range(100, 901, 100))
@@ -264,22 +276,27 @@ def test_srank_and_isometry_figures_only_when_logged(
     run = write_run(tmp_path / "metrics_only", metrics)
     out = tmp_path / "figs"
     written = plot_runs([run], out)
-    assert [p.name for p in written] == ["srank.png", "isometry_gap.png"]  # no returns, no dormancy
-    assert all(p.stat().st_size > 0 and p.read_bytes()[:8] == PNG_MAGIC for p in written)
+    # no returns, no dormancy
+    assert [p.name for p in written] == ["srank.png", "srank.pdf", "isometry_gap.png", "isometry_gap.pdf"]
+    assert all(
+        p.stat().st_size > 0 and p.read_bytes()[:8] == PNG_MAGIC for p in written if p.suffix == ".png"
+    )
     iso = visible_axes(saved_figures["isometry_gap.png"])
-    assert [a.get_title() for a in iso] == [f"plasticity/isometry_gap/{layer}" for layer in layers]
+    assert [a.get_title() for a in iso] == [f"Isometry gap, layer {layer}" for layer in layers]
     assert len(saved_figures["isometry_gap.png"].axes) == 6  # a 2 × 3 grid, two cells hidden
     assert png_size(out / "isometry_gap.png") == (1500, 760)
-    for a in iso + visible_axes(saved_figures["srank.png"]):
+    srank_panel, _strip = visible_axes(saved_figures["srank.png"])
+    for a in [*iso, srank_panel]:
         assert [x for x, _, _ in boundary_lines(a)] == [150.0]
-    assert [t.get_text() for t in saved_figures["srank.png"].legends[0].get_texts()] == ["metrics_only"]
+    legend = saved_figures["srank.png"].legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["metrics_only", "task switch"]
 
 
 def test_custom_tags_skip_non_finite_values(tmp_path: Path, saved_figures: dict[str, Figure]) -> None:
     ntk = [(100, 5.0), (200, math.inf), (300, 7.0)]
     run = write_run(tmp_path / "ntk", {"plasticity/ntk_condition_number": ntk})
     written = plot_runs([run], tmp_path, tags={"ntk": r"plasticity/ntk_.*", "none": r"charts/nothing"})
-    assert written == [tmp_path / "ntk.png"]
+    assert written == [tmp_path / "ntk.png", tmp_path / "ntk.pdf"]
     (line,) = data_lines(visible_axes(saved_figures["ntk.png"])[0])
     assert list(line.get_xdata()) == [100, 300] and list(line.get_ydata()) == [5.0, 7.0]
     with pytest.raises(ValueError, match="figure 'bad': bad tag pattern"):
@@ -307,7 +324,7 @@ def test_cli_plot_several_runs(
 ) -> None:
     out = tmp_path / "cmp"
     assert main(["plot", str(two_runs[0]), str(two_runs[1]), "--out", str(out), "--window", "3"]) == 0
-    expected = [out / "episodic_return.png", out / "dormant_fraction.png"]
+    expected = [out / f"{n}.{e}" for n in ("episodic_return", "dormant_fraction") for e in ("png", "pdf")]
     assert capsys.readouterr().out.splitlines() == [str(p) for p in expected]
     assert all(p.is_file() and p.stat().st_size > 0 for p in expected)
     # default output: plots/ (relative to the working folder) for several runs
@@ -321,7 +338,10 @@ def test_cli_plot_one_run_writes_into_it(
 ) -> None:
     run = two_runs[1]
     assert main(["plot", str(run)]) == 0
-    assert capsys.readouterr().out.splitlines() == [str(run / "episodic_return.png")]
+    assert capsys.readouterr().out.splitlines() == [
+        str(run / "episodic_return.png"),
+        str(run / "episodic_return.pdf"),
+    ]
     assert (run / "episodic_return.png").read_bytes()[:8] == PNG_MAGIC
 
 

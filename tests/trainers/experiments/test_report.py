@@ -172,18 +172,14 @@ def test_report_command_writes_markdown_csv_and_figures(
     assert main(argv) == 0
     written = [Path(line) for line in capsys.readouterr().out.split()]
     names = {p.name for p in written}
-    assert names == {
-        "report.md",
-        "scores.csv",
-        "returns.png",
-        "final_return_per_segment.png",
-        "plasticity_gap.png",
-        "dormant_fraction.png",  # only the bad runs logged it
-    }
+    figures = ["returns", "final_return_per_segment", "plasticity_gap", "dormant_fraction"]  # dormant: bad
+    assert names == {"report.md", "scores.csv"} | {f"{f}.{e}" for f in figures for e in ("png", "pdf")}
     for path in written:
         assert path.is_file()
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == PNG_MAGIC
+        if path.suffix == ".pdf":
+            assert path.read_bytes()[:5] == b"%PDF-"
     rows = (out / "scores.csv").read_text().splitlines()
     assert rows[0] == "method,seed,run_dir,segment,task_id,start,end,final_return,auc"
     assert len(rows) == 1 + 6 * 2  # six runs x two segments
