@@ -120,6 +120,14 @@ class Change(Generic[P]):
         """Return the parameters of the initial task (task 0)."""
         raise NotImplementedError
 
+    def first_draw(self, rng: np.random.Generator) -> P:
+        """The initial task's parameters, drawn from the task generator where the options say so.
+
+        The wrapper calls this once, at the start of its life. The default is :meth:`first`
+        (nothing drawn), so a kind whose first task is fixed leaves the generator untouched.
+        """
+        return self.first()
+
     def next(self, params: P, rng: np.random.Generator) -> P:
         """Return the parameters of the task that follows ``params``."""
         raise NotImplementedError
@@ -179,6 +187,26 @@ def _index_from_state(kind: str, data: Any, count: int) -> int:
     return int(data)
 
 
+def fresh_permutation(size: int, previous: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of ``range(size)`` that is a real change: never ``previous``, never the identity.
+
+    Drawn as ``rng.permutation(size)``, redrawn while it is the identity or ``previous`` (so the
+    stream is the plain draw's whenever the plain draw was already a change). With 2 elements
+    only two permutations exist: the draw is the one that differs from ``previous`` (so changes
+    alternate between the swap and the identity). With 1 element nothing can change.
+    """
+    identity = np.arange(size, dtype=np.intp)
+    if size < 2:
+        return identity
+    if size == 2 and previous is not None and not np.array_equal(previous, identity):
+        return identity  # the only permutation that differs from the swap
+    while True:
+        perm = rng.permutation(size).astype(np.intp)
+        if np.array_equal(perm, identity) or (previous is not None and np.array_equal(perm, previous)):
+            continue
+        return perm
+
+
 def _perm_from_state(kind: str, data: Any, size: int) -> np.ndarray:
     perm = np.asarray(data)
     is_perm = perm.shape == (size,) and perm.dtype.kind in "iu"
@@ -208,10 +236,17 @@ class SwitchOptions:
     """Task order: ``cycle`` visits 0, 1, ..., k-1, 0, ...; ``random`` draws each next task
     uniformly from the other tasks; ``shuffle`` visits every task once per cycle, in the listed
     order first and in a fresh random order every later cycle (never the same task twice in a row)."""
+    first_cycle: Literal["listed", "shuffled"] = "listed"
+    """``shuffle`` only: the first cycle in the listed order, or shuffled as every later one (the
+    AdamO paper's protocol: the first game differs between seeds)."""
 
     def __post_init__(self) -> None:
         if self.order not in ("cycle", "random", "shuffle"):
             raise ValueError(f"Switch.order must be 'cycle', 'random' or 'shuffle', got {self.order!r}")
+        if self.first_cycle not in ("listed", "shuffled"):
+            raise ValueError(f"Switch.first_cycle must be 'listed' or 'shuffled', got {self.first_cycle!r}")
+        if self.first_cycle == "shuffled" and self.order != "shuffle":
+            raise ValueError(f"Switch.first_cycle='shuffled' needs order='shuffle', got order={self.order!r}")
 
 
 class Tour(NamedTuple):
@@ -247,9 +282,17 @@ class Switch(Change[Any]):
 
     name = "switch"
     Options = SwitchOptions
+    first_cycle: Literal["listed", "shuffled"] = "listed"  # (a class default: older pickles lack it)
 
-    def __init__(self, order: Literal["cycle", "random", "shuffle"] = "cycle") -> None:
-        self.order = SwitchOptions(order=order).order
+    def __init__(
+        self,
+        order: Literal["cycle", "random", "shuffle"] = "cycle",
+        first_cycle: Literal["listed", "shuffled"] = "listed",
+    ) -> None:
+        options = SwitchOptions(order=order, first_cycle=first_cycle)
+        self.order = options.order
+        if options.first_cycle != "listed":  # only then an instance attribute: old pickles stay equal
+            self.first_cycle = options.first_cycle
 
     def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
         taskset = env.unwrapped
@@ -267,6 +310,11 @@ class Switch(Change[Any]):
         if self.order == "shuffle":
             return Tour(tuple(range(self._count)), 0, 0)
         return 0
+
+    def first_draw(self, rng: np.random.Generator) -> int | Tour:  # noqa: D102
+        if self.order == "shuffle" and self.first_cycle == "shuffled":
+            return Tour(tuple(int(i) for i in rng.permutation(self._count)), 0, 0)
+        return self.first()
 
     def next(self, params: int | Tour, rng: np.random.Generator) -> int | Tour:  # noqa: D102
         if not isinstance(params, Tour):
@@ -317,19 +365,25 @@ class PermuteObsOptions:
     layout: Literal["chw", "hwc"] = "chw"
     """Axis order of a 3-d observation for ``spatial`` and ``channels``: ``chw`` (plasticrl's
     MinAtar) or ``hwc`` (raw MinAtar)."""
+    first_task: Literal["identity", "random"] = "identity"
+    """Task 0's permutation: the identity (the plain observation) or a random one (the AdamO
+    paper's protocol permutes every (game, cycle), the first included)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("all", "spatial", "channels"):
             raise ValueError(f"PermuteObs.mode must be 'all', 'spatial' or 'channels', got {self.mode!r}")
         if self.layout not in ("chw", "hwc"):
             raise ValueError(f"PermuteObs.layout must be 'chw' or 'hwc', got {self.layout!r}")
+        if self.first_task not in ("identity", "random"):
+            raise ValueError(f"PermuteObs.first_task must be 'identity' or 'random', got {self.first_task!r}")
 
 
 @CHANGES.register("permute_obs", options=PermuteObsOptions)
 class PermuteObs(Change[np.ndarray]):
     """``permute_obs``: a seeded permutation of the observation, fixed until the next change.
 
-    Task 0 is the identity; every change draws a fresh permutation. ``task_id`` counts changes.
+    Task 0 is the identity; every change draws a fresh permutation, never the identity nor the
+    previous one (:func:`fresh_permutation`). ``task_id`` counts changes.
     With ``out = obs.take(index)``, ``out`` is a rearrangement of ``obs`` (a bijection on cells).
 
     Modes, for an image observation of ``C`` channels and ``H × W`` positions:
@@ -353,12 +407,18 @@ class PermuteObs(Change[np.ndarray]):
 
     name = "permute_obs"
     Options = PermuteObsOptions
+    first_task: Literal["identity", "random"] = "identity"  # (a class default: older pickles lack it)
 
     def __init__(
-        self, mode: Literal["all", "spatial", "channels"] = "all", layout: Literal["chw", "hwc"] = "chw"
+        self,
+        mode: Literal["all", "spatial", "channels"] = "all",
+        layout: Literal["chw", "hwc"] = "chw",
+        first_task: Literal["identity", "random"] = "identity",
     ) -> None:
-        options = PermuteObsOptions(mode=mode, layout=layout)
+        options = PermuteObsOptions(mode=mode, layout=layout, first_task=first_task)
         self.mode, self.layout = options.mode, options.layout
+        if options.first_task != "identity":  # only then an instance attribute: old pickles stay equal
+            self.first_task = options.first_task
 
     def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
         space = env.observation_space
@@ -406,8 +466,13 @@ class PermuteObs(Change[np.ndarray]):
     def first(self) -> np.ndarray:  # noqa: D102
         return np.arange(self._size, dtype=np.intp)
 
+    def first_draw(self, rng: np.random.Generator) -> np.ndarray:  # noqa: D102
+        if self.first_task == "random":
+            return self.next(self.first(), rng)
+        return self.first()
+
     def next(self, params: np.ndarray, rng: np.random.Generator) -> np.ndarray:  # noqa: D102
-        return rng.permutation(self._size).astype(np.intp)
+        return fresh_permutation(self._size, params, rng)  # never the identity or the previous one
 
     def activate(self, params: np.ndarray) -> Transforms:  # noqa: D102
         if np.array_equal(params, np.arange(self._size)):
@@ -433,8 +498,9 @@ class PermuteActionsOptions:
 class PermuteActions(Change[np.ndarray]):
     """``permute_actions``: a seeded permutation of a ``Discrete`` action set.
 
-    Task 0 is the identity; every change draws a fresh permutation; ``task_id`` counts changes.
-    Agent action ``start + i`` runs env action ``start + perm[i]``.
+    Task 0 is the identity; every change draws a fresh permutation, never the identity nor the
+    previous one (:func:`fresh_permutation`; with 2 actions changes alternate between the swap
+    and the identity); ``task_id`` counts changes. Agent action ``start + i`` runs env action ``start + perm[i]``.
     """
 
     name = "permute_actions"
@@ -453,7 +519,7 @@ class PermuteActions(Change[np.ndarray]):
         return np.arange(self._n, dtype=np.intp)
 
     def next(self, params: np.ndarray, rng: np.random.Generator) -> np.ndarray:  # noqa: D102
-        return rng.permutation(self._n).astype(np.intp)
+        return fresh_permutation(self._n, params, rng)  # never the identity or the previous one
 
     def activate(self, params: np.ndarray) -> Transforms:  # noqa: D102
         if np.array_equal(params, np.arange(self._n)):
@@ -694,6 +760,9 @@ class Compose(Change[tuple[Any, ...]]):
 
     def first(self) -> tuple[Any, ...]:  # noqa: D102
         return tuple(p.first() for p in self.parts)
+
+    def first_draw(self, rng: np.random.Generator) -> tuple[Any, ...]:  # noqa: D102
+        return tuple(p.first_draw(rng) for p in self.parts)
 
     def next(self, params: tuple[Any, ...], rng: np.random.Generator) -> tuple[Any, ...]:  # noqa: D102
         return tuple(p.next(q, rng) for p, q in zip(self.parts, params, strict=True))

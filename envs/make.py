@@ -18,6 +18,9 @@ Contains:
 from __future__ import annotations
 
 import functools
+import importlib
+import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -31,7 +34,7 @@ from plasticrl.envs.nonstationary import NonStationary
 from plasticrl.envs.schedules import SCHEDULES, Schedule
 from plasticrl.envs.tasks import TaskSet
 from plasticrl.plasticity.options import ConfigError, build_options, unknown_key
-from plasticrl.plasticity.registry import close_matches, resolve_import
+from plasticrl.plasticity.registry import close_matches
 
 __all__ = [
     "EnvConfig",
@@ -47,6 +50,10 @@ __all__ = [
     "MINATAR_TIME_LIMIT",
     "resolve_env_id",
     "make_env",
+    "import_plugins",
+    "parse_wrapper",
+    "apply_wrappers",
+    "ClipTrainingReward",
     "build_sub_env",
     "MinAtarObservation",
 ]
@@ -71,12 +78,26 @@ class EnvConfig:
     """Episode time limit; None keeps the registered one (MinAtar: MINATAR_TIME_LIMIT)."""
     vector: Literal["sync", "async"] = "sync"
     """SyncVectorEnv (one process) or AsyncVectorEnv (one worker process per sub-env)."""
+    imports: tuple[str, ...] = ()
+    """Plugin modules imported before the env is made, e.g. [ale_py, minigrid] (they register ids)."""
+    wrappers: tuple[str | Mapping[str, Any], ...] = ()
+    """Gymnasium wrappers applied in order, before the non-stationarity wrapper: a name from
+    ``gymnasium.wrappers`` (or plasticrl's ClipTrainingReward), ``module:Class``, or ``{name: ..., <kwarg>:
+    <value>, ...}``; e.g. [FlattenObservation] or [{name: FrameStackObservation, stack_size: 4}]."""
 
     def __post_init__(self) -> None:
         if self.num_envs < 1:
             raise ValueError(f"env.num_envs must be >= 1, got {self.num_envs}")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ValueError(f"env.max_episode_steps must be >= 1 or null, got {self.max_episode_steps}")
+        for key in ("imports", "wrappers"):
+            value = getattr(self, key)
+            if isinstance(value, str | Mapping) or not isinstance(value, Sequence):
+                raise ValueError(f"env.{key} must be a list, got {value!r}")
+            object.__setattr__(self, key, tuple(value))
+        import_plugins(self.imports)
+        for i, entry in enumerate(self.wrappers):
+            parse_wrapper(entry, f"env.wrappers[{i}]")
 
 
 @dataclass(frozen=True)
@@ -96,13 +117,13 @@ class NonStationaryConfig:
         ...     "permute_obs": {"mode": "channels"}})
         >>> for name, options in change_options(cfg):
         ...     print(name, options)
-        switch SwitchOptions(order='shuffle')
-        permute_obs PermuteObsOptions(mode='channels', layout='chw')
+        switch SwitchOptions(order='shuffle', first_cycle='listed')
+        permute_obs PermuteObsOptions(mode='channels', layout='chw', first_task='identity')
         >>> NonStationaryConfig(kind="switch", every=9, tasks=("breakout", "asterix"), options={"ordr": 1})
         Traceback (most recent call last):
         ...
         plasticrl.plasticity.options.ConfigError: unknown key 'nonstationary.options.ordr'; did you \
-mean 'order'? valid keys of change kind 'switch': ['order']
+mean 'order'? valid keys of change kind 'switch': ['first_cycle', 'order']
     """
 
     kind: str | tuple[str, ...] | None = None
@@ -120,6 +141,9 @@ mean 'order'? valid keys of change kind 'switch': ['order']
     """Apply a due change at the next episode boundary, or at once (truncating the episode)."""
     tasks: tuple[str, ...] = ()
     """switch: the env ids (or aliases) visited; ``env.id`` must be the first."""
+    pad_to: tuple[int, ...] | None = None
+    """switch: pad every task's observation to this shape (None: the largest task's, per axis);
+    e.g. ``[10, 10, 10]`` for MinAtar games padded to 10 channels as in the AdamO paper."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Options of the change kind: switch {order: cycle|random|shuffle}, permute_obs {mode,
     layout}, reward_scale {scales, order}, obs_noise {scales, order}; for a list of kinds one
@@ -144,6 +168,8 @@ mean 'order'? valid keys of change kind 'switch': ['order']
             )
         if "switch" not in parts and self.tasks:
             raise ValueError(f"nonstationary.tasks is only for kind=switch, not {self.kind!r}")
+        if "switch" not in parts and self.pad_to is not None:
+            raise ValueError(f"nonstationary.pad_to is only for kind=switch, not {self.kind!r}")
         change_options(self)  # strict: unknown option keys and bad values stop here
 
 
@@ -226,7 +252,7 @@ def nonstationary_keys(kind: str | Sequence[str] | None) -> frozenset[str]:
         return frozenset({"kind"})
     keys = {"kind", "every", "at", "random", "geometric", "on", "options"}
     if "switch" in change_kinds(kind):
-        keys.add("tasks")
+        keys.update({"tasks", "pad_to"})
     return frozenset(keys)
 
 
@@ -290,12 +316,87 @@ def is_minatar(env_id: str) -> bool:
     return env_id.startswith("MinAtar/")
 
 
+def _cwd_on_path() -> None:
+    """Let ``import`` find a user's own module in the working directory, as ``python -m`` would.
+
+    The working directory is appended (not prepended) to ``sys.path``, so it never shadows an
+    installed package.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
+def _import_module(module_name: str, key: str, value: str) -> Any:
+    """Import ``module_name`` for config key ``key`` (of value ``value``), or raise one ValueError line."""
+    _cwd_on_path()
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"{key}={value!r}: cannot import module {module_name!r} ({exc}); install the package that "
+            f"provides it (plasticrl's extras: pip install 'plasticrl[atari]', '[minigrid]', '[mujoco]') or "
+            f"put the module in the working directory"
+        ) from None
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import every module of ``env.imports`` (plugins that register gymnasium ids).
+
+    Raises:
+        ValueError: a module that cannot be imported, naming ``env.imports[i]``.
+    """
+    if isinstance(modules, str):
+        raise ValueError(f"env.imports must be a list of module names, got {modules!r}")
+    for i, name in enumerate(modules):
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ValueError(f"env.imports[{i}]: expected a module name such as 'ale_py', got {name!r}")
+        _import_module(name, f"env.imports[{i}]", name)
+
+
+def _split_spec(spec: str) -> tuple[Literal["id", "attr"], str, Any]:
+    """What ``module:rest`` means: an env id of the module, else an attribute of it.
+
+    ``("id", rest, None)`` when importing ``module`` registers the gymnasium id ``rest``
+    (gymnasium's own ``module:EnvId`` convention, tried first), else
+    ``("attr", rest, obj)`` for the attribute ``rest`` of the module (a class or a factory).
+
+    Raises:
+        ValueError: the module cannot be imported, or it neither registers ``rest`` nor has it as an
+            attribute (one line saying what each reading would have needed).
+    """
+    module_name, _, rest = spec.partition(":")
+    if not module_name or not rest:
+        raise ValueError(
+            f"env.id={spec!r}: expected 'module:EnvId' (e.g. 'minigrid:MiniGrid-Empty-5x5-v0') or "
+            f"'package.module:ClassOrFactory'"
+        )
+    module = _import_module(module_name, "env.id", spec)
+    if rest in gym.registry:
+        return "id", rest, None
+    obj: Any = module
+    for part in rest.split("."):
+        if not hasattr(obj, part):
+            hint = close_matches(rest, list(gym.registry))
+            did_you_mean = f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
+            raise ValueError(
+                f"env.id={spec!r}: neither an env id registered by importing {module_name!r}"
+                f"{did_you_mean} nor a class or factory: module {module_name!r} has no attribute {rest!r}"
+            )
+        obj = getattr(obj, part)
+    return "attr", rest, obj
+
+
 def resolve_env_id(env_id: str) -> str:
     """Return the gymnasium id for ``env_id`` (alias or id), or raise with close matches.
 
-    ``package.module:attr`` strings are returned unchanged (resolved by :func:`make_env`).
+    ``module:rest`` strings are returned unchanged once they resolve: ``rest`` is an id that importing
+    ``module`` registers (tried first), or an attribute of ``module`` (made by :func:`make_env`).
     """
+    if not isinstance(env_id, str):
+        raise ValueError(f"env.id must be a string, got {env_id!r}")
     if ":" in env_id:
+        _split_spec(env_id)
         return env_id
     env_id = ENV_ALIASES.get(env_id, env_id)
     if env_id.startswith("MinAtar/"):
@@ -306,10 +407,127 @@ def resolve_env_id(env_id: str) -> str:
     choices = list(gym.registry) + list(ENV_ALIASES)
     hint = close_matches(env_id, choices)
     did_you_mean = f" did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+    plugin = ""
+    namespace = env_id.split("/")[0] if "/" in env_id else env_id.split("-")[0]
+    if namespace in _PLUGINS:
+        module = _PLUGINS[namespace]
+        plugin = f" ({namespace} ids need env.imports: [{module}], or env.id={module}:{env_id})"
     raise ValueError(
-        f"unknown env id {env_id!r};{did_you_mean} use a gymnasium id, an alias "
-        f"{sorted(ENV_ALIASES)} or 'package.module:ClassOrFactory'"
+        f"unknown env id {env_id!r};{did_you_mean}{plugin} use a gymnasium id, an alias "
+        f"{sorted(ENV_ALIASES)}, 'module:EnvId' (the module registers the id) or "
+        f"'package.module:ClassOrFactory'"
     )
+
+
+_PLUGINS = {"ALE": "ale_py", "MiniGrid": "minigrid", "BabyAI": "minigrid"}
+"""Id namespaces of plugin packages, for the hint of an unknown id."""
+
+
+class ClipTrainingReward(gym.Wrapper[Any, Any, Any, Any]):
+    """Rewards clipped to ``[low, high]`` for training (DQN on Atari: [-1, 1], Mnih et al. 2015).
+
+    The unclipped return and length of the episode that ends on a step go into that step's
+    ``info["unclipped_episode"] = {"r": ..., "l": ...}`` (the episode statistics of the vector env
+    see the clipped rewards).
+    """
+
+    def __init__(self, env: gym.Env, low: float = -1.0, high: float = 1.0) -> None:
+        super().__init__(env)
+        if not low < high:
+            raise ValueError(f"ClipTrainingReward: low must be < high, got low={low}, high={high}")
+        self.low, self.high = float(low), float(high)
+        self._return, self._length = 0.0, 0
+
+    def reset(self, **kwargs: Any) -> Any:
+        """Reset the env and the episode's unclipped return."""
+        self._return, self._length = 0.0, 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> Any:
+        """Step, clip the reward, and report the unclipped episode at its end."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._return += float(reward)
+        self._length += 1
+        if terminated or truncated:
+            info = {**info, "unclipped_episode": {"r": self._return, "l": self._length}}
+        return obs, float(np.clip(reward, self.low, self.high)), terminated, truncated, info
+
+
+_OWN_WRAPPERS: dict[str, type] = {"ClipTrainingReward": ClipTrainingReward}
+
+
+def _wrapper_names() -> list[str]:
+    """Wrapper names ``env.wrappers`` accepts without a module: gymnasium's and plasticrl's."""
+    names = [
+        name
+        for name in dir(gym.wrappers)
+        if isinstance(getattr(gym.wrappers, name), type)
+        and issubclass(getattr(gym.wrappers, name), gym.Wrapper)
+    ]
+    return sorted(set(names) | set(_OWN_WRAPPERS))
+
+
+def parse_wrapper(entry: Any, key: str) -> tuple[Any, dict[str, Any]]:
+    """(wrapper class or factory, kwargs) of one ``env.wrappers`` entry.
+
+    Raises:
+        ValueError: not a name or a mapping with ``name``, an unknown name (with close matches and
+            the valid choices), or a ``module:attr`` that does not import or is not callable.
+    """
+    if isinstance(entry, str):
+        name, kwargs = entry, {}
+    elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+        name = entry["name"]
+        kwargs = {k: v for k, v in entry.items() if k != "name"}
+    else:
+        raise ValueError(
+            f"{key}: expected a wrapper name or a mapping {{name: Wrapper, <kwarg>: <value>}}, got {entry!r}"
+        )
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        if not module_name or not attr:
+            raise ValueError(f"{key}: invalid wrapper {name!r}; expected a name or 'module:Class'")
+        obj: Any = _import_module(module_name, key, name)
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise ValueError(f"{key}: module {module_name!r} has no attribute {attr!r} ({name!r})")
+            obj = getattr(obj, part)
+    elif name in _OWN_WRAPPERS:
+        obj = _OWN_WRAPPERS[name]
+    elif name in _wrapper_names():
+        obj = getattr(gym.wrappers, name)
+    else:
+        valid = _wrapper_names()
+        hint = close_matches(name, valid)
+        did_you_mean = f" did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+        raise ValueError(
+            f"{key}: unknown wrapper {name!r};{did_you_mean} valid: 'module:Class' or one of {valid}"
+        )
+    if not callable(obj):
+        raise ValueError(f"{key}: wrapper {name!r} is not callable")
+    return obj, kwargs
+
+
+def apply_wrappers(env: gym.Env, wrappers: Sequence[Any]) -> gym.Env:
+    """``env`` wrapped by every entry of ``env.wrappers``, the first innermost.
+
+    Raises:
+        ValueError: a bad entry (:func:`parse_wrapper`), kwargs the wrapper rejects, or a wrapper that
+            does not return a ``gymnasium.Env``.
+    """
+    for i, entry in enumerate(wrappers):
+        key = f"env.wrappers[{i}]"
+        wrapper, kwargs = parse_wrapper(entry, key)
+        try:
+            wrapped = wrapper(env, **kwargs)
+        except TypeError as exc:
+            raise ValueError(
+                f"{key}: kwargs {kwargs} rejected by {getattr(wrapper, '__name__', wrapper)}: {exc}"
+            ) from None
+        if not isinstance(wrapped, gym.Env):
+            raise ValueError(f"{key}: {wrapper!r} returned {type(wrapped).__name__}, not a gymnasium.Env")
+        env = wrapped
+    return env
 
 
 class MinAtarObservation(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
@@ -420,22 +638,31 @@ def _appends_zero_channels(index: np.ndarray, plain_shape: tuple[int, int, int])
 def make_env(cfg: EnvConfig, env_id: str | None = None) -> gym.Env:
     """Build one environment for ``cfg`` (or for ``env_id`` with ``cfg``'s options).
 
-    MinAtar games come out channel-first float32 with the full action set of ``-v0`` and a time
-    limit; any other id is built by ``gymnasium.make``; ``module:attr`` is called with
-    ``cfg.kwargs`` and must return a ``gymnasium.Env``.
+    ``env.imports`` are imported first. MinAtar games come out channel-first float32 with the
+    full action set of ``-v0`` and a time limit; any other id is built by ``gymnasium.make``
+    (``module:EnvId`` imports the module first); ``module:attr`` is called with ``cfg.kwargs`` and
+    must return a ``gymnasium.Env``. ``env.wrappers`` are then applied in order.
     """
+    import_plugins(cfg.imports)
+    return apply_wrappers(_make_base_env(cfg, env_id), cfg.wrappers)
+
+
+def _make_base_env(cfg: EnvConfig, env_id: str | None) -> gym.Env:
     env_id = resolve_env_id(env_id or cfg.id)
     kwargs = dict(cfg.kwargs)
     if ":" in env_id:
-        factory = resolve_import(env_id)
-        if not callable(factory):
-            raise ValueError(f"env.id {env_id!r} is not callable")
-        env = factory(**kwargs)
-        if not isinstance(env, gym.Env):
-            raise ValueError(f"env.id {env_id!r} returned {type(env).__name__}, not a gymnasium.Env")
-        if cfg.max_episode_steps is not None:
-            env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
-        return env
+        kind, rest, factory = _split_spec(env_id)
+        if kind == "id":
+            env_id = rest
+        else:
+            if not callable(factory):
+                raise ValueError(f"env.id {env_id!r} is not callable")
+            env = factory(**kwargs)
+            if not isinstance(env, gym.Env):
+                raise ValueError(f"env.id {env_id!r} returned {type(env).__name__}, not a gymnasium.Env")
+            if cfg.max_episode_steps is not None:
+                env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
+            return env
     try:
         if is_minatar(env_id):
             limit = cfg.max_episode_steps or MINATAR_TIME_LIMIT
@@ -461,7 +688,7 @@ def build_sub_env(
     """
     ns = nonstationary if nonstationary is not None and nonstationary.kind is not None else None
     if ns is not None and "switch" in change_kinds(ns.kind):  # type: ignore[arg-type]
-        env: gym.Env = TaskSet(list(ns.tasks), make_task=functools.partial(make_env, cfg))
+        env: gym.Env = TaskSet(list(ns.tasks), make_task=functools.partial(make_env, cfg), pad_to=ns.pad_to)
     else:
         env = make_env(cfg)
     if ns is not None:

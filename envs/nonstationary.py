@@ -217,15 +217,15 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         ((6,), Discrete(3))
         >>> obs, info = env.reset(seed=42)
         >>> info
-        {'task_id': 0, 'task_switched': False}
+        {'task_id': 0, 'task_switched': False, 'game': 0}
         >>> steps = [env.step(0) for _ in range(5)]
         >>> [s[3] for s in steps]  # the change is due at step 5: that step is truncated
         [False, False, False, False, True]
         >>> [s[4] for s in steps]  # the first step repeats the task (Note [Task announcements])
-        [{'task_id': 0}, {}, {}, {}, {}]
+        [{'task_id': 0, 'game': 0}, {}, {}, {}, {}]
         >>> obs, info = env.reset()
         >>> obs.shape, info
-        ((6,), {'task_id': 1, 'task_switched': True})
+        ((6,), {'task_id': 1, 'task_switched': True, 'game': 1})
         >>> env.reset()[1], env.task_id  # the same task again: nothing to announce
         ({}, 1)
 
@@ -339,7 +339,7 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
 
     def _start(self, rng: np.random.Generator) -> None:
         self._rng = rng
-        self._params = self._change.first()
+        self._params = self._change.first_draw(rng)  # a fixed first task draws nothing
         self._next_change = self._next_event = self._scheduled_after(0)
 
     def _seeded_obs_rng(self, reset_seed: int | None) -> np.random.Generator:
@@ -449,7 +449,18 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         if announce:
             info["task_id"] = self._task_id
             info["task_switched"] = switched
+            self._announce_game(info)
         return obs, info
+
+    def _announce_game(self, info: dict[str, Any]) -> None:
+        """Add ``info["game"]``, the index of the running task of a :class:`TaskSet` below, if any.
+
+        With composed kinds (a game switch and a permutation) ``task_id`` counts changes, so the
+        game is announced beside it, for per-game curves (Note [Task announcements]).
+        """
+        below = self.env.unwrapped
+        if isinstance(below, TaskSet):
+            info["game"] = below.index
 
     def step(self, action: ActType) -> tuple[ObsType, SupportsFloat, bool, bool, dict[str, Any]]:
         """Step under the active task's rules and advance the lifetime clock."""
@@ -490,6 +501,7 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         obs, reward, terminated, truncated, info = result
         if self._announce and self._started:
             info["task_id"] = self._task_id  # Note [Task announcements]
+            self._announce_game(info)
             self._announce = False
         if self._lifetime_step >= self._next_change:
             self._advance()

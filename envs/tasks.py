@@ -77,6 +77,7 @@ class TaskSet(gym.Env[np.ndarray, int]):
         self,
         tasks: Sequence[str | Callable[[], gym.Env[Any, Any]]],
         make_task: Callable[[str], gym.Env[Any, Any]] = gym.make,
+        pad_to: Sequence[int] | None = None,
     ) -> None:
         """Build every task now; spaces are fixed from here on.
 
@@ -84,6 +85,9 @@ class TaskSet(gym.Env[np.ndarray, int]):
             tasks: gymnasium ids (built with ``make_task``) or zero-argument env factories.
             make_task: builds an env from an id, e.g. the trainer's builder that converts MinAtar
                 to channel-first float32; default ``gymnasium.make``.
+            pad_to: the padded observation shape, at least every task's (None: the largest task's
+                shape per axis). The AdamO paper pads its four MinAtar games to 10 channels,
+                Seaquest's, though Seaquest is not among them: ``pad_to=(10, 10, 10)``.
 
         Raises:
             ValueError: no tasks, a factory that does not return a ``gym.Env``, or spaces that
@@ -100,7 +104,7 @@ class TaskSet(gym.Env[np.ndarray, int]):
             envs.append(env)
         self.tasks: list[gym.Env[Any, Any]] = envs
         self.names: list[str] = [t if isinstance(t, str) else getattr(t, "__name__", repr(t)) for t in tasks]
-        self.observation_space = self._padded_box([e.observation_space for e in envs])
+        self.observation_space = self._padded_box([e.observation_space for e in envs], pad_to)
         self.action_space = self._largest_discrete([e.action_space for e in envs])
 
         shape, start = self.observation_space.shape, self.action_space.start
@@ -132,7 +136,7 @@ class TaskSet(gym.Env[np.ndarray, int]):
         self._env, self._pad, self._lut = envs[0], self._pads[0], self._luts[0]
         self._needs_reset = True
 
-    def _padded_box(self, spaces: list[gym.Space[Any]]) -> Box:
+    def _padded_box(self, spaces: list[gym.Space[Any]], pad_to: Sequence[int] | None = None) -> Box:
         if not all(isinstance(s, Box) for s in spaces):
             raise ValueError(f"TaskSet pads Box observation spaces only, got {self._listing(spaces)}")
         boxes: list[Box] = spaces  # type: ignore[assignment]
@@ -141,6 +145,14 @@ class TaskSet(gym.Env[np.ndarray, int]):
                 f"TaskSet needs observation spaces of one ndim and dtype, got {self._listing(spaces)}"
             )
         shape = tuple(int(d) for d in np.max([b.shape for b in boxes], axis=0))
+        if pad_to is not None:
+            target = tuple(int(d) for d in pad_to)
+            if len(target) != len(shape) or any(t < s for t, s in zip(target, shape, strict=True)):
+                raise ValueError(
+                    f"TaskSet pad_to={list(target)} must have one size per axis, each at least the largest "
+                    f"task's {list(shape)}"
+                )
+            shape = target
         low = np.full(shape, np.inf)
         high = np.full(shape, -np.inf)
         for b in boxes:

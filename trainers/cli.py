@@ -9,7 +9,8 @@ Commands:
     plasticrl plot RUN_DIR [RUN_DIR ...] [--out DIR]   PNGs of returns and plasticity curves
     plasticrl sweep SWEEP.yaml [--workers N] [--dry-run]   base config x grid x seeds, in parallel
     plasticrl report RUN_DIR [RUN_DIR ...] --out DIR   aggregate runs (never pooling different configs)
-    plasticrl eval RUN_DIR [--episodes N] [--sample] [--video [--out DIR]]   play a trained policy
+    plasticrl eval RUN_DIR [--episodes N] [--policy greedy|sample] [--video [--out DIR]]
+                                        play a trained policy (mean return, videos)
 
 Bad input (missing file, bad override, unknown name) prints one line on stderr and exits with 2,
 never a traceback (set PLASTICRL_DEBUG=1 for one). Ctrl-C during training writes a checkpoint
@@ -82,16 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_eval_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
-    """Add ``eval RUN_DIR [--episodes N] [--sample] [--video [--out DIR]]`` to ``plasticrl``'s subparsers."""
+    """Add ``eval RUN_DIR [--episodes N] [--policy P] [--video [--out DIR]]`` to the subparsers."""
     parser = subparsers.add_parser(
         "eval",
         help="play a trained run's policy: mean return, optionally videos",
         description="Load RUN_DIR's last checkpoint and play episodes with its greedy policy\n"
-        "(--sample: as it explored); --video records each with gymnasium's RecordVideo.",
+        "(--policy sample: as it explored); --video records each with gymnasium's RecordVideo.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--episodes", type=int, default=10, metavar="N", help="episodes to play (10)")
-    parser.add_argument("--sample", action="store_true", help="the exploring policy, not the greedy one")
+    parser.add_argument(
+        "--policy",
+        choices=("greedy", "sample"),
+        default="greedy",
+        help="greedy (default), or sample: PPO draws from its policy, DQN is epsilon-greedy",
+    )
     parser.add_argument("--seed", type=int, default=0, help="reset seed of the first episode (0)")
     parser.add_argument("--video", action="store_true", help="record every episode as an mp4")
     parser.add_argument("--out", metavar="DIR", help="video folder (default RUN_DIR/videos)")

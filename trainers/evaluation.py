@@ -7,7 +7,7 @@ Contains:
     load: a finished (or interrupted) run folder → a :class:`TrainedAgent` that acts on raw
         observations; ``plasticrl.load`` in Python.
     evaluate: play a run's trained policy for N episodes, optionally recording videos.
-    run_eval_command: the ``plasticrl eval RUN [--episodes N] [--sample] [--video]`` subcommand
+    run_eval_command: the ``plasticrl eval RUN [--episodes N] [--policy P] [--video]`` subcommand
         (its arguments are parsed in :mod:`plasticrl.trainers.cli`).
 """
 
@@ -79,7 +79,10 @@ class Evaluator:
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(STREAMS["eval"], step)))
         frozen = None
         if cfg.nonstationary.kind is not None:
-            frozen = {**train_envs.unwrapped.call("get_state")[0], "next_change": None}  # the schedule stops here
+            frozen = {
+                **train_envs.unwrapped.call("get_state")[0],
+                "next_change": None,
+            }  # the schedule stops here
         if not self._envs:
             self._envs = [build_sub_env(cfg.env, cfg.seed, 0, cfg.nonstationary) for _ in range(ev.episodes)]
         envs = self._envs
@@ -372,9 +375,13 @@ def run_eval_command(args: Any) -> int:
     elif args.out:
         raise ValueError("--out is the video folder: give it with --video")
     returns, videos = evaluate(
-        args.run_dir, episodes=args.episodes, greedy=not args.sample, seed=args.seed, video_dir=video_dir
+        args.run_dir,
+        episodes=args.episodes,
+        greedy=args.policy == "greedy",
+        seed=args.seed,
+        video_dir=video_dir,
     )
-    policy = "sampled" if args.sample else "greedy"
+    policy = "sampled" if args.policy == "sample" else "greedy"
     print(
         f"{policy} return over {len(returns)} episodes: mean {np.mean(returns):.2f}, "
         f"min {min(returns):.2f}, max {max(returns):.2f}"

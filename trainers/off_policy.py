@@ -240,7 +240,7 @@ def train_off_policy(
     prepare_process(cfg)
     setup = build_off_policy(cfg)
     envs, agent, buffer = setup.envs, setup.agent, setup.buffer
-    companions = Companions(cfg.seed, setup.probe, setup.interventions)
+    companions = Companions(cfg.seed, setup.probe, setup.interventions, games=cfg.nonstationary.tasks)
     episodes, interventions = companions.episodes, companions.interventions
     if run_dir is None:
         run_dir = make_run_dir(cfg)

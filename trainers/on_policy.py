@@ -178,7 +178,7 @@ def train_on_policy(
         raise
     agent, rollout = setup.agent, setup.rollout
     device, num_envs = agent.device, cfg.env.num_envs
-    companions = Companions(cfg.seed, setup.probe, setup.interventions)
+    companions = Companions(cfg.seed, setup.probe, setup.interventions, games=cfg.nonstationary.tasks)
     episodes, interventions = companions.episodes, companions.interventions
     if resume_state is None:
         state = OnPolicyState(obs=envs.reset(seed=cfg.seed)[0])

@@ -104,6 +104,11 @@ class EpisodeStats:
     active task changes. ``env/task_id`` has this one meaning, so its steps are the task
     boundaries (``plasticrl plot`` draws them).
 
+    With a game switch (``games``: the switch's task names), the game announced beside the task
+    (``infos["game"]``) adds ``charts/episodic_return/game_<name>`` per finished episode and
+    ``env/game`` (its index) where sub-env 0's game changes, so curves group by game across
+    cycles even when ``task_id`` counts every (game, permutation) as a new task.
+
     Tasks are announced, not repeated on every step (Note [Task announcements] in
     :mod:`plasticrl.envs.nonstationary`): ``infos["task_id"]`` holds, for the sub-envs its mask
     ``_task_id`` marks, the task they run from this step on (a reset's, which same-step
@@ -113,10 +118,13 @@ class EpisodeStats:
     of one step has in ``infos["final_info"]``).
     """
 
-    def __init__(self, window: int = 20) -> None:
+    def __init__(self, window: int = 20, games: Sequence[str] = ()) -> None:
         self.recent: collections.deque[float] = collections.deque(maxlen=window)
         self.task_id: int | None = None  # sub-env 0's current task
         self.tasks: np.ndarray | None = None  # every sub-env's current task, -1 until announced
+        self.game_names = tuple(games)  # a game switch's tasks, by index (``info["game"]``)
+        self.game: int | None = None  # sub-env 0's current game
+        self.games: np.ndarray | None = None  # every sub-env's current game, -1 until announced
 
     def record(self, infos: Mapping[str, Any]) -> list[dict[str, float]]:
         """Update from one step's infos; return the scalars of the episodes that ended."""
@@ -131,23 +139,23 @@ class EpisodeStats:
                 scalars = {"charts/episodic_return": ret, "charts/episodic_length": float(episode["l"][i])}
                 if self.tasks is not None and self.tasks[i] >= 0:
                     scalars[f"charts/episodic_return/task_{int(self.tasks[i])}"] = ret
+                if self.games is not None and 0 <= self.games[i] < len(self.game_names):
+                    scalars[f"charts/episodic_return/game_{self.game_names[int(self.games[i])]}"] = ret
                 out.append(scalars)
         self._track(infos)  # resets (autoreset ones included) and first steps
         if self.tasks is not None and self.tasks[0] >= 0 and self.tasks[0] != self.task_id:
             self.task_id = int(self.tasks[0])
             out.insert(0, {"env/task_id": float(self.task_id)})
+        if self.games is not None and self.games[0] >= 0 and self.games[0] != self.game:
+            self.game = int(self.games[0])
+            out.insert(0, {"env/game": float(self.game)})
         return out
 
     def _track(self, infos: Mapping[str, Any]) -> None:
-        """Take the tasks that ``infos`` announces (``task_id`` where ``_task_id`` is set)."""
-        if "task_id" not in infos:
-            return
-        announced = np.asarray(infos["task_id"])
-        if self.tasks is None:
-            self.tasks = np.full(len(announced), -1, dtype=np.int64)
-        present = infos.get("_task_id")
-        where = slice(None) if present is None else np.asarray(present, dtype=bool)
-        self.tasks[where] = announced[where]
+        """Take the tasks (and games) that ``infos`` announces (``task_id`` where ``_task_id`` is set)."""
+        self.tasks = _announced(infos, "task_id", self.tasks)
+        if self.game_names:
+            self.games = _announced(infos, "game", self.games)
 
     def mean_return(self) -> float | None:
         """Mean of the recent episode returns (None before the first episode ends)."""
@@ -160,7 +168,11 @@ class EpisodeStats:
     def state_dict(self) -> dict[str, Any]:
         """Recent returns and current tasks."""
         tasks = None if self.tasks is None else self.tasks.tolist()
-        return {"recent": list(self.recent), "task_id": self.task_id, "tasks": tasks}
+        state: dict[str, Any] = {"recent": list(self.recent), "task_id": self.task_id, "tasks": tasks}
+        if self.game_names:
+            state["game"] = self.game
+            state["games"] = None if self.games is None else self.games.tolist()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (a checkpoint without ``tasks`` learns them from announcements)."""
@@ -169,6 +181,22 @@ class EpisodeStats:
         self.task_id = state["task_id"]
         tasks = state.get("tasks")
         self.tasks = None if tasks is None else np.asarray(tasks, dtype=np.int64)
+        self.game = state.get("game")
+        games = state.get("games")
+        self.games = None if games is None else np.asarray(games, dtype=np.int64)
+
+
+def _announced(infos: Mapping[str, Any], key: str, current: np.ndarray | None) -> np.ndarray | None:
+    """``current`` (every sub-env's last announced ``key``) updated where ``infos`` announces it."""
+    if key not in infos:
+        return current
+    announced = np.asarray(infos[key])
+    if current is None:
+        current = np.full(len(announced), -1, dtype=np.int64)
+    present = infos.get(f"_{key}")
+    where = slice(None) if present is None else np.asarray(present, dtype=bool)
+    current[where] = announced[where]
+    return current
 
 
 def task_switched(infos: Mapping[str, Any]) -> bool:
@@ -211,12 +239,17 @@ class Companions:
         seed: the run seed.
         probe: the plasticity probe, or None when metrics are off.
         interventions: the configured interventions.
+        games: the tasks of a game switch (``nonstationary.tasks``), for per-game return tags.
     """
 
     def __init__(
-        self, seed: int, probe: PlasticityProbe | None, interventions: Sequence[Intervention]
+        self,
+        seed: int,
+        probe: PlasticityProbe | None,
+        interventions: Sequence[Intervention],
+        games: Sequence[str] = (),
     ) -> None:
-        self.episodes = EpisodeStats()
+        self.episodes = EpisodeStats(games=games)
         self.probe = probe
         self.interventions = list(interventions)
         self.probe_rng = np.random.default_rng(stream(seed, "probe"))

@@ -166,7 +166,7 @@ def test_options_validation_names_the_key_and_the_valid_range(
         (
             dict(kind="permute_obs", options={"mod": "all"}),
             "unknown key 'nonstationary.options.mod'; did you mean 'mode'? "
-            "valid keys of change kind 'permute_obs': ['layout', 'mode']",
+            "valid keys of change kind 'permute_obs': ['first_task', 'layout', 'mode']",
         ),
         (
             dict(kind="permute_actions", options={"mode": "all"}),
@@ -189,7 +189,7 @@ def test_options_validation_names_the_key_and_the_valid_range(
                 options={"permute_obs": {"layot": "chw"}},
             ),
             "unknown key 'nonstationary.options.permute_obs.layot'; did you mean 'layout'? "
-            "valid keys of change kind 'permute_obs': ['layout', 'mode']",
+            "valid keys of change kind 'permute_obs': ['first_task', 'layout', 'mode']",
         ),
     ],
 )
@@ -209,7 +209,8 @@ def test_the_experiment_config_refuses_unknown_options_naming_the_override() -> 
     text = str(info.value)
     assert "\n" not in text
     assert text.startswith("command-line override 'nonstationary.options.ordr=cycle'")
-    assert "'nonstationary.options.ordr'" in text and "change kind 'switch'" in text and "['order']" in text
+    assert "'nonstationary.options.ordr'" in text and "change kind 'switch'" in text
+    assert "['first_cycle', 'order']" in text
 
 
 @pytest.mark.parametrize(
@@ -247,11 +248,16 @@ def test_every_preset_loads_and_builds_the_change_it_built_before() -> None:
         ns = cfg.nonstationary
         if ns.kind is None:
             continue
-        kinds.add(ns.kind)
         check_nonstationary(cfg.env, ns)
+        if not isinstance(ns.kind, str):  # a composed kind (the AdamO protocol's presets): one per part
+            kinds.add(tuple(ns.kind))
+            parts = [CHANGES.get(k)(**dict(ns.options.get(k, {}))) for k in ns.kind]
+            assert repr(make_change(ns)) == f"Compose([{', '.join(repr(p) for p in parts)}])"
+            continue
+        kinds.add(ns.kind)
         # What make_change built before options dataclasses: the class called with the mapping.
         assert repr(make_change(ns)) == repr(CHANGES.get(ns.kind)(**dict(ns.options)))
-    assert kinds == {"switch", "permute_obs", "reward_scale"}
+    assert kinds == {"switch", "permute_obs", "reward_scale", ("switch", "permute_obs")}
 
 
 def test_applicable_keys() -> None:
@@ -645,7 +651,8 @@ def test_minatar_games_cycled_with_a_channel_permutation_from_the_config() -> No
     env_cfg = EnvConfig(id="breakout")
     check_nonstationary(env_cfg, ns)
     assert repr(make_change(ns)) == (
-        "Compose([Switch(order='shuffle'), PermuteObs(mode='channels', layout='chw')])"
+        "Compose([Switch(order='shuffle', first_cycle='listed'), "
+        "PermuteObs(mode='channels', layout='chw', first_task='identity')])"
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -82,3 +82,14 @@ def test_bad_eval_values_name_the_key() -> None:
         load_config(None, ["eval.episodes=0"])
     with pytest.raises(ConfigError, match=r"eval.policy: invalid value 'best'; valid choices: \['sample', 'greedy'\]"):
         load_config(None, ["eval.policy=best"])
+
+
+def test_the_report_scores_evaluation_episodes_when_a_run_has_them(runs_dir: Path) -> None:
+    from plasticrl.trainers.experiments.report import EVAL_RETURN_TAG, RETURN_TAG, load_run
+
+    with_eval = _dqn(runs_dir / "e", "eval.every=200", "eval.episodes=2")
+    without = _dqn(runs_dir / "n")
+    run = load_run(with_eval.run_dir)
+    assert run.returns_tag == EVAL_RETURN_TAG
+    assert run.returns == read_scalars(with_eval.run_dir)[EVAL_RETURN_TAG]
+    assert load_run(without.run_dir).returns_tag == RETURN_TAG

@@ -121,5 +121,5 @@ def test_nonstationary_kind_picks_its_keys_and_options() -> None:
     assert all(rows[k] for k in rows if k.startswith("nonstationary.options."))
     rows = {key for key, _, _ in describe_config(load_config(None))}
     assert {k for k in rows if k.startswith("nonstationary.")} == {"nonstationary.kind"}
-    with pytest.raises(ConfigError, match=r"valid keys of change kind 'switch': \['order'\]"):
+    with pytest.raises(ConfigError, match=r"valid keys of change kind 'switch': \['first_cycle', 'order'\]"):
         load_config(cycle, ["nonstationary.options.ordr=cycle"])

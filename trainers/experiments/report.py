@@ -42,6 +42,7 @@ Definitions ([ours], stated in every report):
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import dataclasses
 import math
@@ -58,6 +59,7 @@ from plasticrl.trainers.experiments.stats import Interval, bootstrap_mean_ci, iq
 
 __all__ = [
     "RETURN_TAG",
+    "EVAL_RETURN_TAG",
     "CURVE_TAGS",
     "RunData",
     "Segment",
@@ -82,6 +84,10 @@ __all__ = [
 ]
 
 RETURN_TAG = "charts/episodic_return"
+EVAL_RETURN_TAG = "eval/episodic_return"
+"""Evaluation returns (``eval.every``): the report scores them instead of training episodes when a
+run logged them (evaluation plays the current task apart from training, so it is the cleaner
+measure; a run without evaluation is scored on its training episodes)."""
 """The per-episode return series the report is built on."""
 
 CURVE_TAGS: Mapping[str, str] = {
@@ -123,7 +129,7 @@ class RunData:
         total_steps: the run's configured length (from ``config.yaml``).
         last_step: the last step it logged (below ``total_steps`` while a run is unfinished; its
             last segment then ends there).
-        returns: (steps, returns) of its episodes.
+        returns: (steps, returns) of its episodes: evaluation episodes when it logged them.
         segments: its task segments, in order (one segment for a stationary run).
         curves: the other scalar series the figures draw (plasticity metrics).
         config: the run's resolved config (``config.yaml``), nested.
@@ -138,6 +144,8 @@ class RunData:
     segments: tuple[Segment, ...]
     curves: Mapping[str, Series] = field(default_factory=dict)
     config: Mapping[str, object] = field(default_factory=dict)
+    returns_tag: str = RETURN_TAG
+    """Which episodes ``returns`` holds: ``eval/episodic_return`` or ``charts/episodic_return``."""
 
 
 def method_of(run_dir: Path) -> str:
@@ -314,7 +322,8 @@ def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
     if not config_path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no config.yaml (not a plasticrl run folder)")
     config = yaml.safe_load(config_path.read_text()) or {}
-    if RETURN_TAG not in scalars or not scalars[RETURN_TAG][0]:
+    returns_tag = EVAL_RETURN_TAG if scalars.get(EVAL_RETURN_TAG, ([], []))[0] else RETURN_TAG
+    if returns_tag not in scalars or not scalars[returns_tag][0]:
         raise ValueError(f"run {str(run_dir)!r} logged no {RETURN_TAG} (no episode finished)")
     method = method_of(run_dir)
     if group_by is not None:
@@ -338,10 +347,11 @@ def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
         seed=int(config.get("seed", 0)),
         total_steps=total,
         last_step=last,
-        returns=scalars[RETURN_TAG],
+        returns=scalars[returns_tag],
         segments=tuple(task_segments(task[0], task[1], last)),
         curves=curves,
         config=config,
+        returns_tag=returns_tag,
     )
 
 
@@ -675,7 +685,14 @@ def write_report(
         "",
         f"{len(runs)} runs, {len(scores.methods)} methods, seeds {seeds}; learning-curve bin "
         f"{scores.bin_steps} env steps; final return = episodes ending in the last "
-        f"{final_fraction:.0%} of a segment. Definitions: `trainers/report.py`.",
+        f"{final_fraction:.0%} of a segment. Definitions: `trainers/experiments/report.py`.",
+        "",
+        "Returns: "
+        + "; ".join(
+            f"{n} run(s) on {'evaluation' if tag == EVAL_RETURN_TAG else 'training'} episodes (`{tag}`)"
+            for tag, n in sorted(collections.Counter(r.returns_tag for r in runs).items())
+        )
+        + ".",
     ]
     text += [
         "",
