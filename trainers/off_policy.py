@@ -36,7 +36,6 @@ from plasticrl.envs.vector import envs_state, final_observations, make_vector_en
 from plasticrl.plasticity.interventions import Intervention
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
-from plasticrl.trainers.evaluation import Evaluator
 from plasticrl.trainers.learning import build_interventions, build_learning, reset_optimizer_state
 from plasticrl.trainers.runfolder import make_run_dir
 from plasticrl.trainers.seeding import stream
@@ -272,9 +271,8 @@ def train_off_policy(
     metrics: Mapping[str, Tensor] = {}
     learning_clock: tuple[float, int] | None = None  # (time, step) when this process first updated
     resumed = resume_state is not None
-    evaluator = Evaluator(cfg, state.global_step)
     with Session(cfg, run_dir, state.global_step, resumed=resumed, quiet=quiet, state=checkpoint) as session:
-        logger, progress = session.logger, session.progress
+        logger = session.logger
         if companions.probe is not None and not resumed:
             logger.layout(companions.probe.layout())
         while state.global_step < cfg.total_steps and not session.stop_requested:
@@ -319,15 +317,9 @@ def train_off_policy(
                 scalars |= {"charts/SPS": session.sps(step), **agent.scalars(step)}
                 scalars["charts/learning_rate"] = agent.optimizer.param_groups[0]["lr"]
                 logger.log(scalars, step)
-            if evaluator.due(step):  # its own envs and stream: training is the same with it off
-                logger.log(evaluator.run(agent, envs, step), step)
-            progress.update(step, episodes)
-            if session.checkpoint_cadence.due(step):
-                session.save()
-        if evaluator.final_due(state.global_step, session.stop_requested):
-            logger.log(evaluator.run(agent, envs, state.global_step), state.global_step)
-    progress.close(state.global_step, episodes)
-    evaluator.close()
+            session.end_iteration(step, episodes, agent, envs)  # evaluation, progress, checkpoint
+        session.end_run(state.global_step, agent, envs)
+    session.progress.close(state.global_step, episodes)
     envs.close()
     learning_sps = None
     if learning_clock is not None and state.global_step > learning_clock[1]:

@@ -42,7 +42,6 @@ from plasticrl.envs.vector import envs_state, final_observations, make_vector_en
 from plasticrl.plasticity.interventions import Intervention
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
-from plasticrl.trainers.evaluation import Evaluator
 from plasticrl.trainers.learning import build_interventions, build_learning, reset_optimizer_state
 from plasticrl.trainers.runfolder import make_run_dir
 from plasticrl.trainers.seeding import stream
@@ -204,9 +203,8 @@ def train_on_policy(
     metrics: dict[str, float] = {}
     seconds = {"rollout": 0.0, "update": 0.0}  # this process's time in each phase
     resumed = resume_state is not None
-    evaluator = Evaluator(cfg, state.global_step)
     with Session(cfg, run_dir, state.global_step, resumed=resumed, quiet=quiet, state=checkpoint) as session:
-        logger, progress = session.logger, session.progress
+        logger = session.logger
         if companions.probe is not None and not resumed:
             logger.layout(companions.probe.layout())
         while state.global_step < cfg.total_steps and not session.stop_requested:
@@ -270,15 +268,11 @@ def train_on_policy(
                     "charts/learning_rate": learning_rate,
                 }
                 logger.log(scalars, state.global_step)  # env/task_id is logged by episodes, at task changes
-            if evaluator.due(state.global_step):  # its own envs and stream: training is the same with it off
-                logger.log(evaluator.run(agent, envs, state.global_step), state.global_step)
-            progress.update(state.global_step, episodes)
-            if session.checkpoint_cadence.due(state.global_step):
-                session.save()
-        if evaluator.final_due(state.global_step, session.stop_requested):
-            logger.log(evaluator.run(agent, envs, state.global_step), state.global_step)
-    progress.close(state.global_step, episodes)
-    evaluator.close()
+            session.end_iteration(
+                state.global_step, episodes, agent, envs
+            )  # evaluation, progress, checkpoint
+        session.end_run(state.global_step, agent, envs)
+    session.progress.close(state.global_step, episodes)
     envs.close()
     return TrainResult(
         run_dir=run_dir,

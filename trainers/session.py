@@ -384,6 +384,9 @@ class Session:
         self.log_cadence = Cadence(cfg.logging.every, start_step)
         self.checkpoint_cadence = Cadence(cfg.checkpoint.every, start_step)
         self.interrupt = GracefulInterrupt()
+        from plasticrl.trainers.evaluation import Evaluator  # (evaluation imports this module)
+
+        self.evaluator = Evaluator(cfg, start_step)
         self.start_step = start_step
         self.status = "running"
         """``finished``, ``interrupted`` (Ctrl-C; checkpoint written at a consistent point) or
@@ -404,6 +407,23 @@ class Session:
         """Write the checkpoint (``state()``) atomically into the run folder."""
         return save_checkpoint(self.state(), self.run_dir / name)
 
+    def end_iteration(self, step: int, episodes: EpisodeStats, agent: Any, envs: Any) -> None:
+        """What ends every loop iteration: an evaluation when due, the progress line, a checkpoint when due.
+
+        The evaluation plays in envs of its own with a stream of its own (``eval.*``,
+        :class:`plasticrl.trainers.evaluation.Evaluator`): training is the same with it off.
+        """
+        if self.evaluator.due(step):
+            self.logger.log(self.evaluator.run(agent, envs, step), step)
+        self.progress.update(step, episodes)
+        if self.checkpoint_cadence.due(step):
+            self.save()
+
+    def end_run(self, step: int, agent: Any, envs: Any) -> None:
+        """After the loop, inside the session: the final evaluation of a finished run."""
+        if self.evaluator.final_due(step, self.stop_requested):
+            self.logger.log(self.evaluator.run(agent, envs, step), step)
+
     def __enter__(self) -> Session:
         self.interrupt.__enter__()
         return self
@@ -421,6 +441,7 @@ class Session:
                     self.status = "interrupted" if self.interrupt.requested else "finished"
             finally:
                 self.t_end = time.perf_counter()
+                self.evaluator.close()
                 self.logger.close()
             if exc is None:
                 self.save()
