@@ -196,6 +196,10 @@ class ExperimentConfig:
     """Logging section."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint section."""
+    callbacks: tuple[str | dict[str, Any], ...] = ()
+    """Your hooks, called by the loops: ``package.module:attr`` or ``{name: package.module:attr,
+    <kwarg>: <value>}`` entries (on_step, on_update, on_task_switch, on_checkpoint, on_end;
+    :mod:`plasticrl.trainers.callbacks`)."""
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:

@@ -271,8 +271,19 @@ def train_off_policy(
     metrics: Mapping[str, Tensor] = {}
     learning_clock: tuple[float, int] | None = None  # (time, step) when this process first updated
     resumed = resume_state is not None
-    with Session(cfg, run_dir, state.global_step, resumed=resumed, quiet=quiet, state=checkpoint) as session:
-        logger = session.logger
+    session = Session(
+        cfg,
+        run_dir,
+        state.global_step,
+        resumed=resumed,
+        quiet=quiet,
+        state=checkpoint,
+        agent=agent,
+        resume_state=resume_state,
+    )
+    with session:
+        logger, callbacks = session.logger, session.callbacks
+        hooks = bool(callbacks)  # your hooks (callbacks:); nothing is called when there are none
         if companions.probe is not None and not resumed:
             logger.layout(companions.probe.layout())
         while state.global_step < cfg.total_steps and not session.stop_requested:
@@ -287,6 +298,11 @@ def train_off_policy(
             state.obs = next_obs
             for scalars in episodes.record(infos):
                 logger.log(scalars, step)
+            if hooks:
+                if task_switched(infos):
+                    callbacks.on_task_switch(step, int(episodes.task_id or 0))
+                if callbacks.wants_steps:
+                    callbacks.on_step(step, episodes.mean_return())
             if interventions and step >= agent_cfg.learning_starts and task_switched(infos):
                 state.task_switch_pending = True  # delivered with the next update
             if reset_on_switch and task_switched(infos):
@@ -303,6 +319,8 @@ def train_off_policy(
                         state.reset_pending, state.optimizer_resets = False, state.optimizer_resets + 1
                         logger.log({"optimizer/resets": float(state.optimizer_resets)}, step)
                     metrics = agent.update(buffer.sample(agent_cfg.batch_size))
+                    if hooks:
+                        callbacks.on_update(step, metrics)
                     if companions.measure_due(agent):
                         idx = companions.probe_rng.integers(0, len(buffer), size=cfg.metrics.probe_size)
                         logger.log(companions.measure(agent, buffer.get(idx).obs, metrics), step)

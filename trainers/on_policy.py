@@ -203,8 +203,19 @@ def train_on_policy(
     metrics: dict[str, float] = {}
     seconds = {"rollout": 0.0, "update": 0.0}  # this process's time in each phase
     resumed = resume_state is not None
-    with Session(cfg, run_dir, state.global_step, resumed=resumed, quiet=quiet, state=checkpoint) as session:
-        logger = session.logger
+    session = Session(
+        cfg,
+        run_dir,
+        state.global_step,
+        resumed=resumed,
+        quiet=quiet,
+        state=checkpoint,
+        agent=agent,
+        resume_state=resume_state,
+    )
+    with session:
+        logger, callbacks = session.logger, session.callbacks
+        hooks = bool(callbacks)  # your hooks (callbacks:); nothing is called when there are none
         if companions.probe is not None and not resumed:
             logger.layout(companions.probe.layout())
         while state.global_step < cfg.total_steps and not session.stop_requested:
@@ -225,6 +236,11 @@ def train_on_policy(
                 state.obs = next_obs
                 for scalars in episodes.record(infos):
                     logger.log(scalars, state.global_step)
+                if hooks:
+                    if task_switched(infos):
+                        callbacks.on_task_switch(state.global_step, int(episodes.task_id or 0))
+                    if callbacks.wants_steps:
+                        callbacks.on_step(state.global_step, episodes.mean_return())
                 switched = switched or (track_switches and task_switched(infos))
             # ---- V(s_t) of the whole rollout in one critic forward (Note [Batched values]), then GAE
             values = agent.value(rollout.obs.flatten(0, 1))
@@ -248,6 +264,8 @@ def train_on_policy(
                 state.optimizer_resets += 1
                 logger.log({"optimizer/resets": float(state.optimizer_resets)}, state.global_step)
             metrics = agent.update(batch)
+            if hooks:
+                callbacks.on_update(state.global_step, metrics)
             seconds["rollout"] += t_update - t_start
             seconds["update"] += time.perf_counter() - t_update
             if companions.measure_due(agent):

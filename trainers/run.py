@@ -23,6 +23,7 @@ from plasticrl.envs.make import check_nonstationary, resolve_env_id
 from plasticrl.plasticity.interventions import check_intervention
 from plasticrl.plasticity.optimizers import OPTIMIZERS
 from plasticrl.plasticity.regularizers import REGULARIZERS
+from plasticrl.trainers.callbacks import check_callbacks
 from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from plasticrl.trainers.config import (
     ConfigError,
@@ -70,6 +71,7 @@ def check_names(cfg: ExperimentConfig) -> None:
     for intervention in cfg.interventions:
         check_intervention(intervention)
     check_tracking(cfg)
+    check_callbacks(cfg.callbacks)
 
 
 def _loop_for(cfg: ExperimentConfig) -> Any:

@@ -38,6 +38,7 @@ import torch
 from plasticrl.agents.common import NonFiniteLossError
 from plasticrl.plasticity.interventions import Intervention, ProbeSource
 from plasticrl.plasticity.probe import PlasticityProbe
+from plasticrl.trainers.callbacks import Callbacks, RunContext, build_callbacks
 from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
 from plasticrl.trainers.interrupt import GracefulInterrupt
@@ -359,6 +360,8 @@ class Session:
         resumed: whether this continues a checkpoint (hides events logged after it).
         quiet: no progress line.
         state: returns the checkpoint dict; called by :meth:`save` and on the way out.
+        agent: the agent, for the callbacks' context.
+        resume_state: the checkpoint resumed from (restores the callbacks' state).
     """
 
     def __init__(
@@ -370,6 +373,8 @@ class Session:
         resumed: bool,
         quiet: bool,
         state: StateFn,
+        agent: Any = None,
+        resume_state: Mapping[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
@@ -387,6 +392,11 @@ class Session:
         from plasticrl.trainers.evaluation import Evaluator  # (evaluation imports this module)
 
         self.evaluator = Evaluator(cfg, start_step)
+        ctx = RunContext(cfg, run_dir, agent=agent, step=start_step, _log=self.logger.log)
+        self.callbacks = Callbacks(build_callbacks(cfg.callbacks), ctx)
+        """The configured callbacks (:mod:`plasticrl.trainers.callbacks`); falsy when none."""
+        if resume_state is not None:
+            self.callbacks.load_state_dict(resume_state.get("callbacks"))
         self.start_step = start_step
         self.status = "running"
         """``finished``, ``interrupted`` (Ctrl-C; checkpoint written at a consistent point) or
@@ -400,12 +410,18 @@ class Session:
 
     @property
     def stop_requested(self) -> bool:
-        """Ctrl-C was pressed: the loop should finish its iteration and return."""
-        return self.interrupt.requested
+        """Ctrl-C was pressed or a callback stopped the run: the loop should finish its iteration."""
+        return self.interrupt.requested or self.callbacks.stop_reason is not None
 
     def save(self, name: str = CHECKPOINT_NAME) -> Path:
-        """Write the checkpoint (``state()``) atomically into the run folder."""
-        return save_checkpoint(self.state(), self.run_dir / name)
+        """Write the checkpoint (``state()``, with the callbacks' state) atomically into the run folder."""
+        state = self.state()
+        if self.callbacks:
+            state = {**state, "callbacks": self.callbacks.state_dict()}
+        path = save_checkpoint(state, self.run_dir / name)
+        if self.callbacks:
+            self.callbacks.on_checkpoint(int(state.get("global_step", self.callbacks.ctx.step)), path)
+        return path
 
     def end_iteration(self, step: int, episodes: EpisodeStats, agent: Any, envs: Any) -> None:
         """What ends every loop iteration: an evaluation when due, the progress line, a checkpoint when due.
@@ -438,11 +454,18 @@ class Session:
                     self.status = f"stopped: {exc}"
                     self.save(NONFINITE_NAME)
                 elif exc is None:
-                    self.status = "interrupted" if self.interrupt.requested else "finished"
+                    reason = self.callbacks.stop_reason
+                    if self.interrupt.requested:
+                        self.status = "interrupted"
+                    else:
+                        self.status = "finished" if reason is None else f"early stop: {reason}"
+                if self.callbacks and (exc is None or isinstance(exc, NonFiniteLossError)):
+                    self.callbacks.on_end(self.callbacks.ctx.step, self.status)  # the logger is open
             finally:
                 self.t_end = time.perf_counter()
                 self.evaluator.close()
                 self.logger.close()
+                self.callbacks.ctx.detach_logger()  # what hooks return from here on is not logged
             if exc is None:
                 self.save()
         finally:
