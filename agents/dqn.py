@@ -229,8 +229,8 @@ class DQNAgent:
         sub-env), so the exploration stream does not depend on the network's outputs.
         """
         n = obs.shape[0]
-        explore = self.rng.random(n) < self.epsilon(step)
-        actions = self.rng.integers(0, self.n_actions, size=n)
+        explore = np.asarray(self.rng.random(n) < self.epsilon(step))
+        actions = np.asarray(self.rng.integers(0, self.n_actions, size=n))
         if not explore.all():
             actions = np.where(explore, actions, self.greedy(obs))
         return actions

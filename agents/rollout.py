@@ -31,7 +31,7 @@ class RolloutBatch(NamedTuple):
     advantages: Tensor
     returns: Tensor
 
-    def index(self, idx: Tensor) -> RolloutBatch:
+    def index(self, idx: Tensor) -> RolloutBatch:  # type: ignore[override]  # a gather, not tuple.index
         """The samples at ``idx``."""
         return RolloutBatch(*(field[idx] for field in self))
 
@@ -63,8 +63,9 @@ class Rollout:
         shape = (num_steps, num_envs)
         self.device = torch.device(device)
         action_dtype = torch.int64 if isinstance(action_space, gym.spaces.Discrete) else torch.float32
-        self.obs = torch.zeros((*shape, *observation_space.shape), device=self.device)
-        self.actions = torch.zeros((*shape, *action_space.shape), dtype=action_dtype, device=self.device)
+        obs_shape, action_shape = observation_space.shape or (), action_space.shape or ()
+        self.obs = torch.zeros((*shape, *obs_shape), device=self.device)
+        self.actions = torch.zeros((*shape, *action_shape), dtype=action_dtype, device=self.device)
         self.log_probs = torch.zeros(shape, device=self.device)
         self._env_outputs = np.zeros((3, *shape), dtype=np.float32)  # rewards, terminations, truncations
         self.rewards, self.terminations, self.truncations = torch.from_numpy(self._env_outputs).unbind(0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import pickle
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,8 @@ __all__ = [
     "parse_wrapper",
     "apply_wrappers",
     "ClipTrainingReward",
+    "FlattenObservation",
+    "ClipAction",
     "build_sub_env",
     "MinAtarObservation",
 ]
@@ -69,15 +72,19 @@ class EnvConfig:
     """The ``env`` section: which environment and how many copies."""
 
     id: str = "CartPole-v1"
-    """A gymnasium id, an alias from ENV_ALIASES, or ``package.module:ClassOrFactory``."""
+    """A gymnasium id, an alias from ENV_ALIASES, ``module:EnvId`` (import the module, then make the id:
+    ``minigrid:MiniGrid-Empty-5x5-v0``), or ``package.module:ClassOrFactory`` (the id is tried first).
+    The working directory is searched for the module too."""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments for the env constructor (MinAtar: sticky_action_prob, difficulty_ramping)."""
     num_envs: int = 1
     """Sub-environments stepped in lockstep; one global step advances every sub-env."""
     max_episode_steps: int | None = None
     """Episode time limit; None keeps the registered one (MinAtar: MINATAR_TIME_LIMIT)."""
-    vector: Literal["sync", "async"] = "sync"
-    """SyncVectorEnv (one process) or AsyncVectorEnv (one worker process per sub-env)."""
+    vector: Literal["sync", "async", "batched"] = "sync"
+    """SyncVectorEnv (one process), AsyncVectorEnv (one worker process per sub-env), or ``batched``:
+    MinAtar games stepped as tensor operations for all sub-envs at once, the same game step for step
+    (:mod:`plasticrl.envs.batched_minatar`; MinAtar ids only, stationary only for now)."""
     imports: tuple[str, ...] = ()
     """Plugin modules imported before the env is made, e.g. [ale_py, minigrid] (they register ids)."""
     wrappers: tuple[str | Mapping[str, Any], ...] = ()
@@ -453,7 +460,46 @@ class ClipTrainingReward(gym.Wrapper[Any, Any, Any, Any]):
         return obs, float(np.clip(reward, self.low, self.high)), terminated, truncated, info
 
 
-_OWN_WRAPPERS: dict[str, type] = {"ClipTrainingReward": ClipTrainingReward}
+class FlattenObservation(gym.ObservationWrapper[np.ndarray, Any, Any]):
+    """Observations flattened to one vector by ``gymnasium.spaces.flatten`` (Dict, Tuple, Box, ...).
+
+    The ``FlattenObservation`` of ``env.wrappers``: gymnasium's holds a lambda, which the
+    checkpoint (it pickles the env) cannot pickle; this one does the same and pickles.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = gym.spaces.flatten_space(env.observation_space)
+
+    def observation(self, observation: Any) -> np.ndarray:
+        """The flattened observation."""
+        return gym.spaces.flatten(self.env.observation_space, observation)
+
+
+class ClipAction(gym.ActionWrapper[Any, np.ndarray, np.ndarray]):
+    """Box actions clipped to the action space's bounds at the env boundary (continuous PPO).
+
+    The agent keeps (and computes log-probabilities of) the unclipped sample, as CleanRL's
+    ``ppo_continuous_action``. The ``ClipAction`` of ``env.wrappers``: gymnasium's holds a lambda,
+    which checkpoints cannot pickle; this one does the same and pickles.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        if not isinstance(env.action_space, gym.spaces.Box):
+            raise ValueError(f"ClipAction needs a Box action space, got {env.action_space}")
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        """``action`` clipped to ``[low, high]``."""
+        space = self.env.action_space
+        return np.clip(action, space.low, space.high).astype(space.dtype, copy=False)
+
+
+_OWN_WRAPPERS: dict[str, type] = {
+    "ClipTrainingReward": ClipTrainingReward,
+    "FlattenObservation": FlattenObservation,
+    "ClipAction": ClipAction,
+}
 
 
 def _wrapper_names() -> list[str]:
@@ -527,6 +573,13 @@ def apply_wrappers(env: gym.Env, wrappers: Sequence[Any]) -> gym.Env:
         if not isinstance(wrapped, gym.Env):
             raise ValueError(f"{key}: {wrapper!r} returned {type(wrapped).__name__}, not a gymnasium.Env")
         env = wrapped
+        try:
+            pickle.dumps(env)
+        except (AttributeError, TypeError, pickle.PicklingError) as exc:
+            raise ValueError(
+                f"{key}: {getattr(wrapper, '__name__', wrapper)} cannot be pickled, and checkpoints "
+                f"pickle the env ({exc}); use a wrapper class without lambdas"
+            ) from None
     return env
 
 

@@ -479,12 +479,13 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
             raise ResetNeeded("NonStationary: the task changed (or set_state() was called); call reset()")
         lut = self._action_lut
         if lut is not None:
-            action = lut[action]  # type: ignore[index]
+            action = lut[action]  # type: ignore[index,call-overload]
         obs, reward, terminated, truncated, info = self._forward(action)
         index = self._obs_index
         if index is not None:
             obs = obs.take(index)
         if self._observes:
+            assert self._obs_rng is not None  # seeded at the first reset (Note [Observation hooks])
             obs = self._change.obs_hook(obs, self._obs_rng)
         scale = self._reward_scale
         if scale is not None:

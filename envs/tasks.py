@@ -104,28 +104,27 @@ class TaskSet(gym.Env[np.ndarray, int]):
             envs.append(env)
         self.tasks: list[gym.Env[Any, Any]] = envs
         self.names: list[str] = [t if isinstance(t, str) else getattr(t, "__name__", repr(t)) for t in tasks]
-        self.observation_space = self._padded_box([e.observation_space for e in envs], pad_to)
-        self.action_space = self._largest_discrete([e.action_space for e in envs])
+        box = self._padded_box([e.observation_space for e in envs], pad_to)
+        discrete = self._largest_discrete([e.action_space for e in envs])
+        self.observation_space, self.action_space = box, discrete  # type: ignore[assignment]
 
-        shape, start = self.observation_space.shape, self.action_space.start
+        shape, start, n = box.shape, int(discrete.start), int(discrete.n)
+        task_shapes: list[tuple[int, ...]] = [tuple(e.observation_space.shape or ()) for e in envs]
+        task_actions: list[int] = [int(e.action_space.n) for e in envs]  # type: ignore[attr-defined]
         # Per task: the slice its observation fills (None when it needs no padding) and its
         # action table (None when it has every action).
-        self._pads = [
-            None if e.observation_space.shape == shape else _region(e.observation_space.shape) for e in envs
-        ]
+        self._pads = [None if task_shape == shape else _region(task_shape) for task_shape in task_shapes]
         self._luts = [
             None
-            if e.action_space.n == self.action_space.n
+            if count == n
             else tuple(range(start))
-            + tuple(
-                int(start + (a - start) % e.action_space.n) for a in range(start, start + self.action_space.n)
-            )
-            for e in envs
+            + tuple(int(start + (a - start) % count) for a in range(start, start + n))
+            for count in task_actions
         ]
         for i, env in enumerate(envs):
             if self._pads[i] is not None and supports_gather(env):
                 # The padded cells that this task fills, in order; the rest pick the zero cell.
-                size = int(np.prod(env.observation_space.shape))
+                size = int(np.prod(task_shapes[i]))
                 index = np.full(shape, size, np.intp)
                 index[self._pads[i]] = np.arange(size).reshape(env.observation_space.shape)
                 env.set_observation_gather(index)  # type: ignore[attr-defined]

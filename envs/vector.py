@@ -79,6 +79,15 @@ def make_vector_env(
 
     Sync and async step the same sub-envs, so a run gives identical results with either.
     """
+    if cfg.vector == "batched":  # MinAtar as tensor operations (plasticrl.envs.batched_minatar)
+        if nonstationary is not None and nonstationary.kind is not None:
+            raise ValueError(
+                f"env.vector=batched does not support nonstationary.kind={nonstationary.kind!r} yet; "
+                "use env.vector=sync or async"
+            )
+        from plasticrl.envs.batched_minatar import make_batched_vector_env
+
+        return make_batched_vector_env(cfg, seed, nonstationary)
     if cfg.vector == "async":
         envs = _async_vector_env(cfg, seed, nonstationary, [None] * cfg.num_envs)
     else:
@@ -94,7 +103,7 @@ def envs_state(envs: gym.vector.VectorEnv) -> dict[str, Any]:
     if not isinstance(envs.unwrapped, gym.vector.AsyncVectorEnv):
         return {"pickled": pickle.dumps(envs)}
     statistics = copy.copy(envs)  # the vector wrapper without its (unpicklable) async env
-    statistics.env = None
+    statistics.env = None  # type: ignore[attr-defined]  # the episode-statistics wrapper's env
     return {"sub_envs": list(envs.unwrapped.call("pickled_env")), "statistics": pickle.dumps(statistics)}
 
 

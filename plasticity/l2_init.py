@@ -111,6 +111,7 @@ class L2InitRegularizer(nn.Module):
 
     Example:
         >>> layer = nn.Linear(2, 1)
+        >>> _ = nn.init.zeros_(layer.bias)  # (a random bias + 2 − bias need not be 2 in float32)
         >>> reg = L2InitRegularizer(list(layer.named_parameters()), coef=0.5)
         >>> reg().item()  # at θ₀
         0.0

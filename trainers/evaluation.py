@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from plasticrl.trainers.cadence import Cadence
 from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from plasticrl.trainers.config import ExperimentConfig, applicable_only, config_from_dict
 
@@ -43,8 +44,6 @@ class Evaluator:
     """
 
     def __init__(self, cfg: ExperimentConfig, start_step: int = 0) -> None:
-        from plasticrl.trainers.session import Cadence
-
         self.cfg = cfg
         self.cadence = Cadence(cfg.eval.every, start_step)
         self.last_step: int | None = None

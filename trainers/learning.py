@@ -87,7 +87,7 @@ def build_interventions(
         model,
         optimizer,
         cfg.interventions,
-        example_obs=torch.zeros((1, *obs_space.shape), device=device),
+        example_obs=torch.zeros((1, *(obs_space.shape or ())), device=device),
         seed=seed,
         init=cfg.network.init,
     )

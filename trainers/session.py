@@ -7,7 +7,7 @@ Contains:
     prepare_process: seed everything and set torch's thread count, once per run.
     EpisodeStats: recent returns, per-task returns and the current task, from vector-env infos.
     task_switched: whether sub-env 0's task changed at this vector step (for interventions).
-    Cadence: "every N steps" bookkeeping that survives resume.
+    Cadence: "every N steps" bookkeeping that survives resume (:mod:`plasticrl.trainers.cadence`).
     Session: the run's logger, progress line, interrupt handler and checkpoint writer, as a
         context manager around the loop body: Ctrl-C and NaN losses become its ``status``, and
         leaving it writes the last checkpoint.
@@ -38,9 +38,11 @@ import torch
 from plasticrl.agents.common import NonFiniteLossError
 from plasticrl.plasticity.interventions import Intervention, ProbeSource
 from plasticrl.plasticity.probe import PlasticityProbe
+from plasticrl.trainers.cadence import Cadence
 from plasticrl.trainers.callbacks import Callbacks, RunContext, build_callbacks
 from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
+from plasticrl.trainers.evaluation import Evaluator
 from plasticrl.trainers.interrupt import GracefulInterrupt
 from plasticrl.trainers.logging import open_logger
 from plasticrl.trainers.progress import Progress
@@ -316,27 +318,6 @@ class Companions:
         set_rng_state(state["rng"])
 
 
-class Cadence:
-    """Fires once each time the step crosses a multiple of ``every``; ``every=0`` never fires.
-
-    Example:
-        >>> c = Cadence(100, step=0)
-        >>> [s for s in (50, 100, 150, 260, 300) if c.due(s)]
-        [100, 260, 300]
-    """
-
-    def __init__(self, every: int, step: int = 0) -> None:
-        self.every = every
-        self.next = (step // every + 1) * every if every else 0
-
-    def due(self, step: int) -> bool:
-        """Whether ``step`` reached the next multiple; if so, schedule the one after ``step``."""
-        if not self.every or step < self.next:
-            return False
-        self.next = (step // self.every + 1) * self.every
-        return True
-
-
 StateFn = Callable[[], dict[str, Any]]
 
 
@@ -389,8 +370,6 @@ class Session:
         self.log_cadence = Cadence(cfg.logging.every, start_step)
         self.checkpoint_cadence = Cadence(cfg.checkpoint.every, start_step)
         self.interrupt = GracefulInterrupt()
-        from plasticrl.trainers.evaluation import Evaluator  # (evaluation imports this module)
-
         self.evaluator = Evaluator(cfg, start_step)
         ctx = RunContext(cfg, run_dir, agent=agent, step=start_step, _log=self.logger.log)
         self.callbacks = Callbacks(build_callbacks(cfg.callbacks), ctx)

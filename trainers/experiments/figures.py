@@ -208,7 +208,7 @@ def _per_segment(scores: Scores, out: Path, colours: Sequence[Any], gap: bool) -
     else:
         ax.set_ylabel("final return (mean over episodes in\nthe last part of the segment)")
         title, name = "Final return per task segment", "final_return_per_segment.png"
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]  # an AutoLocator
     return _finish(fig, [ax], title, caption, out / name, [])
 
 

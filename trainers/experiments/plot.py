@@ -555,11 +555,11 @@ def plot_runs(
     if window < 1:
         raise ValueError(f"moving-average window must be >= 1, got {window}")
     patterns: dict[str, re.Pattern[str]] = {}
-    for name, pattern in tags.items():
+    for name, text in tags.items():
         try:
-            patterns[name] = re.compile(pattern)
+            patterns[name] = re.compile(text)
         except re.error as exc:
-            raise ValueError(f"figure {name!r}: bad tag pattern {pattern!r}: {exc}") from None
+            raise ValueError(f"figure {name!r}: bad tag pattern {text!r}: {exc}") from None
     for run_dir in dirs:
         _event_files(run_dir)  # fail on a bad folder before reading any
     runs = [read_scalars(d) for d in dirs]
