@@ -500,7 +500,8 @@ class PermuteActions(Change[np.ndarray]):
 
     Task 0 is the identity; every change draws a fresh permutation, never the identity nor the
     previous one (:func:`fresh_permutation`; with 2 actions changes alternate between the swap
-    and the identity); ``task_id`` counts changes. Agent action ``start + i`` runs env action ``start + perm[i]``.
+    and the identity); ``task_id`` counts changes. Agent action ``start + i`` runs env action
+    ``start + perm[i]``.
     """
 
     name = "permute_actions"
@@ -551,8 +552,34 @@ class RewardScaleOptions:
         object.__setattr__(self, "scales", values)
 
 
+class _ScaleList(Change[int]):
+    """A kind whose tasks are the entries of ``self.scales``: the task is an index into it.
+
+    Task 0 is ``scales[0]``; ``order`` ``cycle`` steps through the list, ``random`` draws each next
+    index uniformly from the others (every change changes). ``task_id`` is the index.
+    """
+
+    scales: tuple[float, ...]
+    order: str
+
+    def first(self) -> int:  # noqa: D102
+        return 0
+
+    def next(self, params: int, rng: np.random.Generator) -> int:  # noqa: D102
+        return _next_index(params, len(self.scales), self.order, rng)
+
+    def task_id(self, params: int, num_changes: int) -> int:  # noqa: D102
+        return params
+
+    def to_state(self, params: int) -> int:  # noqa: D102
+        return int(params)
+
+    def from_state(self, data: Any) -> int:  # noqa: D102
+        return _index_from_state(self.name, data, len(self.scales))
+
+
 @CHANGES.register("reward_scale", options=RewardScaleOptions)
-class RewardScale(Change[int]):
+class RewardScale(_ScaleList):
     """``reward_scale``: rewards are multiplied by one of ``scales``; ``task_id`` is its index.
 
     Task 0 uses ``scales[0]``; ``order`` as in :class:`Switch`. The default ``(1.0, -1.0)``
@@ -575,24 +602,9 @@ class RewardScale(Change[int]):
     def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
         return env.observation_space, env.action_space
 
-    def first(self) -> int:  # noqa: D102
-        return 0
-
-    def next(self, params: int, rng: np.random.Generator) -> int:  # noqa: D102
-        return _next_index(params, len(self.scales), self.order, rng)
-
-    def task_id(self, params: int, num_changes: int) -> int:  # noqa: D102
-        return params
-
     def activate(self, params: int) -> Transforms:  # noqa: D102
         scale = self.scales[params]
         return Transforms(reward_scale=None if scale == 1.0 else scale)
-
-    def to_state(self, params: int) -> int:  # noqa: D102
-        return int(params)
-
-    def from_state(self, data: Any) -> int:  # noqa: D102
-        return _index_from_state("reward_scale", data, len(self.scales))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -622,7 +634,7 @@ class ObsNoiseOptions:
 
 
 @CHANGES.register("obs_noise", options=ObsNoiseOptions)
-class ObsNoise(Change[int]):
+class ObsNoise(_ScaleList):
     """``obs_noise``: i.i.d. Gaussian noise N(0, scale²) added to every cell of every observation.
 
     Semantics: ``scales`` is a list of noise levels, one per task, visited like
@@ -671,15 +683,6 @@ class ObsNoise(Change[int]):
             return space, env.action_space
         return Box(-np.inf, np.inf, space.shape, space.dtype), env.action_space  # type: ignore[arg-type]
 
-    def first(self) -> int:  # noqa: D102
-        return 0
-
-    def next(self, params: int, rng: np.random.Generator) -> int:  # noqa: D102
-        return _next_index(params, len(self.scales), self.order, rng)
-
-    def task_id(self, params: int, num_changes: int) -> int:  # noqa: D102
-        return params
-
     def activate(self, params: int) -> Transforms:  # noqa: D102
         self._scale = self.scales[params]
         return Transforms()
@@ -691,12 +694,6 @@ class ObsNoise(Change[int]):
             return obs
         noise = rng.standard_normal(obs.shape, dtype=self._draw)
         return (obs + scale * noise).astype(obs.dtype, copy=False)
-
-    def to_state(self, params: int) -> int:  # noqa: D102
-        return int(params)
-
-    def from_state(self, data: Any) -> int:  # noqa: D102
-        return _index_from_state("obs_noise", data, len(self.scales))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -270,22 +270,13 @@ def train_off_policy(
     intervention_obs = functools.partial(_replay_obs, buffer, companions.intervention_rng)
     metrics: Mapping[str, Tensor] = {}
     learning_clock: tuple[float, int] | None = None  # (time, step) when this process first updated
-    resumed = resume_state is not None
     session = Session(
-        cfg,
-        run_dir,
-        state.global_step,
-        resumed=resumed,
-        quiet=quiet,
-        state=checkpoint,
-        agent=agent,
-        resume_state=resume_state,
-    )
+        cfg, run_dir, state.global_step, quiet=quiet, state=checkpoint, agent=agent,
+        resume_state=resume_state, probe=companions.probe,
+    )  # fmt: skip
     with session:
         logger, callbacks = session.logger, session.callbacks
         hooks = bool(callbacks)  # your hooks (callbacks:); nothing is called when there are none
-        if companions.probe is not None and not resumed:
-            logger.layout(companions.probe.layout())
         while state.global_step < cfg.total_steps and not session.stop_requested:
             # ---- act and step the envs
             actions = agent.act(state.obs, state.global_step)

@@ -202,22 +202,13 @@ def train_on_policy(
     track_switches = bool(interventions) or reset_on_switch
     metrics: dict[str, float] = {}
     seconds = {"rollout": 0.0, "update": 0.0}  # this process's time in each phase
-    resumed = resume_state is not None
     session = Session(
-        cfg,
-        run_dir,
-        state.global_step,
-        resumed=resumed,
-        quiet=quiet,
-        state=checkpoint,
-        agent=agent,
-        resume_state=resume_state,
-    )
+        cfg, run_dir, state.global_step, quiet=quiet, state=checkpoint, agent=agent,
+        resume_state=resume_state, probe=companions.probe,
+    )  # fmt: skip
     with session:
         logger, callbacks = session.logger, session.callbacks
         hooks = bool(callbacks)  # your hooks (callbacks:); nothing is called when there are none
-        if companions.probe is not None and not resumed:
-            logger.layout(companions.probe.layout())
         while state.global_step < cfg.total_steps and not session.stop_requested:
             t_start = time.perf_counter()
             switched = False  # a task switch during this rollout, for the interventions

@@ -17,9 +17,11 @@ Contains:
 
 A loop reads top to bottom::
 
-    with Session(cfg, run_dir, state.global_step, resumed=..., quiet=..., state=checkpoint) as session:
+    with Session(cfg, run_dir, state.global_step, quiet=..., state=checkpoint, resume_state=...) as session:
         while state.global_step < cfg.total_steps and not session.stop_requested:
-            ...  # act, step, store, learn, log; session.save() at the checkpoint cadence
+            ...  # act, step, store, learn, log
+            session.end_iteration(step, episodes, agent, envs)  # evaluation, progress, checkpoint
+        session.end_run(step, agent, envs)
     status = session.status
 """
 
@@ -338,11 +340,12 @@ class Session:
         cfg: the resolved config.
         run_dir: the run folder (created by the caller once everything is built).
         start_step: the global step the loop starts from (non-zero on resume).
-        resumed: whether this continues a checkpoint (hides events logged after it).
         quiet: no progress line.
         state: returns the checkpoint dict; called by :meth:`save` and on the way out.
         agent: the agent, for the callbacks' context.
-        resume_state: the checkpoint resumed from (restores the callbacks' state).
+        resume_state: the checkpoint resumed from, or None for a new run (a resumed run hides
+            events logged after its checkpoint and restores the callbacks' state).
+        probe: the plasticity probe: a new run writes its TensorBoard layout.
     """
 
     def __init__(
@@ -351,12 +354,13 @@ class Session:
         run_dir: Path,
         start_step: int,
         *,
-        resumed: bool,
         quiet: bool,
         state: StateFn,
         agent: Any = None,
         resume_state: Mapping[str, Any] | None = None,
+        probe: PlasticityProbe | None = None,
     ) -> None:
+        resumed = resume_state is not None
         self.cfg = cfg
         self.run_dir = run_dir
         self.state = state
@@ -376,6 +380,8 @@ class Session:
         """The configured callbacks (:mod:`plasticrl.trainers.callbacks`); falsy when none."""
         if resume_state is not None:
             self.callbacks.load_state_dict(resume_state.get("callbacks"))
+        if probe is not None and not resumed:
+            self.logger.layout(probe.layout())
         self.start_step = start_step
         self.status = "running"
         """``finished``, ``interrupted`` (Ctrl-C; checkpoint written at a consistent point) or
