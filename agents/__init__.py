@@ -8,6 +8,7 @@ Contains:
 ``agents`` never imports a logger: agents return metric dicts and trainers log them.
 """
 
+import plasticrl.agents.atari_networks  # noqa: F401  (registers nature_cnn, impala_cnn)
 import plasticrl.agents.isometric  # noqa: F401  (registers isometric_mlp, isometric_minatar_cnn)
 from plasticrl.agents.dqn import DQNAgent, DQNConfig
 from plasticrl.agents.networks import NETWORKS, NetworkConfig, make_network

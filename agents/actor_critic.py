@@ -4,6 +4,8 @@ Contains:
     ActionDistribution: the protocol a policy's distribution follows (``sample``, ``log_prob``,
         ``entropy``), so that a diagonal Gaussian for ``Box`` actions can join ``Categorical``.
     Categorical: the distribution over a ``Discrete`` action space, from the actor's logits.
+    DiagGaussian: the distribution over a ``Box`` action space: the actor's outputs are the mean,
+        a state-independent log-std is a parameter of the actor-critic.
     action_distribution: the distribution class and actor output width for an action space.
     ActorCritic: the module PPO trains; ``policy_and_value(obs)`` gives the actor's outputs and
         V(s), ``policy`` and ``value`` one of them; ``forward`` concatenates both, so the module is
@@ -31,6 +33,7 @@ Note [Shared trunk]
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import gymnasium as gym
@@ -42,6 +45,7 @@ from torch import Tensor, nn
 __all__ = [
     "ActionDistribution",
     "Categorical",
+    "DiagGaussian",
     "action_distribution",
     "ActorCritic",
     "SeparateActorCritic",
@@ -110,17 +114,62 @@ class Categorical:
         return self.log_probs.argmax(-1)
 
 
-def action_distribution(action_space: gym.Space) -> tuple[type[Categorical], int]:
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class DiagGaussian:
+    """π(a|s) = N(μ(s), diag σ²) over ``Box`` actions, σ = exp(log_std) state-independent.
+
+    The actor's outputs are the mean; ``log_std`` is one parameter vector of the actor-critic
+    (:attr:`ActorCritic.log_std`), as in CleanRL's ``ppo_continuous_action``. Samples are not
+    clipped: the env clips them (``env.wrappers: [ClipAction]``) and PPO's ratio uses the log-
+    probability of the unclipped sample.
+
+    Example:
+        >>> dist = DiagGaussian(torch.zeros(1, 2), torch.zeros(2))
+        >>> round(float(dist.log_prob(torch.zeros(1, 2))[0]), 4) == round(-math.log(2 * math.pi), 4)
+        True
+    """
+
+    def __init__(self, mean: Tensor, log_std: Tensor) -> None:
+        self.mean = mean
+        self.log_std = log_std.expand_as(mean)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """Actions ``(B, d)`` (float32): μ + σ·ε, ε ~ N(0, I) from ``generator``."""
+        noise = torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
+        return self.mean + self.log_std.exp() * noise
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        """Log-probabilities log π(a|s) = Σ_i −(a_i − μ_i)²/(2σ_i²) − log σ_i − ½ log 2π, ``(B,)``."""
+        z = (actions - self.mean) * (-self.log_std).exp()
+        return (-0.5 * z.square() - self.log_std - _LOG_SQRT_2PI).sum(-1)
+
+    def entropy(self) -> Tensor:
+        """H = Σ_i ½ + ½ log 2π + log σ_i, ``(B,)``."""
+        return (0.5 + _LOG_SQRT_2PI + self.log_std).sum(-1)
+
+    def mode(self) -> Tensor:
+        """μ(s), ``(B, d)``."""
+        return self.mean
+
+
+def action_distribution(action_space: gym.Space) -> tuple[type[Categorical] | type[DiagGaussian], int]:
     """The distribution class for ``action_space`` and how many outputs the actor needs.
 
+    ``Discrete(n)``: :class:`Categorical` over n logits. ``Box`` of shape ``(d,)``:
+    :class:`DiagGaussian`, the actor's d outputs are the mean.
+
     Raises:
-        ValueError: an action space without a distribution yet (continuous actions will take a
-            diagonal Gaussian here: the actor's outputs are the mean, a state-independent log-std
-            lives in the actor-critic).
+        ValueError: any other action space, naming the supported ones.
     """
     if isinstance(action_space, gym.spaces.Discrete):
         return Categorical, int(action_space.n)
-    raise ValueError(f"PPO supports Discrete action spaces for now, got {action_space}")
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        return DiagGaussian, int(action_space.shape[0])
+    raise ValueError(f"PPO supports Discrete and 1-D Box action spaces, got {action_space}")
 
 
 def _outputs(n: int) -> gym.spaces.Discrete:
@@ -137,6 +186,8 @@ class ActorCritic(nn.Module):
     """
 
     head_names: tuple[str, ...]
+    # Box actions: a parameter ``log_std``, the state-independent log σ of DiagGaussian (registered
+    # by make_actor_critic; absent for Discrete actions, so their parameters are unchanged).
 
     def policy_and_value(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """The actor's outputs ``(B, n_outputs)`` (logits) and V(s) ``(B,)``."""
@@ -261,4 +312,6 @@ def make_actor_critic(
         model = SeparateActorCritic(actor, critic)
     if actor_head_gain is not None:
         _reinit_head(model.get_submodule(model.head_names[0]), actor_head_gain)
+    if isinstance(action_space, gym.spaces.Box):
+        model.log_std = nn.Parameter(torch.zeros(n_outputs))  # σ = 1 at the start (CleanRL)
     return model

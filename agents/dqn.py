@@ -147,7 +147,10 @@ class DQNAgent:
             ValueError: a non-Discrete action space.
         """
         if not isinstance(action_space, gym.spaces.Discrete):
-            raise ValueError(f"DQN needs a Discrete action space; got {action_space}")
+            raise ValueError(
+                f"DQN needs a Discrete action space; got {action_space}; for continuous (Box) actions "
+                "use agent.name=ppo (configs/control/ppo_pendulum.yaml)"
+            )
         return make_network(obs_space, action_space, cfg)
 
     @classmethod

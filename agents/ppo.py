@@ -21,15 +21,16 @@ the run's PPO updates (one per rollout) through a LambdaLR that scales every par
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
-from plasticrl.agents.actor_critic import ActorCritic, action_distribution
+from plasticrl.agents.actor_critic import ActorCritic, DiagGaussian, action_distribution
 from plasticrl.agents.common import NonFiniteLossError
 from plasticrl.agents.rollout import RolloutBatch
 from plasticrl.plasticity.layers import acting_cache, has_orthogonal_layers, retract_
@@ -265,7 +266,14 @@ class PPOAgent:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.regularizers = list(regularizers)
-        self.distribution, _ = action_distribution(action_space)
+        distribution, _ = action_distribution(action_space)
+        if distribution is DiagGaussian:
+            log_std = getattr(self.model, "log_std", None)
+            if not isinstance(log_std, Tensor):
+                raise ValueError("a Box action space needs an actor-critic with log_std (make_actor_critic)")
+            self.distribution: Callable[[Tensor], Any] = functools.partial(DiagGaussian, log_std=log_std)
+        else:
+            self.distribution = distribution
         seeds = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
         action_seed, shuffle_seed = seeds.spawn(2)
         self.action_generator = torch.Generator(self.device).manual_seed(_seed_int(action_seed))

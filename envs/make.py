@@ -57,6 +57,7 @@ __all__ = [
     "ClipTrainingReward",
     "FlattenObservation",
     "ClipAction",
+    "MujocoState",
     "build_sub_env",
     "MinAtarObservation",
 ]
@@ -104,7 +105,7 @@ class EnvConfig:
             object.__setattr__(self, key, tuple(value))
         import_plugins(self.imports)
         for i, entry in enumerate(self.wrappers):
-            parse_wrapper(entry, f"env.wrappers[{i}]")
+            parse_wrapper(entry, f"env.wrappers[{i}]", resolve=False)  # module:Class imports at make
 
 
 @dataclass(frozen=True)
@@ -513,8 +514,12 @@ def _wrapper_names() -> list[str]:
     return sorted(set(names) | set(_OWN_WRAPPERS))
 
 
-def parse_wrapper(entry: Any, key: str) -> tuple[Any, dict[str, Any]]:
+def parse_wrapper(entry: Any, key: str, *, resolve: bool = True) -> tuple[Any, dict[str, Any]]:
     """(wrapper class or factory, kwargs) of one ``env.wrappers`` entry.
+
+    ``resolve=False`` (config time) checks the entry's form and plain names only and returns
+    ``(None, kwargs)`` for a ``module:Class`` entry without importing it, so that a preset whose
+    plugin (minigrid, ...) is not installed still loads; :func:`apply_wrappers` imports it.
 
     Raises:
         ValueError: not a name or a mapping with ``name``, an unknown name (with close matches and
@@ -533,6 +538,8 @@ def parse_wrapper(entry: Any, key: str) -> tuple[Any, dict[str, Any]]:
         module_name, _, attr = name.partition(":")
         if not module_name or not attr:
             raise ValueError(f"{key}: invalid wrapper {name!r}; expected a name or 'module:Class'")
+        if not resolve:
+            return None, kwargs
         obj: Any = _import_module(module_name, key, name)
         for part in attr.split("."):
             if not hasattr(obj, part):
@@ -715,7 +722,7 @@ def _make_base_env(cfg: EnvConfig, env_id: str | None) -> gym.Env:
                 raise ValueError(f"env.id {env_id!r} returned {type(env).__name__}, not a gymnasium.Env")
             if cfg.max_episode_steps is not None:
                 env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
-            return env
+            return _keep_physics(env)
     try:
         if is_minatar(env_id):
             limit = cfg.max_episode_steps or MINATAR_TIME_LIMIT
@@ -725,9 +732,47 @@ def _make_base_env(cfg: EnvConfig, env_id: str | None) -> gym.Env:
                 warnings.filterwarnings("ignore", message=".*is out of date.*")
                 env = gym.make(env_id, max_episode_steps=limit, disable_env_checker=True, **kwargs)
             return MinAtarObservation(env)
-        return gym.make(env_id, max_episode_steps=cfg.max_episode_steps, **kwargs)
+        return _keep_physics(gym.make(env_id, max_episode_steps=cfg.max_episode_steps, **kwargs))
     except TypeError as exc:
         raise ValueError(f"env.kwargs {kwargs} rejected by {env_id!r}: {exc}") from None
+
+
+def _keep_physics(env: gym.Env) -> gym.Env:
+    """``env`` wrapped by :class:`MujocoState` when it is one of gymnasium's MuJoCo envs."""
+    mujoco_env = sys.modules.get("gymnasium.envs.mujoco.mujoco_env")
+    if mujoco_env is not None and isinstance(env.unwrapped, mujoco_env.MujocoEnv):
+        return MujocoState(env)
+    return env
+
+
+class MujocoState(gym.Wrapper[Any, Any, Any, Any]):
+    """Pickles a gymnasium MuJoCo env with its physics and its generator, so that it continues.
+
+    gymnasium's MuJoCo envs pickle as their constructor arguments (``EzPickle``): an unpickled one
+    is a fresh env at its initial state, so a resumed run would not continue its episodes. This
+    wrapper (put on every MuJoCo env by :func:`make_env`) adds the integration state
+    (``mj_getState`` with ``mjSTATE_INTEGRATION``: positions, velocities, activations, controls,
+    warm start, time) and the env's generator state to the pickle and restores them.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        import mujoco
+
+        base: Any = self.env.unwrapped
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(base.model, spec))
+        mujoco.mj_getState(base.model, base.data, physics, spec)
+        return {**self.__dict__, "_physics": physics, "_rng": base.np_random.bit_generator.state}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import mujoco
+
+        state = dict(state)
+        physics, rng = state.pop("_physics"), state.pop("_rng")
+        self.__dict__.update(state)
+        base: Any = self.env.unwrapped
+        mujoco.mj_setState(base.model, base.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        base.np_random.bit_generator.state = rng
 
 
 def build_sub_env(

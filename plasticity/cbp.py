@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from plasticrl.plasticity.interventions import (
+    HIDDEN_GAIN,
     TAG_PREFIX,
     InterventionContext,
     ProbeSource,
@@ -25,7 +26,8 @@ from plasticrl.plasticity.interventions import (
     register_intervention,
 )
 from plasticrl.plasticity.metrics import unit_activity
-from plasticrl.plasticity.surgery import InitKind
+from plasticrl.plasticity.surgery import AdamStep, InitKind, SliceSteps, reinit_units_
+from plasticrl.plasticity.units import UnitLayer
 from torch import nn
 
 __all__ = ["CBPOptions", "ContinualBackprop"]
@@ -47,6 +49,10 @@ class CBPOptions:
     """Rank by u / (1 − η^age) ([ours]; Note [CBP utility])."""
     init: InitKind | None = None
     """Distribution of the fresh incoming weights; null follows ``network.init``."""
+    adam_step: AdamStep = "reset"
+    """Adam's step count of recycled slices: ``keep`` the tensor's, or ``reset`` it per slice
+    (per-slice bias correction; Note [Step count] in plasticrl.plasticity.surgery). Default
+    ``reset``: Dohare et al.'s AdamGnT resets the step of replaced features."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -102,6 +108,9 @@ class ContinualBackprop(UnitIntervention):
     ) -> None:
         super().__init__(model, optimizer, ctx, options.init)
         self.options = options
+        self.steps = (
+            SliceSteps(optimizer, dict(model.named_parameters())) if options.adam_step == "reset" else None
+        )
         device = model_device(model)
         self.utility = {
             u.name: torch.zeros(u.n_units, dtype=torch.float64, device=device) for u in self.layers
@@ -109,6 +118,21 @@ class ContinualBackprop(UnitIntervention):
         self.age = {u.name: torch.zeros(u.n_units, dtype=torch.long, device=device) for u in self.layers}
         self.credit = {u.name: 0.0 for u in self.layers}
         self.replaced = 0
+
+    def recycle(self, layer: UnitLayer, units: torch.Tensor) -> None:
+        """Recycle ``units`` of ``layer``, with the step-count choice ``adam_step`` (Note [Step count])."""
+        reinit_units_(
+            layer.producer,
+            units,
+            layer.consumers,
+            self.optimizer,
+            generator=self.generator,
+            init=self.init,
+            gain=HIDDEN_GAIN,
+            copies=layer.copies,
+            norms=layer.norms,
+            steps=self.steps,
+        )
 
     def after_update(
         self,
@@ -161,6 +185,7 @@ class ContinualBackprop(UnitIntervention):
             "age": {k: v.clone() for k, v in self.age.items()},
             "credit": dict(self.credit),
             "replaced": self.replaced,
+            "slice_steps": self.steps.state_dict() if self.steps is not None else {},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -181,6 +206,8 @@ class ContinualBackprop(UnitIntervention):
             self.age[key].copy_(state["age"][key])
         self.credit = {k: float(v) for k, v in state["credit"].items()}
         self.replaced = int(state["replaced"])
+        if self.steps is not None:
+            self.steps.load_state_dict(state.get("slice_steps", {}))
 
 
 register_intervention("cbp", ContinualBackprop, CBPOptions)

@@ -30,14 +30,26 @@ Note [Tags]
 
 Note [Hidden layers]
     *Units* are the outputs of activation modules (``isinstance`` of :data:`ACTIVATION_TYPES`:
-    torch's elementwise activations, GroupSort and CReLU) that do not lie inside the head; their tags
-    carry the activation module's name (MinAtarCNN: ``conv_act``, ``fc_act``; ``mlp``: ``2``,
-    ``4``). Networks that apply activations functionally inside ``forward`` (``F.relu``) have no
-    such module: the fallback hooks every non-head module owning a ``weight`` of ≥ 2 dims and
-    reports on its **output, the pre-activation** (dormancy of pre-activations is rarely exact;
-    pass ``layers=[...]`` to name the right modules instead). The unit axis is dim 1 (features of
-    ``(B, F)``, channels of ``(B, C, ...)``). A module called several times in one forward (a
-    shared ``self.act``) gives one layer per call: ``<name>/call_<k>``.
+    torch's elementwise activations, GroupSort and CReLU) that do not lie inside the head and are
+    not fed by it (a ``Tanh`` after the output layer is an output transform, not hidden units);
+    their tags carry the activation module's name (MinAtarCNN: ``conv_act``, ``fc_act``; ``mlp``:
+    ``2``, ``4``). The unit axis is dim 1 (features of ``(B, F)``, channels of ``(B, C, ...)``);
+    an activation applied after a conv's output was flattened (conv → Flatten → φ) is viewed back
+    as ``(B, C, H·W)``, so its units are the conv's channels, not its pixels. A module called
+    several times in one forward (a shared ``self.act``) gives one layer per call:
+    ``<name>/call_<k>``.
+
+    Which layer feeds which is read from the data flow (Note [Data flow] of
+    :mod:`plasticrl.plasticity.probe`: a ``torch.fx`` trace of the forward), never from names or
+    registration order. A layer whose units no activation module produces — ``F.relu`` /
+    ``torch.tanh`` in ``forward``, in a functional or a mixed module/functional network — is
+    measured at the input of the layer that reads it (its post-activation units, whatever the
+    function; CReLU-like copies folded into their unit), tagged with the producing layer's name
+    (``fc1``). Layers the probe cannot see — read together with another layer (a residual sum, a
+    concatenation), or a forward ``torch.fx`` cannot trace — are named, with the reason, in one
+    warning at construction and in ``PlasticityProbe.unseen``; an untraceable network falls back
+    to activation modules only (and to the pre-activations of the weight modules when it has
+    none). Pass ``layers=[...]`` to name the unit modules yourself.
 
     A *hidden layer* for the Jacobian is a pair (weight module, activation) in which the
     activation's input **is** the weight module's output tensor, or the output of normalisation
@@ -57,7 +69,9 @@ Note [Layer Jacobian]
     kernel (whose σ are ``weight_sv_*``). We report the moments of the k = min(m, n) squared
     singular values (the smaller side, as the isometry gap), pooled over samples:
     mean σ² = ‖J‖²_F / k, mean σ⁴ = ‖J Jᵀ‖²_F / k (no SVD), variance = mean σ⁴ − (mean σ²)².
-    An isometric layer gives 1 and 0. In the fallback of Note [Hidden layers] the layer is L alone.
+    An isometric layer gives 1 and 0. For a functional activation (Note [Hidden layers]) the
+    layer is L alone (the activation is no module the probe can call; the warning says so);
+    reshapes between L and φ (conv → Flatten → φ) are part of the layer.
 
     How it is computed:
 

@@ -24,8 +24,20 @@ Note [Parameter groups]
                   and regularising the unconstrained tensor of a parametrization is meaningless).
 
     The head is the set of modules named in the network's ``head_names`` attribute when it has
-    one (PPO's actor and critic heads), else the last module, in ``named_modules()`` order, that
-    owns a parameter of two or more dimensions.
+    one (PPO's actor and critic heads), else found from the data flow (Note [Head]).
+
+Note [Head]
+    Without ``head_names``, the head is found from where the network's output comes from, never
+    from the order modules were registered in: ``forward`` is traced with ``torch.fx`` (modules
+    owning a weight matrix kept as single calls), and walking back from the traced output, the
+    first module owning a parameter of ≥ 2 dims (or a parametrization) on each path is a head
+    (several for a dueling or multi-output network; normalisations, activations, reshapes are
+    crossed). A network that registers its output layer first, or that applies its output
+    activation functionally, therefore gets the right head. It refuses, naming the module and
+    asking for ``head_names``, when it cannot tell: a ``forward`` torch.fx cannot trace (control
+    flow on tensor values), a head that also feeds another layer, or output weights used outside
+    their module (functional ``F.linear``). The answer is cached per model (and re-derived when its
+    modules change).
 
 Note [Optimizer state keys]
     Each entry declares the per-parameter state its optimizer keeps, by role (step counter, first
@@ -40,14 +52,16 @@ Note [Optimizer state keys]
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from plasticrl.plasticity.registry import Registry, StateKeys, options_of
 from plasticrl.plasticity.rmsprop import RMSprop
-from torch import nn
+from torch import fx, nn
+from torch.nn.utils import parametrize
 
 __all__ = [
     "OptimizerConfig",
@@ -56,6 +70,7 @@ __all__ = [
     "param_groups",
     "make_optimizer",
     "head_module_names",
+    "trace_network",
     "applicable_keys",
     "COMMON_KEYS",
     "AdamOptions",
@@ -222,7 +237,12 @@ FUSED_UPDATES = frozenset({"rmsprop", "adam", "adamw", "adamo"})
 
 
 def head_module_names(model: nn.Module) -> tuple[str, ...]:
-    """Names of the output-head modules of ``model`` (see Note [Parameter groups])."""
+    """Names of the output-head modules of ``model`` (see Note [Parameter groups], Note [Head]).
+
+    Raises:
+        ValueError: declared ``head_names`` that are not modules, or a head that cannot be found
+            from the data flow unambiguously (Note [Head]): declare ``head_names`` then.
+    """
     declared = getattr(model, "head_names", None)
     if declared is not None:
         names = tuple(declared)
@@ -231,11 +251,135 @@ def head_module_names(model: nn.Module) -> tuple[str, ...]:
         if missing:
             raise ValueError(f"head_names {missing} are not modules of {type(model).__name__}")
         return names
-    last = None
-    for name, module in model.named_modules():
-        if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
-            last = name
-    return (last,) if last is not None else ()
+    key = tuple((n, id(m)) for n, m in model.named_modules())
+    cached = _HEAD_CACHE.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    heads = _data_flow_heads(model)
+    _HEAD_CACHE[model] = (key, heads)
+    return heads
+
+
+_HEAD_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _owns_matrix(module: nn.Module) -> bool:
+    """A module that owns a weight matrix: a parameter of ≥ 2 dims or a parametrization (no norms)."""
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)):
+        return False
+    if parametrize.is_parametrized(module):
+        return True
+    return any(p.dim() >= 2 for p in module.parameters(recurse=False))
+
+
+class _HeadTracer(fx.Tracer):
+    """torch.fx tracer that keeps every matrix-owning module (and torch's own) as one call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, parametrize.ParametrizationList) or _owns_matrix(m):
+            return True
+        # A module without weight matrices inside (an activation, GroupSort, a reshape) is one
+        # call: the walk crosses it, and its own forward may have control flow fx cannot trace.
+        return not any(_owns_matrix(sub) for sub in m.modules()) or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+
+def trace_network(model: nn.Module) -> fx.Graph:
+    """The ``torch.fx`` graph of ``model.forward``, weight-owning and weight-free modules as one call.
+
+    Every module owning a weight matrix, and every module without one inside (activations,
+    GroupSort, reshapes), is kept as one call.
+
+    Raises:
+        ValueError: torch.fx cannot trace the forward (the reason, one line).
+    """
+    try:
+        return _HeadTracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - any trace failure means: cannot tell
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise ValueError(f"torch.fx cannot trace its forward: {first[:160]}") from None
+
+
+def _data_flow_heads(model: nn.Module) -> tuple[str, ...]:
+    """The matrix-owning modules whose outputs reach the model's output directly (Note [Head]).
+
+    Found from a ``torch.fx`` trace of ``model.forward``: walking back from the graph's output, the
+    first matrix-owning module met on every path is a head. A head that also feeds another
+    matrix-owning module (it is then a hidden layer too), a parameter used outside its module, or
+    a forward torch.fx cannot trace is ambiguous: an error asking for ``head_names``.
+    """
+    matrix_modules = {n: m for n, m in model.named_modules() if _owns_matrix(m)}
+    if not matrix_modules:
+        return ()
+    if set(matrix_modules) == {""}:
+        return ("",)  # the model itself is one layer
+    what = type(model).__name__
+    hint = (
+        f"declare the output layer(s) on the network, e.g. `head_names = ('head',)` as a class "
+        f"attribute of {what} (module names from named_modules())"
+    )
+    try:
+        graph = trace_network(model)
+    except ValueError as exc:
+        raise ValueError(
+            f"cannot find the output layer of {what} from its data flow ({exc}); {hint}"
+        ) from None
+
+    def owner(node: fx.Node) -> str | None:
+        if node.op == "call_module" and node.target in matrix_modules:
+            return str(node.target)
+        if node.op == "get_attr":
+            target = str(node.target)
+            module_name, _, _ = target.rpartition(".")
+            try:
+                value = model.get_submodule(module_name) if module_name else model
+                tensor = getattr(value, target.rpartition(".")[2])
+            except AttributeError:
+                return None
+            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2:
+                return module_name
+        return None
+
+    def first_owners(start: Sequence[fx.Node]) -> set[str]:
+        found: set[str] = set()
+        stack, seen = list(start), set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            name = owner(node)
+            if name is not None:
+                found.add(name)
+                continue
+            stack.extend(node.all_input_nodes)
+        return found
+
+    output = next(n for n in graph.nodes if n.op == "output")
+    heads = first_owners(output.all_input_nodes)
+    functional = sorted(
+        n for n in heads if not any(x.op == "call_module" and x.target == n for x in graph.nodes)
+    )
+    if functional:
+        raise ValueError(
+            f"the output of {what} is computed from the weights of {functional!r} outside their "
+            f"module's own forward (functional calls); cannot tell its output layer: {hint}"
+        )
+    feeding = set()
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target in matrix_modules:
+            feeding |= first_owners(node.all_input_nodes)
+    both = sorted(heads & feeding)
+    if both:
+        raise ValueError(
+            f"layer(s) {both} of {what} both reach the output and feed other layers, so the output "
+            f"layer is ambiguous; {hint}"
+        )
+    return tuple(n for n in matrix_modules if n in heads)
 
 
 def param_groups(model: nn.Module, *, iso_head: bool = False) -> list[dict[str, Any]]:
@@ -269,7 +413,14 @@ def param_groups(model: nn.Module, *, iso_head: bool = False) -> list[dict[str, 
                 kind = "matrix"
             buckets[kind].append(p)
     isometry = {"matrix": True, "head": iso_head, "vector": False, "constrained": False}
-    return [{"params": ps, "kind": kind, "isometry": isometry[kind]} for kind, ps in buckets.items() if ps]
+    groups: list[dict[str, Any]] = [
+        {"params": ps, "kind": kind, "isometry": isometry[kind]} for kind, ps in buckets.items() if ps
+    ]
+    for group in groups:
+        if group["kind"] == "constrained":
+            # Decay would shrink the unconstrained original, not the constrained weight.
+            group["weight_decay"] = 0.0
+    return groups
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:

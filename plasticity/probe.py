@@ -7,6 +7,19 @@ Contains:
 The metrics themselves (one definition each) and the notes this module follows — Note [Tags],
 Note [Hidden layers], Note [Layer Jacobian] — are in :mod:`plasticrl.plasticity.metrics`.
 
+Note [Data flow]
+    At construction the probe traces the network's forward with ``torch.fx`` (weight-owning
+    modules and weight-free modules kept as single calls, :func:`plasticrl.plasticity.optimizers.
+    trace_network`) and walks the graph back from every activation module and every weight module
+    to the weight modules feeding them. This gives, without names or registration order: the
+    activation modules fed by a head (not hidden), the producer of each activation (so conv →
+    Flatten → φ is viewed per channel and keeps its conv Jacobian), and the layers whose outputs
+    reach no activation module (functional activations; measured at their consumer's input; a
+    layer read only together with another one — a residual sum, a concatenation — cannot be
+    told apart: it is said once, in a warning, and kept in ``unseen``). A layer whose output
+    reaches an activation module, even through a residual sum (ImpalaCNN's blocks), is measured
+    there, as before.
+
 Note [Probe forward]
     The probe runs under ``torch.no_grad()`` in eval mode (training flags restored afterwards), so
     it never records a graph, touches ``.grad``, updates BatchNorm statistics or draws dropout
@@ -15,7 +28,9 @@ Note [Probe forward]
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -45,9 +60,9 @@ from plasticrl.plasticity.metrics import (
     unit_activity,
     weight_stats,
 )
-from plasticrl.plasticity.optimizers import head_module_names, param_groups
+from plasticrl.plasticity.optimizers import _owns_matrix, head_module_names, param_groups, trace_network
 from plasticrl.plasticity.units import NORM_TYPES, is_weight_module
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.func import jvp
 from torch.nn.utils import parametrize
 
@@ -63,6 +78,8 @@ class _Call(NamedTuple):
     inputs: Tensor | None = None  # weight modules: the first rows of the input, cloned
     pre_activation: Tensor | None = None  # weight modules: the output, cloned before in-place activations
     activity: Tensor | None = None  # unit modules: E|h_i| (reduced in the hook, before later in-place ops)
+    in_shape: tuple[int, ...] | None = None  # unit modules: the per-sample shape of their input
+    input_ref: Tensor | None = None  # unit modules: their input, kept alive so input_id stays unique
 
 
 class _Calls(NamedTuple):
@@ -74,6 +91,114 @@ class _Calls(NamedTuple):
     head_inputs: list[tuple[str, Tensor]]
 
 
+_RESHAPE_METHODS = frozenset({"view", "reshape", "flatten", "contiguous", "unflatten"})
+_RESHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity)
+
+
+@dataclass
+class _Flow:
+    """What the torch.fx trace of a network says about its hidden units (Note [Data flow])."""
+
+    after_head: set[str] = field(default_factory=set)  # activation modules fed by a head
+    functional: dict[str, str] = field(default_factory=dict)  # producer → consumer reading its units
+    producer_of: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # act → (L, norms)
+    unseen: dict[str, str] = field(default_factory=dict)  # layer → why its units cannot be measured
+
+
+def _data_flow(
+    model: nn.Module, heads: Sequence[str], activation_types: tuple[type[nn.Module], ...]
+) -> _Flow | str:
+    """Trace ``model`` (Note [Data flow]); a string says why it cannot be traced."""
+    try:
+        graph = trace_network(model)
+    except ValueError as exc:
+        return str(exc)
+    modules = dict(model.named_modules())
+    flow = _Flow()
+
+    def module_of(node: fx.Node) -> nn.Module | None:
+        return modules.get(str(node.target)) if node.op == "call_module" else None
+
+    def is_matrix(node: fx.Node) -> bool:
+        module = module_of(node)
+        return module is not None and _owns_matrix(module)
+
+    def is_activation(node: fx.Node) -> bool:
+        return isinstance(module_of(node), activation_types)
+
+    def is_reshape(node: fx.Node) -> bool:
+        if node.op == "call_method":
+            return str(node.target) in _RESHAPE_METHODS
+        if node.op == "call_function":
+            return node.target in (torch.flatten, torch.reshape)
+        return isinstance(module_of(node), _RESHAPE_MODULES)
+
+    def walk(start: Sequence[fx.Node]) -> tuple[set[str], set[str], list[fx.Node]]:
+        """(matrix modules reached, activation modules reached, nodes crossed) walking back."""
+        producers: set[str] = set()
+        acts: set[str] = set()
+        crossed: list[fx.Node] = []
+        stack, seen = list(start), set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if is_matrix(node):
+                producers.add(str(node.target))
+                continue
+            if is_activation(node):
+                acts.add(str(node.target))
+                continue
+            if node.op in ("placeholder", "get_attr"):
+                continue
+            crossed.append(node)
+            stack.extend(node.all_input_nodes)
+        return producers, acts, crossed
+
+    head_set = set(heads)
+    in_head = {n for n in modules for h in heads if n == h or n.startswith(h + ".")}
+    covered: set[str] = set()  # producers whose outputs reach an activation module (its units)
+    for node in graph.nodes:
+        if is_activation(node) and str(node.target) not in in_head:
+            producers, acts, crossed = walk(node.all_input_nodes)
+            name = str(node.target)
+            covered |= producers
+            if producers & head_set:
+                flow.after_head.add(name)
+            elif len(producers) == 1 and not acts:
+                norms = [module_of(c) for c in crossed]
+                if all(
+                    isinstance(m, NORM_TYPES) or is_reshape(c) for m, c in zip(norms, crossed, strict=True)
+                ):
+                    norm_names = tuple(
+                        str(c.target) for c in reversed(crossed) if isinstance(module_of(c), NORM_TYPES)
+                    )
+                    flow.producer_of[name] = (next(iter(producers)), norm_names)
+        if is_matrix(node):
+            consumer = str(node.target)
+            producers, acts, _ = walk(node.all_input_nodes)
+            free = sorted(p for p in producers if p not in in_head and p not in covered)
+            if not free:
+                continue
+            if len(producers) == 1 and not acts:
+                flow.functional.setdefault(free[0], consumer)
+            else:
+                for p in free:
+                    flow.unseen[p] = (
+                        f"{consumer!r} reads its units together with "
+                        f"{sorted((producers - {p}) | acts)} (a sum or concatenation), so they "
+                        f"cannot be told apart"
+                    )
+    for p in list(flow.functional):
+        if p in flow.unseen or p in covered:
+            del flow.functional[p]
+    for p in list(flow.unseen):
+        if p in covered:
+            del flow.unseen[p]
+    return flow
+
+
 class PlasticityProbe:
     """Measures every plasticity metric of one network on a probe batch, as TensorBoard tags.
 
@@ -82,7 +207,8 @@ class PlasticityProbe:
     ``torch.no_grad()`` with forward hooks (Note [Probe forward]), then computes from the captured
     tensors: dormant fractions and their persistence, feature rank of the head's input, layer
     Jacobian σ² moments, weight statistics, parameter RMS, gradient norm, √v̂ statistics and, when
-    asked, the empirical NTK. Layers are found through ``named_modules()`` (Note [Hidden layers]).
+    asked, the empirical NTK. Layers are found from the data flow (Note [Data flow], Note [Hidden
+    layers]); the head from :func:`plasticrl.plasticity.optimizers.head_module_names`.
 
     Tags (full, Note [Tags]): ``plasticity/dormant_fraction/tau_<τ>`` and ``…/<layer>``,
     ``plasticity/dormant_persistent/tau_<τ>[/<layer>]`` (from the second call on),
@@ -112,7 +238,10 @@ class PlasticityProbe:
         activation_types: module types treated as activations.
 
     Attributes:
-        unit_layers: names of the modules whose outputs are the hidden units.
+        unit_layers: names of the hidden layers: activation modules, or the producing layer of
+            units behind a functional activation.
+        unseen: ``{layer: why}`` of what the probe cannot measure as the other layers
+            (also warned once at construction; ``""``: the whole network, untraceable).
         weight_layers: names of the layers of the weight statistics.
         measurements: calls so far (restored by :meth:`load_state_dict`).
 
@@ -158,18 +287,50 @@ class PlasticityProbe:
         self._norm_modules = {
             name: m for name, m in modules.items() if name not in in_head and isinstance(m, NORM_TYPES)
         }
+        self._functional: dict[str, tuple[nn.Module, nn.Module]] = {}  # producer → (it, consumer)
+        self._act_producer: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.unseen: dict[str, str] = {}
         if layers is not None:
             missing = [n for n in layers if n not in modules]
             if missing:
                 raise ValueError(f"metrics layers {missing} are not modules of {type(model).__name__}")
             unit_names = list(layers)
         else:
+            flow = _data_flow(model, self.heads, activation_types)
+            after_head: set[str] = set()
+            if isinstance(flow, _Flow):
+                after_head = flow.after_head
+                self._act_producer = {
+                    a: (p, norms) for a, (p, norms) in flow.producer_of.items() if p in self._weight_modules
+                }
+                self.unseen = dict(flow.unseen)
+                for producer, consumer in flow.functional.items():
+                    if producer in self._weight_modules and consumer in modules:
+                        self._functional[producer] = (modules[producer], modules[consumer])
+                        self.unseen.setdefault(
+                            producer,
+                            f"no activation module lies between it and {consumer!r} (a functional "
+                            f"activation such as F.relu, or none): its units are measured as the input "
+                            f"of {consumer!r}, its layer Jacobian is {producer!r} alone",
+                        )
             unit_names = [
-                n for n, m in modules.items() if isinstance(m, activation_types) and n not in in_head
+                n
+                for n, m in modules.items()
+                if (isinstance(m, activation_types) and n not in in_head and n not in after_head)
+                or n in self._functional
             ]
-            if not unit_names:  # functional activations: report on the pre-activations
-                unit_names = list(self._weight_modules)
-        self._unit_modules = {name: modules[name] for name in unit_names}
+            if not isinstance(flow, _Flow):
+                self.unseen[""] = (
+                    f"{flow}: units are read from activation modules only (functional activations, "
+                    f"activations after the head and mixed layers are not told apart); pass "
+                    f"layers=[...] to name them"
+                )
+                if not unit_names:  # functional activations: report on the pre-activations
+                    unit_names = list(self._weight_modules)
+        if self.unseen:
+            said = "; ".join(f"layer {k!r}: {v}" if k else v for k, v in self.unseen.items())
+            warnings.warn(f"PlasticityProbe on {type(model).__name__}: {said}", stacklevel=2)
+        self._unit_modules = {name: modules[name] for name in unit_names if name not in self._functional}
         self.unit_layers: tuple[str, ...] = tuple(unit_names)
         self._init = {k: w.clone() for k, w in measured_weights(model, self.groups).items()}
         self.weight_layers: tuple[str, ...] = tuple(self._init)
@@ -242,7 +403,7 @@ class PlasticityProbe:
 
     def _probe_forward(self, obs: Tensor) -> _Calls:
         """One hooked forward, recording the calls of unit, weight, norm and head modules."""
-        raw_units: dict[str, list[_Call]] = {n: [] for n in self._unit_modules}
+        raw_units: dict[str, list[_Call]] = {n: [] for n in self.unit_layers}
         raw_weights: dict[str, list[_Call]] = {n: [] for n in self._weight_modules}
         norm_calls: dict[int, _Call] = {}
         head_inputs: list[tuple[str, Tensor]] = []
@@ -252,7 +413,30 @@ class PlasticityProbe:
             def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
                 if isinstance(output, Tensor) and output.dim() >= 2:
                     first = args[0] if args else None
-                    raw_units[name].append(_Call(module, output, id(first), activity=unit_activity(output)))
+                    units = _unit_view(output, self._producer_output(name, raw_weights))
+                    shape = tuple(first.shape[1:]) if isinstance(first, Tensor) else None
+                    raw_units[name].append(
+                        _Call(
+                            module,
+                            output,
+                            id(first),
+                            activity=unit_activity(units),
+                            in_shape=shape,
+                            input_ref=first if isinstance(first, Tensor) else None,
+                        )
+                    )
+
+            return hook
+
+        def functional_hook(name: str, producer: nn.Module) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+                calls = raw_weights.get(name)
+                if not calls or not args or not isinstance(args[0], Tensor):
+                    return
+                out = calls[-1].output
+                view = _unit_view(args[0], out, copies_major=True)
+                if view is not None:
+                    raw_units[name].append(_Call(producer, out, id(out), activity=unit_activity(view)))
 
             return hook
 
@@ -281,6 +465,8 @@ class PlasticityProbe:
         try:
             for name, module in self._unit_modules.items():
                 handles.append(module.register_forward_hook(unit_hook(name)))
+            for name, (producer, consumer) in self._functional.items():
+                handles.append(consumer.register_forward_pre_hook(functional_hook(name, producer)))
             for name, module in self._weight_modules.items():
                 handles.append(module.register_forward_hook(weight_hook(name)))
             if self.cfg.jacobian:
@@ -304,6 +490,12 @@ class PlasticityProbe:
         }
         return _Calls(unit_calls, weight_calls, norm_calls, head_inputs)
 
+    def _producer_output(self, act: str, raw_weights: Mapping[str, list[_Call]]) -> Tensor | None:
+        """The latest output of the layer feeding activation ``act`` (Note [Data flow]), if known."""
+        pair = self._act_producer.get(act)
+        calls = raw_weights.get(pair[0]) if pair is not None else None
+        return calls[-1].output if calls else None
+
     def _feature_metrics(self, head_inputs: Sequence[tuple[str, Tensor]]) -> dict[str, float]:
         """Feature rank of the head's input; per head only when several heads see different features."""
         distinct: dict[str, Tensor] = {}
@@ -320,12 +512,16 @@ class PlasticityProbe:
     def _jacobian_metrics(self, calls: _Calls) -> dict[str, float]:
         """σ² moments of every hidden layer's Jacobian (Note [Layer Jacobian]) and their pooled total."""
         weight_module_ids = {id(m) for m in self._weight_modules.values()}
-        # (layer name, weight call, the normalisations between it and the activation, activation)
-        layers: list[tuple[str, _Call, list[nn.Module], nn.Module | None]] = []
+        names = {id(m): n for n, m in self._unit_modules.items()}
+        modules = dict(self.model.named_modules())
+        weight_output = {site: (site, call) for site, call in calls.weights.values()}
+        # (layer name, weight call, normalisations between it and the activation, activation,
+        #  the activation's per-sample input shape when a reshape lies between: conv → Flatten → φ)
+        layers: list[tuple[str, _Call, list[nn.Module], nn.Module | None, tuple[int, ...] | None]] = []
         for _, call in calls.units:
             if id(call.module) in weight_module_ids and id(call.output) in calls.weights:
                 site, wcall = calls.weights[id(call.output)]
-                layers.append((site, wcall, [], None))  # the unit is a weight module's output: L alone
+                layers.append((site, wcall, [], None, None))  # a weight module's output: L alone
                 continue
             source, norms = call.input_id, []
             while source in calls.norms:  # L → norm(s) → φ: walk back to L
@@ -333,10 +529,15 @@ class PlasticityProbe:
                 source = calls.norms[source].input_id
             if source in calls.weights:
                 site, wcall = calls.weights[source]
-                layers.append((site, wcall, norms, call.module))
+                layers.append((site, wcall, norms, call.module, None))
+                continue
+            pair = self._act_producer.get(names.get(id(call.module), ""))
+            if pair is not None and pair[0] in weight_output and call.in_shape is not None:
+                site, wcall = weight_output[pair[0]]  # L → (norms, reshapes) → φ, from the trace
+                layers.append((site, wcall, [modules[n] for n in pair[1]], call.module, call.in_shape))
         out: dict[str, float] = {}
         total = _Moments(0.0, 0.0, 0)
-        for site, wcall, norms, act in layers:
+        for site, wcall, norms, act, shape in layers:
             if wcall.inputs is None or wcall.pre_activation is None or wcall.inputs.shape[0] == 0:
                 continue
             module, z = wcall.module, wcall.pre_activation
@@ -346,13 +547,27 @@ class PlasticityProbe:
                 and (act is None or isinstance(act, _ELEMENTWISE))
                 and z[0].numel() <= _MAX_CLOSED_FORM_OUTPUTS
             )
-            if closed_form:  # every probe sample
+            stencil = (  # a conv whose T would be large: no m × n matrix (Note [Conv Jacobian without T])
+                _plain_conv2d(module)
+                and not norms
+                and (act is None or isinstance(act, _ELEMENTWISE))
+                and wcall.inputs.dim() == 4
+                and z[0].numel() * wcall.inputs[0].numel() > _MAX_TRANSFER_ENTRIES
+            )
+            if closed_form or stencil:  # every probe sample
                 ones = torch.ones_like(z)
                 derivative = ones if act is None else jvp(act, (z.clone(),), (ones,))[1]
-                moments = _diag_scaled_moments(_transfer_matrix(module, wcall.inputs[:1]), derivative)
-            else:  # the first jacobian_samples samples
-                fn = nn.Sequential(module, *norms, *([] if act is None else [act]))
-                moments = _jacobian_moments(layer_jacobian(fn, wcall.inputs))
+                if stencil:
+                    moments = _conv_diag_scaled_moments(module, tuple(wcall.inputs.shape[1:]), derivative)
+                else:
+                    moments = _diag_scaled_moments(_transfer_matrix(module, wcall.inputs[:1]), derivative)
+            else:  # the first jacobian_samples samples, as many as fit _MAX_JACOBIAN_BYTES
+                m, n = z[0].numel(), wcall.inputs[0].numel()
+                fit = _MAX_JACOBIAN_BYTES // (4 * m * n)
+                if fit < 1:
+                    continue  # one sample's Jacobian alone would exceed the budget: not measured
+                fn = _chain(module, norms, act, shape)
+                moments = _jacobian_moments(layer_jacobian(fn, wcall.inputs[:fit]))
             out |= {f"{key}/{site}": v for key, v in _moment_dict(moments).items()}
             k = total.k + moments.k
             if k:  # pool: each layer weighs by its number of singular values per sample
@@ -397,6 +612,116 @@ class PlasticityProbe:
 def _site(name: str, call: int, calls: int) -> str:
     """A module's name, or ``<name>/call_<k>`` when it ran several times in one forward."""
     return name if calls == 1 else f"{name}/call_{call}"
+
+
+def _chain(
+    module: nn.Module, norms: Sequence[nn.Module], act: nn.Module | None, shape: tuple[int, ...] | None
+) -> Callable[[Tensor], Tensor]:
+    """φ(reshape(N(L(x)))) of one hidden layer, batched (Note [Layer Jacobian])."""
+    if shape is None:
+        return nn.Sequential(module, *norms, *([] if act is None else [act]))
+
+    def fn(x: Tensor) -> Tensor:
+        y = module(x)
+        for norm in norms:
+            y = norm(y)
+        y = y.reshape(y.shape[0], *shape)
+        return y if act is None else act(y)
+
+    return fn
+
+
+def _unit_view(h: Tensor, producer_out: Tensor | None, *, copies_major: bool = False) -> Tensor | None:
+    """Hidden units ``h`` as ``(B, units, positions)`` when a reshape flattened a conv's channels.
+
+    ``producer_out`` is the output of the layer the units come from. Activation modules: a 2-d ``h``
+    of a conv producer is viewed as ``(B, copies·C, H·W)`` (channel-major flatten, Note [Flatten
+    layout] in :mod:`plasticrl.plasticity.surgery`); otherwise ``h`` as it is. A consumer's input
+    (``copies_major``, functional activations) is viewed as the producer's units, every copy of a
+    unit (CReLU-like concatenations) in its row, or None when its size is no multiple of theirs.
+    """
+    if producer_out is None or producer_out.dim() < 2:
+        return h if not copies_major else None
+    b, units = h.shape[0], producer_out.shape[1]
+    positions = max(1, producer_out[0].numel() // max(1, units))
+    per_sample = h[0].numel() if h.shape[0] else 0
+    if copies_major:
+        if h.shape[0] != producer_out.shape[0] or per_sample % (units * positions):
+            return None
+        view = h.reshape(b, per_sample // (units * positions), units, positions)
+        return view.transpose(1, 2).reshape(b, units, -1)
+    if h.dim() == 2 and producer_out.dim() > 2 and per_sample % positions == 0:
+        return h.reshape(b, -1, positions)
+    return h
+
+
+_MAX_TRANSFER_ENTRIES = 2**22
+"""A conv whose transfer matrix T would have more entries takes :func:`_conv_diag_scaled_moments`
+(MinAtar's conv, 1024 × 400, keeps the T path and its values bit for bit)."""
+_MAX_JACOBIAN_BYTES = 256 * 2**20
+"""Cap on the per-sample Jacobians ``(N, m, n)`` of the torch.func path [ours]: fewer samples when
+they would not fit, none (the layer is not measured) when one sample alone would not."""
+
+
+def _plain_conv2d(module: nn.Module) -> bool:
+    """A Conv2d that :func:`_conv_diag_scaled_moments` handles: one group, no dilation, zero padding."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and tuple(module.dilation) == (1, 1)
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def _conv_diag_scaled_moments(conv: nn.Conv2d, in_shape: tuple[int, ...], derivative: Tensor) -> _Moments:
+    """σ² moments of J_n = diag(d_n) T for a Conv2d T on ``in_shape`` inputs, without forming T.
+
+    Note [Conv Jacobian without T]
+        The closed form of Note [Layer Jacobian] needs G = T Tᵀ only through its diagonal and the
+        squares of its entries. For a convolution, G between output (c, p) and (c', p + Δ) is
+        Σ_u M_Δ[c, c', u] · 1[input pixel p·s − pad + u is inside the image], with
+        M_Δ[c, c', u] = Σ_ci W[c, ci, u] W[c', ci, u − Δ·s]; it vanishes unless the two receptive
+        fields overlap, |Δ| ≤ (k − 1) // s per axis. So each G_Δ is one conv of the image's
+        indicator with the kernels M_Δ (exact at the borders too), and
+        Σσ² = Σ_{c,p} d²[c, p] G_ii, Σσ⁴ = Σ_Δ Σ_{c,c',p} d²[c, p] G_Δ[c, c', p]² d²[c', p + Δ].
+        Memory C_out²·H'·W' per Δ (Nature CNN conv1: 32² × 20² floats) instead of the m × n = 12,800 ×
+        28,224 T (1.4 GB) or the per-sample Jacobians of the torch.func path (8 × 1.4 GB, the OOM of
+        issue 18). Exact: ``test_conv_stencil_moments_equal_the_transfer_matrix_ones``.
+    """
+    w = conv.weight.detach()
+    c_out, _, kh, kw = w.shape
+    stride, padding = tuple(conv.stride), tuple(conv.padding)
+    d2 = derivative.detach().to(w.dtype).square()
+    b, _, ho, wo = d2.shape
+    m, n = c_out * ho * wo, int(torch.tensor(in_shape).prod())
+    k = min(m, n)
+    if k == 0 or b == 0:
+        return _Moments(0.0, 0.0, k)
+    mask = torch.ones((1, 1, *in_shape[1:]), dtype=w.dtype, device=w.device)
+    diag = nn.functional.conv2d(mask, w.square().sum(1, keepdim=True), stride=stride, padding=padding)[0]
+    sv2 = (d2 * diag).sum((1, 2, 3), dtype=torch.float64)
+    sv4 = torch.zeros(b, dtype=torch.float64, device=w.device)
+    ry, rx = (kh - 1) // stride[0], (kw - 1) // stride[1]
+    flat = d2.reshape(b, c_out, ho * wo).permute(2, 0, 1)  # (P, B, C)
+    for dy in range(-ry, ry + 1):
+        for dx in range(-rx, rx + 1):
+            sy, sx = dy * stride[0], dx * stride[1]
+            shifted = torch.zeros_like(w)  # shifted[c', ci, u] = W[c', ci, u − Δ·s]
+            shifted[..., max(sy, 0) : kh + min(sy, 0), max(sx, 0) : kw + min(sx, 0)] = w[
+                ..., max(-sy, 0) : kh + min(-sy, 0), max(-sx, 0) : kw + min(-sx, 0)
+            ]
+            kernels = torch.einsum("aiuv,biuv->abuv", w, shifted).reshape(c_out * c_out, 1, kh, kw)
+            g = nn.functional.conv2d(mask, kernels, stride=stride, padding=padding)[0]
+            g2 = g.reshape(c_out, c_out, ho * wo).square().permute(2, 0, 1)  # (P, C, C')
+            # d²[c', p + Δ], zero where p + Δ is outside the output grid
+            other = torch.zeros_like(d2)
+            other[:, :, max(-dy, 0) : ho + min(-dy, 0), max(-dx, 0) : wo + min(-dx, 0)] = d2[
+                :, :, max(dy, 0) : ho + min(dy, 0), max(dx, 0) : wo + min(dx, 0)
+            ]
+            other_flat = other.reshape(b, c_out, ho * wo).permute(2, 0, 1)  # (P, B, C')
+            sv4 += (torch.bmm(flat, g2) * other_flat).sum((0, 2), dtype=torch.float64)
+    return _Moments(float(sv2.mean()) / k, float(sv4.mean()) / k, k)
 
 
 def _transfer_matrix(module: nn.Module, sample: Tensor) -> Tensor:

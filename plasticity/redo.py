@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from plasticrl.plasticity.interventions import (
+    HIDDEN_GAIN,
     TAG_PREFIX,
     InterventionContext,
     ProbeSource,
@@ -24,7 +25,8 @@ from plasticrl.plasticity.interventions import (
     register_intervention,
 )
 from plasticrl.plasticity.metrics import dormant_masks, tau_tag
-from plasticrl.plasticity.surgery import InitKind
+from plasticrl.plasticity.surgery import AdamStep, InitKind, SliceSteps, reinit_units_
+from plasticrl.plasticity.units import UnitLayer
 from torch import nn
 
 __all__ = ["ReDoOptions", "ReDo"]
@@ -44,6 +46,10 @@ class ReDoOptions:
     """Probe observations the scores are measured on (the metrics' default probe size)."""
     init: InitKind | None = None
     """Distribution of the fresh incoming weights; null follows ``network.init``."""
+    adam_step: AdamStep = "keep"
+    """Adam's step count of recycled slices: ``keep`` the tensor's, or ``reset`` it per slice
+    (per-slice bias correction; Note [Step count] in plasticrl.plasticity.surgery). Default
+    ``keep``: Dopamine's ReDo zeroes the moments and keeps the count."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -92,8 +98,26 @@ class ReDo(UnitIntervention):
     ) -> None:
         super().__init__(model, optimizer, ctx, options.init)
         self.options = options
+        self.steps = (
+            SliceSteps(optimizer, dict(model.named_parameters())) if options.adam_step == "reset" else None
+        )
         self.resets = 0  # resets performed
         self.recycled = 0  # units recycled over the run
+
+    def recycle(self, layer: UnitLayer, units: torch.Tensor) -> None:
+        """Recycle ``units`` of ``layer``, with the step-count choice ``adam_step`` (Note [Step count])."""
+        reinit_units_(
+            layer.producer,
+            units,
+            layer.consumers,
+            self.optimizer,
+            generator=self.generator,
+            init=self.init,
+            gain=HIDDEN_GAIN,
+            copies=layer.copies,
+            norms=layer.norms,
+            steps=self.steps,
+        )
 
     def after_update(
         self,
@@ -126,12 +150,15 @@ class ReDo(UnitIntervention):
 
     def state_dict(self) -> dict[str, Any]:
         """Generator and counters."""
-        return self.base_state() | {"resets": self.resets, "recycled": self.recycled}
+        steps = self.steps.state_dict() if self.steps is not None else {}
+        return self.base_state() | {"resets": self.resets, "recycled": self.recycled, "slice_steps": steps}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.load_base_state(state)
         self.resets, self.recycled = int(state["resets"]), int(state["recycled"])
+        if self.steps is not None:
+            self.steps.load_state_dict(state.get("slice_steps", {}))
 
 
 register_intervention("redo", ReDo, ReDoOptions)

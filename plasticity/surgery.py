@@ -28,14 +28,31 @@ Note [Optimizer state]
     supported optimizer that is zero — every state tensor shaped like the parameter, as the
     optimizer's registry entry declares them (Note [Optimizer state keys] in
     :mod:`plasticrl.plasticity.optimizers`: Adam/AdamW/AdamO's moments and AMSGrad's maximum,
-    RMSprop's moments and momentum buffer, SGD's momentum buffer). The step counter is one number
-    per tensor and cannot be reset for a slice: it is left alone. Adam's bias correction therefore
-    treats a recycled slice as old, and its first update after the reset is
-    ``η · (1−β1)/√(1−β2) ≈ 3.16 η`` in size (defaults) rather than η — the behaviour of Dopamine's
-    ReDo, which also zeroes the moments and keeps the count. An optimizer class whose entry declares
-    no state keys (matched by exact type: a subclass may keep other state), or a state key it does
-    not declare, is an error naming it: a silent skip would leave stale moments on recycled
+    RMSprop's moments and momentum buffer, SGD's momentum buffer). An optimizer class whose entry
+    declares no state keys (matched by exact type: a subclass may keep other state), or a state key
+    it does not declare, is an error naming it: a silent skip would leave stale moments on recycled
     units, the bug this module exists to prevent.
+
+Note [Step count]
+    Adam's step counter is one number per tensor, so it cannot be reset for a slice. Two documented
+    choices (``adam_step`` of ``redo`` and ``cbp``, passed to :func:`reinit_units_` as a
+    :class:`SliceSteps` or None):
+
+    * ``keep`` — the count is left alone: Adam's bias correction treats a recycled slice as old,
+      and its first update after the reset is ``η · (1−β1)/√(1−β2) ≈ 3.16 η`` in size (defaults;
+      the next ones decay towards η over ~1/(1−β2) steps, several times η meanwhile) rather than
+      η. This is what Dopamine's ReDo (Sokar et al.) does — it zeroes the moments and keeps the
+      count — and ``redo``'s default.
+    * ``reset`` — **per-slice bias correction**: :class:`SliceSteps` remembers, per entry, the
+      count at which it was recycled and, after every optimizer step (a step post-hook),
+      corrects the recycled entries' update from torch's ``m/(1−β1^t) / (√(v/(1−β2^t)) + ε)`` to
+      ``m/(1−β1^k) / (√(v/(1−β2^k)) + ε)`` with k the entry's own count (steps since its reset):
+      every recycled entry is updated exactly as by a fresh Adam started at its reset (up to float
+      rounding), its first step is η. This is Dohare et al.'s continual backprop (their AdamGnT
+      keeps a per-entry step and sets it to 0 for replaced features) and ``cbp``'s default.
+      Optimizers without bias correction (RMSprop, SGD) need nothing. Entries whose correction has
+      vanished (β1^k, β2^k < 1e-12) are dropped; an optimizer state reset (``reset_on_task_switch``)
+      drops them all. The remembered counts are in the intervention's state dict (exact resume).
 
 Note [Flatten layout]
     A conv producer with ``C`` channels and spatial size ``H×W`` feeding a Linear through
@@ -66,7 +83,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -83,7 +100,12 @@ __all__ = [
     "init_sample",
     "unit_columns",
     "reinit_units_",
+    "AdamStep",
+    "SliceSteps",
 ]
+
+AdamStep = Literal["keep", "reset"]
+"""What recycling does to Adam's step count (Note [Step count])."""
 
 InitKind = Literal["default", "orthogonal"]
 """``default``: torch's own ``reset_parameters`` distribution; ``orthogonal``: orthogonal rows."""
@@ -298,6 +320,103 @@ def _affine(module: nn.Module) -> nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d:
     return module
 
 
+class SliceSteps:
+    """Per-entry Adam bias correction for recycled slices (Note [Step count], ``adam_step: reset``).
+
+    Attach one to an optimizer; :func:`reinit_units_` calls :meth:`reset` for every slice it
+    recycles; a step post-hook then corrects those entries' updates to their own step count.
+
+    Args:
+        optimizer: the optimizer; for one without Adam's bias correction the object does nothing.
+        names: ``{parameter: name}`` used by :meth:`state_dict` (e.g. ``model.named_parameters()``).
+    """
+
+    _DROP = 1e-12  # β^k below this: the correction is below float resolution; forget the entry
+
+    def __init__(self, optimizer: torch.optim.Optimizer, names: Mapping[str, Tensor]) -> None:
+        self.optimizer = optimizer
+        keys = state_keys_of(optimizer, exact=False)
+        self.active = bool(keys is not None and keys.bias_corrected)
+        self.keys = keys
+        self.names = dict(names)
+        self._params = {id(p): p for p in self.names.values()}
+        self._name_of = {id(p): n for n, p in self.names.items()}
+        self.start: dict[str, Tensor] = {}  # name → count at the entry's last reset (0: never)
+        self._handle = optimizer.register_step_post_hook(self._after_step) if self.active else None
+
+    def close(self) -> None:
+        """Remove the step hook."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    @torch.no_grad()
+    def reset(self, param: Tensor, index: Any) -> None:
+        """Restart the step count of ``param[index]`` at the parameter's current count."""
+        if not self.active:
+            return
+        state = self.optimizer.state.get(param)
+        if not state or self.keys is None or self.keys.step not in state:
+            return  # never stepped: the next step is its first anyway
+        name = self._name_of.get(id(param))
+        if name is None:
+            raise ValueError(f"a parameter of shape {tuple(param.shape)} is not one of the model's")
+        t = float(state[self.keys.step])
+        start = self.start.get(name)
+        if start is None:
+            start = self.start[name] = torch.zeros(param.shape, dtype=torch.float64, device=param.device)
+        start[index] = t
+
+    @torch.no_grad()
+    def _after_step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+        keys = self.keys
+        assert keys is not None
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        for name in list(self.start):
+            param = self.names[name]
+            state = optimizer.state.get(param)
+            group = group_of.get(id(param))
+            start = self.start[name]
+            if not state or group is None or keys.step not in state:
+                del self.start[name]  # state reset: every entry restarts anyway
+                continue
+            t = float(state[keys.step])
+            mask = start > 0
+            if t <= float(start.max()):  # the state was reset since: counts agree again
+                del self.start[name]
+                continue
+            beta1, beta2 = (float(b) for b in group["betas"])
+            k = t - start[mask]
+            lr, eps = float(group["lr"]), float(group["eps"])
+            m = state[keys.first_moment][mask].to(torch.float64)
+            v_key = "max_exp_avg_sq" if group.get("amsgrad") else keys.second_moment
+            v = state[v_key][mask].to(torch.float64)
+            torch_update = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + eps)
+            own_update = (m / (1 - beta1**k)) / ((v / (1 - beta2**k)).sqrt() + eps)
+            sign = 1.0 if group.get("maximize") else -1.0
+            param[mask] += (sign * lr * (own_update - torch_update)).to(param.dtype)
+            done = (beta1**k < self._DROP) & (beta2**k < self._DROP)
+            if bool(done.any()):
+                rows = mask.nonzero(as_tuple=True)
+                start[tuple(r[done] for r in rows)] = 0.0
+            if not bool((start > 0).any()):
+                del self.start[name]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """``{parameter name: per-entry count at its last reset}`` of the entries still corrected."""
+        return {name: start.clone() for name, start in self.start.items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore :meth:`state_dict`."""
+        unknown = sorted(set(state) - set(self.names))
+        if unknown:
+            raise ValueError(f"step-count state names parameters {unknown} the model does not have")
+        self.start = {
+            name: t.to(dtype=torch.float64, device=self.names[name].device).clone()
+            for name, t in state.items()
+        }
+
+
 @torch.no_grad()
 def reinit_units_(
     producer: nn.Module,
@@ -310,6 +429,7 @@ def reinit_units_(
     gain: float = 1.0,
     copies: int = 1,
     norms: Iterable[nn.Module] = (),
+    steps: SliceSteps | None = None,
 ) -> None:
     r"""Recycle ``units`` of ``producer``: ReDo's and Continual Backprop's edit, optimizer state included.
 
@@ -338,6 +458,8 @@ def reinit_units_(
         gain: orthogonal gain (``init="orthogonal"``).
         copies: copies of each unit the consumers read (Note [Copies]; 2 for CReLU).
         norms: per-unit modules between producer and consumers.
+        steps: per-slice bias correction of the recycled slices (Note [Step count],
+            ``adam_step: reset``); None keeps the tensors' step counts (``adam_step: keep``).
 
     Raises:
         ValueError: a parametrized module, an unsupported optimizer, a parameter outside the
@@ -360,9 +482,13 @@ def reinit_units_(
     fresh = init_sample(producer, generator=generator, init=init, gain=gain)
     weight[unit_ids] = fresh["weight"][unit_ids]
     reset_state_(optimizer, weight, (unit_ids,))
+    if steps is not None:
+        steps.reset(weight, (unit_ids,))
     if layer.bias is not None:
         layer.bias[unit_ids] = 0.0
         reset_state_(optimizer, layer.bias, (unit_ids,))
+        if steps is not None:
+            steps.reset(layer.bias, (unit_ids,))
     # ---- per-unit normalisation parameters and statistics: back to their initial values
     for norm in norms:
         initial = init_sample(norm, generator=generator)
@@ -374,8 +500,12 @@ def reinit_units_(
             tensor[rows] = initial[name][rows].to(tensor.dtype)
             if isinstance(tensor, nn.Parameter):
                 reset_state_(optimizer, tensor, (rows,))
+                if steps is not None:
+                    steps.reset(tensor, (rows,))
     # ---- outgoing weights: zero, so the recycled unit starts silent
     for consumer, columns in zip(consumers, consumer_columns, strict=True):
         consumer_weight = _affine(consumer).weight
         consumer_weight[:, columns] = 0.0
         reset_state_(optimizer, consumer_weight, (slice(None), columns))
+        if steps is not None:
+            steps.reset(consumer_weight, (slice(None), columns))

@@ -28,7 +28,8 @@ import gymnasium as gym
 from plasticrl.trainers.evaluation import run_eval_command
 from plasticrl.trainers.experiments.plot import DEFAULT_TAGS, run_plot_command
 from plasticrl.trainers.experiments.report import run_report_command
-from plasticrl.trainers.experiments.sweep import run_sweep_command
+from plasticrl.trainers.experiments.sweep import EXIT_TAKEN, run_sweep_command
+from plasticrl.trainers.runlock import RunFolderInUse
 
 __all__ = ["main", "build_parser"]
 
@@ -264,7 +265,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name in names:
             print(f"  {name}")
-    print("envs: any gymnasium id, an alias above, or 'package.module:ClassOrFactory'")
+    print(
+        "envs: any gymnasium id, an alias above, 'module:EnvId' (imports the module first, e.g. "
+        "minigrid:MiniGrid-Empty-5x5-v0) or 'package.module:ClassOrFactory'; env.imports: [ale_py, "
+        "minigrid] imports plugins; modules in the working directory are found"
+    )
+    print("env.wrappers: gymnasium.wrappers names, ClipTrainingReward, or 'module:Class', with kwargs")
     print("every name above also accepts 'package.module:attr'")
     return 0
 
@@ -300,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
+    except RunFolderInUse as exc:  # another process trains there: a sweep reports the run as taken
+        print(f"plasticrl: error: {exc}", file=sys.stderr)
+        return EXIT_TAKEN
     except (ValueError, OSError, gym.error.Error) as exc:  # ConfigError is a ValueError
         if os.environ.get("PLASTICRL_DEBUG"):
             raise

@@ -521,7 +521,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
         file_error: ConfigError | None = exc
     else:
         file_error = None
-    merged = apply_overrides(data, overrides)
+    merged = _tie_iso_target(apply_overrides(data, overrides))
     try:
         return config_from_dict(merged)
     except ConfigError as exc:
@@ -529,6 +529,25 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
             raise ConfigError(f"{source}: {exc}", key=exc.key) from None
         culprit = _blame(exc.key, overrides)
         raise ConfigError(f"command-line override {culprit!r}: {exc}", key=exc.key) from None
+
+
+def _tie_iso_target(data: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.iso_target`` follows ``optimizer.iso_target`` unless it is set itself.
+
+    The isometry gap is measured against the target the optimizer pulls towards (AdamO with
+    ``iso_target: 2`` measured against 1 would report a gap that no training closes).
+    """
+    opt, met = data.get("optimizer"), data.get("metrics")
+    if (
+        isinstance(opt, Mapping)
+        and "iso_target" in opt
+        and not (isinstance(met, Mapping) and "iso_target" in met)
+    ):
+        return {
+            **data,
+            "metrics": {**(met if isinstance(met, Mapping) else {}), "iso_target": opt["iso_target"]},
+        }
+    return data
 
 
 def _blame(key: str | None, overrides: Sequence[str]) -> str:

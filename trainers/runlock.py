@@ -9,8 +9,10 @@ checkpoint is written, and everything that would touch a run's folder asks first
 Note [Run folder lock]
     The lock is ``flock(LOCK_EX | LOCK_NB)`` on ``.lock``: the kernel releases it when the holder
     exits, however it exits (``kill -9`` and crashes included), so there is no stale lock to clean
-    up, and no pid guessing. The file is never removed (removing it would let a second process lock
-    a fresh file while a first still holds the old one); it holds the last holder's
+    up, and no pid guessing. Taking the lock also removes the temporary files of a checkpoint
+    write that a kill interrupted (:func:`remove_orphan_temp_files`). The lock file is never
+    removed (removing it would let a second process lock a fresh file while a first still holds
+    the old one); it holds the last holder's
     ``pid host``, which is what the error message quotes. Locks are per process and re-entrant
     within it: :func:`lock_run_dir` on a folder this process holds does nothing; a forked child
     (an ``AsyncVectorEnv`` worker) closes its inherited copies, so it never keeps a finished run
@@ -22,6 +24,7 @@ Note [Run folder lock]
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import IO
@@ -33,7 +36,14 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "RunFolderInUse", "lock_run_dir", "unlock_run_dir", "run_dir_holder"]
+__all__ = [
+    "LOCK_NAME",
+    "RunFolderInUse",
+    "lock_run_dir",
+    "unlock_run_dir",
+    "run_dir_holder",
+    "remove_orphan_temp_files",
+]
 
 LOCK_NAME = ".lock"
 """The lock file's name inside a run folder."""
@@ -102,6 +112,38 @@ def lock_run_dir(run_dir: Path) -> None:
     handle.write(f"{os.getpid()} {socket.gethostname()}\n")
     handle.flush()
     _HELD[key] = handle
+    remove_orphan_temp_files(key)
+
+
+_ORPHAN = re.compile(r"^\.[^/]+\.(pt|json)\.[A-Za-z0-9_]+\.tmp$")
+"""An atomic write's temporary file (``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")`` of
+:mod:`plasticrl.trainers.checkpoint`: ``.checkpoint.pt.k2j4_x9a.tmp``, its JSON sidecar's)."""
+
+
+def remove_orphan_temp_files(run_dir: Path) -> list[Path]:
+    """Remove the temporary files a kill during a checkpoint write left in ``run_dir``.
+
+    Called by :func:`lock_run_dir` each time a process takes a run folder: only the holder of
+    the lock writes checkpoints there, so any such file left is an orphan of a killed writer
+    (Note [Run folder lock]). Only the top level and only atomic-write temporaries (``_ORPHAN``)
+    are touched.
+
+    Returns:
+        The files removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(run_dir).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if _ORPHAN.match(entry.name) and entry.is_file():
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+            removed.append(entry)
+    return removed
 
 
 def unlock_run_dir(run_dir: Path) -> None:

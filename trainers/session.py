@@ -147,6 +147,10 @@ class EpisodeStats:
                 if self.games is not None and 0 <= self.games[i] < len(self.game_names):
                     scalars[f"charts/episodic_return/game_{self.game_names[int(self.games[i])]}"] = ret
                 out.append(scalars)
+        final = infos.get("final_info", {})
+        if "unclipped_episode" in final:  # ClipTrainingReward (Atari): the game's own rewards
+            for i in np.flatnonzero(final["_unclipped_episode"]):
+                out.append({"charts/episodic_return_unclipped": float(final["unclipped_episode"]["r"][i])})
         self._track(infos)  # resets (autoreset ones included) and first steps
         if self.tasks is not None and self.tasks[0] >= 0 and self.tasks[0] != self.task_id:
             self.task_id = int(self.tasks[0])

@@ -35,7 +35,7 @@ def all_transitions(buf: ReplayBuffer) -> Batch:
         (FLOAT_SPACE, "float32"),
         (gym.spaces.Box(0.0, 2.0, (3,), np.float32), "float32"),
         (gym.spaces.Box(-1.0, 1.0, (3,), np.float32), "float32"),
-        (PIXEL_SPACE, "float32"),
+        (PIXEL_SPACE, "frames"),
     ],
 )
 def test_auto_storage(space: gym.spaces.Box, expected: str) -> None:

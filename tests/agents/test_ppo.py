@@ -16,6 +16,7 @@ import pytest
 import torch
 from plasticrl.agents.actor_critic import (
     Categorical,
+    DiagGaussian,
     SeparateActorCritic,
     SharedActorCritic,
     action_distribution,
@@ -248,8 +249,9 @@ def test_categorical_matches_torch_and_samples_its_probabilities() -> None:
     a = big.sample(torch.Generator().manual_seed(1))
     assert torch.equal(a, big.sample(torch.Generator().manual_seed(1)))
     assert action_distribution(ACTIONS) == (Categorical, 2)
-    with pytest.raises(ValueError, match="Discrete action spaces"):
-        action_distribution(gym.spaces.Box(-1, 1, (2,)))
+    assert action_distribution(gym.spaces.Box(-1, 1, (2,))) == (DiagGaussian, 2)
+    with pytest.raises(ValueError, match="Discrete and 1-D Box action spaces"):
+        action_distribution(gym.spaces.Box(-1, 1, (2, 2)))
 
 
 def test_separate_actor_critic_heads_and_groups() -> None:

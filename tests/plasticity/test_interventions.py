@@ -397,7 +397,7 @@ def test_options_are_typed_and_checked() -> None:
     with pytest.raises(
         ValueError,
         match=r"unknown key 'interventions\[redo\]\.taux'; did you mean 'tau'\? "
-        r"valid keys of intervention 'redo': \['batch_size', 'every', 'init', 'tau'\]",
+        r"valid keys of intervention 'redo': \['adam_step', 'batch_size', 'every', 'init', 'tau'\]",
     ):
         check_intervention(InterventionConfig("redo", {"taux": 0.1}))
     with pytest.raises(ValueError, match=r"interventions\[redo\]\.every: expected an integer, got 2\.5"):

@@ -123,3 +123,11 @@ def test_nonstationary_kind_picks_its_keys_and_options() -> None:
     assert {k for k in rows if k.startswith("nonstationary.")} == {"nonstationary.kind"}
     with pytest.raises(ConfigError, match=r"valid keys of change kind 'switch': \['first_cycle', 'order'\]"):
         load_config(cycle, ["nonstationary.options.ordr=cycle"])
+
+
+def test_the_metrics_isometry_target_follows_the_optimizers_unless_set() -> None:
+    cfg = load_config(None, ["optimizer.name=adamo", "optimizer.iso_target=2.0"])
+    assert cfg.metrics.iso_target == 2.0  # the gap is measured against the target AdamO pulls to
+    cfg = load_config(None, ["optimizer.name=adamo", "optimizer.iso_target=2.0", "metrics.iso_target=1.0"])
+    assert cfg.metrics.iso_target == 1.0
+    assert load_config(None, ["optimizer.name=adam"]).metrics.iso_target == 1.0

@@ -45,13 +45,15 @@ grid cell, seed; a part is left out when the file has no methods or no grid) liv
 
 A run whose checkpoint has reached the config's ``total_steps`` is skipped; one with an earlier
 checkpoint is resumed (``train --resume``, with the sweep's ``total_steps``); a folder without a
-checkpoint (a run that crashed before its first checkpoint) is removed and the run started again.
+checkpoint (a run that crashed before its first checkpoint) is set aside under ``.stale/`` with its
+log (evidence kept) and the run started again under its name.
 A run whose folder another process is training in now (its lock, :mod:`plasticrl.trainers.runlock`: the same
 sweep launched twice, say) is left alone and reported as "running elsewhere".
 In the summary, "ran" counts runs started from scratch that finished, "resumed" those continued
-from a checkpoint that finished. Ctrl-C (or SIGTERM) stops launching runs and forwards one SIGINT
-to each running child, which writes
-a checkpoint and exits; running the sweep again resumes them.
+from a checkpoint that finished. Ctrl-C (or SIGTERM, SIGHUP) stops launching runs and forwards one
+SIGINT to each running child, which writes a checkpoint and exits; running the sweep again resumes
+them. A folder without a checkpoint is set aside under ``.stale/`` (never deleted), and a run
+another process takes after planning is reported as taken (Note [Taken runs]).
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -86,7 +87,7 @@ from plasticrl.trainers.config import (
     yaml_load,
 )
 from plasticrl.trainers.run import RESUME_OVERRIDABLE, check_names
-from plasticrl.trainers.runlock import run_dir_holder
+from plasticrl.trainers.runlock import RunFolderInUse, lock_run_dir, run_dir_holder, unlock_run_dir
 
 __all__ = [
     "SWEEP_KEYS",
@@ -195,7 +196,8 @@ class SweepRun:
         config: the resolved config.
         action: start, resume, skip, or running (another process trains in its folder now).
         checkpoint_step: the global step of its checkpoint (0 without one).
-        stale_dir: the run folder exists without a checkpoint and is removed before starting.
+        stale_dir: the run folder exists without a checkpoint and is set aside (``.stale/``) before
+            starting (Note [Taken runs]).
         preset: the YAML preset the overrides apply to (its method's).
         method: its method's name ("" in a sweep without methods).
     """
@@ -583,7 +585,7 @@ def describe_run(run: SweepRun) -> str:
     detail = {
         "skip": f"complete: step {run.checkpoint_step} of {total}",
         "resume": f"from step {run.checkpoint_step} of {total}",
-        "start": f"{total} steps" + (" (removing a folder without checkpoint)" if run.stale_dir else ""),
+        "start": f"{total} steps" + (" (setting aside a folder without checkpoint)" if run.stale_dir else ""),
         "running": f"in use by {run.holder}; left alone",
     }[run.action]
     return f"{run.action:<6}  {run.name}  ({detail})"
@@ -625,14 +627,74 @@ class _Child:
     log: IO[bytes]
 
 
+class RunTaken(ConfigError):
+    """Another process took a run between the sweep's planning and its launch (Note [Taken runs])."""
+
+
+EXIT_TAKEN = 75
+"""Exit code of a run that found its folder in use (EX_TEMPFAIL): reported as taken, not failed."""
+
+STALE_DIR = ".stale"
+"""Folder (inside the sweep folder) where run folders without a checkpoint are set aside."""
+
+
+def set_aside(run: SweepRun) -> Path | None:
+    """Move a started run's folder without checkpoint (and its old log) under ``.stale/``.
+
+    Note [Taken runs]
+        Between planning and launch another process may take a run (another sweep, a ``train
+        --resume``): the folder is locked (:mod:`plasticrl.trainers.runlock`) or now holds a
+        checkpoint. The sweep then touches nothing, reports the run as taken ("running
+        elsewhere") and goes on supervising the others. A folder without a checkpoint (a run
+        that crashed or was killed before its first one) is never deleted: while holding its lock
+        the sweep moves it, with the run's old log, to ``<sweep>/.stale/<run>.<n>/``, so the
+        evidence (``nonfinite_stop.pt``, the log, event files) is kept and the run restarts
+        cleanly under its own name.
+
+    Returns:
+        Where the folder went (None when there was none).
+
+    Raises:
+        RunTaken: the folder is in use by another process or now holds a checkpoint.
+    """
+    if not run.run_dir.exists():
+        return None
+    holder = run_dir_holder(run.run_dir)
+    if holder is not None:  # (also "this process": never move a folder someone here trains in)
+        raise RunTaken(f"run {run.name!r}: {run.run_dir} is in use by {holder}")
+    try:
+        lock_run_dir(run.run_dir)
+    except RunFolderInUse as exc:
+        raise RunTaken(f"run {run.name!r}: {exc}") from None
+    try:
+        if (run.run_dir / CHECKPOINT_NAME).exists():
+            raise RunTaken(f"run {run.name!r}: {run.run_dir} now holds a checkpoint; run the sweep again")
+        stale = run.run_dir.parent / STALE_DIR
+        stale.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while (stale / f"{run.run_dir.name}.{n}").exists():
+            n += 1
+        target = stale / f"{run.run_dir.name}.{n}"
+        os.replace(run.run_dir, target)
+        if run.log_path.is_file():
+            os.replace(run.log_path, target / run.log_path.name)
+        return target
+    finally:
+        unlock_run_dir(run.run_dir)
+
+
 def open_run_log(run: SweepRun, command: Sequence[str]) -> IO[bytes]:
-    """Remove a started run's stale folder, open ``run.log_path`` (appended on resume), write ``command``."""
-    if run.action == "start" and run.run_dir.exists():
+    """Set a started run's stale folder aside, open ``run.log_path`` (appended on resume), write ``command``.
+
+    Raises:
+        RunTaken: another process took the run since planning (Note [Taken runs]).
+    """
+    if run.action == "start":
+        set_aside(run)
+    elif run.action == "resume":
         holder = run_dir_holder(run.run_dir)
-        if holder is not None or (run.run_dir / CHECKPOINT_NAME).exists():  # since planning: keep it
-            now = f"is in use by {holder}" if holder else "now holds a checkpoint"
-            raise ConfigError(f"run {run.name!r}: {run.run_dir} {now}; run the sweep again")
-        shutil.rmtree(run.run_dir)
+        if holder is not None:
+            raise RunTaken(f"run {run.name!r}: {run.run_dir} is in use by {holder}")
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
     log = run.log_path.open("ab" if run.action == "resume" else "wb")
     log.write(f"$ {' '.join(command)}\n".encode())
@@ -668,9 +730,17 @@ def record_exit(run: SweepRun, code: int, result: SweepResult, out: IO[str]) -> 
     elif code == EXIT_INTERRUPTED:
         result.interrupted.append(run.name)
         print(f"stopped {run.name} (checkpoint written)", file=out, flush=True)
+    elif code == EXIT_TAKEN:
+        record_taken(run, "its folder is in use by another process", result, out)
     else:
         result.failed.append((run.name, code, run.log_path))
         print(f"FAILED  {run.name} (exit code {code}; log: {run.log_path})", file=out, flush=True)
+
+
+def record_taken(run: SweepRun, why: str, result: SweepResult, out: IO[str]) -> None:
+    """Record a run another process took after planning (Note [Taken runs]) as running elsewhere."""
+    result.elsewhere.append(run.name)
+    print(f"taken   {run.name} ({why}; left alone)", file=out, flush=True)
 
 
 class SweepProgress:
@@ -694,6 +764,13 @@ class SweepProgress:
         self.tty = bool(getattr(out, "isatty", lambda: False)())
         self.t0 = time.perf_counter()
         self._shown = False
+        self._elsewhere_at_start: int | None = None
+
+    def taken(self, result: SweepResult) -> int:
+        """Runs taken by another process since this progress line started (Note [Taken runs])."""
+        if self._elsewhere_at_start is None:
+            self._elsewhere_at_start = len(result.elsewhere)
+        return len(result.elsewhere) - self._elsewhere_at_start
 
     def line(self, result: SweepResult, running: int, *, now: float | None = None) -> str:
         """The progress text for ``result`` with ``running`` runs in flight."""
@@ -701,7 +778,7 @@ class SweepProgress:
 
         elapsed = (time.perf_counter() if now is None else now) - self.t0
         finished = len(result.ran) + len(result.resumed) + len(result.failed)
-        queued = max(self.total - finished - running - len(result.interrupted), 0)
+        queued = max(self.total - finished - running - len(result.interrupted) - self.taken(result), 0)
         eta = (
             "done"
             if finished >= self.total
@@ -751,8 +828,10 @@ def execute_sweep(
     sweep's progress (``progress=False`` turns it off).
 
     A failed run is recorded with its exit code and log path and does not stop the others.
-    Ctrl-C (KeyboardInterrupt) or SIGTERM stops launching runs, sends one SIGINT to each running
-    child (which checkpoints and exits) and waits for them; a second Ctrl-C terminates them.
+    Ctrl-C (KeyboardInterrupt), SIGTERM or SIGHUP stops launching runs, sends one SIGINT to each
+    running child (which checkpoints and exits) and waits for them; a second one terminates them.
+    A run another process took since planning is reported as taken and the others go on
+    (Note [Taken runs]).
 
     Args:
         runs: the planned runs (from :func:`plan_sweep`).
@@ -778,8 +857,14 @@ def execute_sweep(
             while pending and len(running) < workers:
                 run = pending.pop(0)
                 bar.clear()
+                try:
+                    child = _launch(run)
+                except RunTaken as exc:
+                    record_taken(run, str(exc).split(": ", 1)[-1], result, out)
+                    changed = finished_one = True
+                    continue
                 print(f"{run.action:<7} {run.name}", file=out, flush=True)
-                running.append(_launch(run))
+                running.append(child)
                 changed = True
             for child in list(running):
                 code = child.process.poll()
@@ -800,20 +885,45 @@ def execute_sweep(
         _stop_children(running, result, out)
     finally:
         bar.close()
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+        restore_handlers(previous_term)
     return result
 
 
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""Signals that stop a sweep like Ctrl-C (what SLURM, Ray and ``kill`` send; a closed terminal)."""
+
+
+class _PreviousHandlers(dict):  # type: ignore[type-arg]
+    """The handlers :func:`raise_on_sigterm` replaced, by signal."""
+
+
 def raise_on_sigterm() -> Any:
-    """Make SIGTERM stop the sweep like Ctrl-C (main thread only); returns the previous handler."""
+    """Make SIGTERM and SIGHUP stop the sweep like Ctrl-C (main thread only).
+
+    Returns:
+        The previous handlers (give them to :func:`restore_handlers`), or None off the main thread.
+    """
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handler)
+    previous = _PreviousHandlers()
+    for sig in STOP_SIGNALS:
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def restore_handlers(previous: Any) -> None:
+    """Undo :func:`raise_on_sigterm` (accepts None)."""
+    if isinstance(previous, _PreviousHandlers):
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    elif previous is not None:  # an older caller's single SIGTERM handler
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_children(running: list[_Child], result: SweepResult, out: IO[str]) -> None:

@@ -51,12 +51,15 @@ from types import ModuleType
 from typing import IO, Any
 
 from plasticrl.trainers.experiments.sweep import (
+    EXIT_TAKEN,
+    RunTaken,
     SweepResult,
     SweepRun,
     child_command,
     open_run_log,
     raise_on_sigterm,
     record_exit,
+    restore_handlers,
     start_result,
     thread_env,
 )
@@ -175,11 +178,12 @@ def _run_task(run: SweepRun, cwd: str, thread_env: Mapping[str, str]) -> int:
         thread_env: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` for the child (over this node's).
 
     Returns:
-        The child's exit code (130: it was stopped by ``ray.cancel`` after writing a checkpoint).
+        The child's exit code (130: it was stopped by ``ray.cancel`` after writing a checkpoint;
+        ``EXIT_TAKEN``: another process took the run since planning, Note [Taken runs] in
+        :mod:`plasticrl.trainers.experiments.sweep`).
 
     Raises:
         RuntimeError: ``cwd`` does not exist on this node (no shared filesystem).
-        ConfigError: a run to start whose folder now holds a checkpoint.
     """
     if not Path(cwd).is_dir():
         raise RuntimeError(
@@ -188,7 +192,11 @@ def _run_task(run: SweepRun, cwd: str, thread_env: Mapping[str, str]) -> int:
         )
     _let_cancel_interrupt()
     command = [sys.executable, *child_command(run)[1:]]  # this node's interpreter
-    with open_run_log(run, command) as log:
+    try:
+        log_file = open_run_log(run, command)
+    except RunTaken:  # another process took it since planning: the driver reports it as taken
+        return EXIT_TAKEN
+    with log_file as log:
         process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
             [sys.executable, "-c", _RESTORE_SIGINT_AND_EXEC, *command],
             cwd=cwd,
@@ -398,8 +406,7 @@ def _submit_and_wait(
         result.interrupted.extend(run.name for run, _ in queued)
         _stop(ray, runs_of, result, out, poll_s)
     finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+        restore_handlers(previous_term)
     return result
 
 
