@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from plasticrl.plasticity.interventions import (
-    HIDDEN_GAIN,
     TAG_PREFIX,
     InterventionContext,
     ProbeSource,
@@ -26,8 +25,7 @@ from plasticrl.plasticity.interventions import (
     register_intervention,
 )
 from plasticrl.plasticity.metrics import unit_activity
-from plasticrl.plasticity.surgery import AdamStep, InitKind, SliceSteps, reinit_units_
-from plasticrl.plasticity.units import UnitLayer
+from plasticrl.plasticity.surgery import AdamStep, InitKind
 from torch import nn
 
 __all__ = ["CBPOptions", "ContinualBackprop"]
@@ -106,11 +104,8 @@ class ContinualBackprop(UnitIntervention):
         options: CBPOptions,
         ctx: InterventionContext,
     ) -> None:
-        super().__init__(model, optimizer, ctx, options.init)
+        super().__init__(model, optimizer, ctx, options.init, options.adam_step)
         self.options = options
-        self.steps = (
-            SliceSteps(optimizer, dict(model.named_parameters())) if options.adam_step == "reset" else None
-        )
         device = model_device(model)
         self.utility = {
             u.name: torch.zeros(u.n_units, dtype=torch.float64, device=device) for u in self.layers
@@ -118,21 +113,6 @@ class ContinualBackprop(UnitIntervention):
         self.age = {u.name: torch.zeros(u.n_units, dtype=torch.long, device=device) for u in self.layers}
         self.credit = {u.name: 0.0 for u in self.layers}
         self.replaced = 0
-
-    def recycle(self, layer: UnitLayer, units: torch.Tensor) -> None:
-        """Recycle ``units`` of ``layer``, with the step-count choice ``adam_step`` (Note [Step count])."""
-        reinit_units_(
-            layer.producer,
-            units,
-            layer.consumers,
-            self.optimizer,
-            generator=self.generator,
-            init=self.init,
-            gain=HIDDEN_GAIN,
-            copies=layer.copies,
-            norms=layer.norms,
-            steps=self.steps,
-        )
 
     def after_update(
         self,

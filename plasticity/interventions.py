@@ -55,7 +55,14 @@ import numpy as np
 import torch
 from plasticrl.plasticity.options import build_options, parse_entry
 from plasticrl.plasticity.registry import Registry
-from plasticrl.plasticity.surgery import InitKind, check_editable, check_optimizer, reinit_units_
+from plasticrl.plasticity.surgery import (
+    AdamStep,
+    InitKind,
+    SliceSteps,
+    check_editable,
+    check_optimizer,
+    reinit_units_,
+)
 from plasticrl.plasticity.units import UnitLayer, find_unit_layers
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -254,7 +261,9 @@ class UnitIntervention(InterventionBase):
     """Base of ReDo and CBP: the model's hidden layers, a forward reading their units, the edit.
 
     The layers come from :func:`plasticrl.plasticity.units.find_unit_layers`, the edit is
-    :func:`plasticrl.plasticity.surgery.reinit_units_`.
+    :func:`plasticrl.plasticity.surgery.reinit_units_`; ``adam_step`` ``reset`` gives recycled
+    slices their own bias correction (``self.steps``, Note [Step count] in
+    :mod:`plasticrl.plasticity.surgery`), ``keep`` leaves the tensor's step count.
 
     Raises (at construction):
         ValueError: a parametrized network, an optimizer whose state cannot be edited slice by
@@ -267,6 +276,7 @@ class UnitIntervention(InterventionBase):
         optimizer: torch.optim.Optimizer,
         ctx: InterventionContext,
         init: InitKind | None,
+        adam_step: AdamStep = "keep",
     ) -> None:
         refuse_parametrized(self.name, model)
         check_optimizer(optimizer)
@@ -277,6 +287,7 @@ class UnitIntervention(InterventionBase):
                 f"{self.name}: {type(model).__name__} has no hidden layer whose units can be recycled"
             )
         self.init: InitKind = ctx.init if init is None else init
+        self.steps = SliceSteps(optimizer, dict(model.named_parameters())) if adam_step == "reset" else None
 
     @torch.no_grad()
     def unit_inputs(self, obs: Tensor) -> dict[str, Tensor]:
@@ -312,6 +323,7 @@ class UnitIntervention(InterventionBase):
             gain=HIDDEN_GAIN,
             copies=layer.copies,
             norms=layer.norms,
+            steps=self.steps,
         )
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from plasticrl.plasticity.interventions import (
-    HIDDEN_GAIN,
     TAG_PREFIX,
     InterventionContext,
     ProbeSource,
@@ -25,8 +24,7 @@ from plasticrl.plasticity.interventions import (
     register_intervention,
 )
 from plasticrl.plasticity.metrics import dormant_masks, tau_tag
-from plasticrl.plasticity.surgery import AdamStep, InitKind, SliceSteps, reinit_units_
-from plasticrl.plasticity.units import UnitLayer
+from plasticrl.plasticity.surgery import AdamStep, InitKind
 from torch import nn
 
 __all__ = ["ReDoOptions", "ReDo"]
@@ -96,28 +94,10 @@ class ReDo(UnitIntervention):
         options: ReDoOptions,
         ctx: InterventionContext,
     ) -> None:
-        super().__init__(model, optimizer, ctx, options.init)
+        super().__init__(model, optimizer, ctx, options.init, options.adam_step)
         self.options = options
-        self.steps = (
-            SliceSteps(optimizer, dict(model.named_parameters())) if options.adam_step == "reset" else None
-        )
         self.resets = 0  # resets performed
         self.recycled = 0  # units recycled over the run
-
-    def recycle(self, layer: UnitLayer, units: torch.Tensor) -> None:
-        """Recycle ``units`` of ``layer``, with the step-count choice ``adam_step`` (Note [Step count])."""
-        reinit_units_(
-            layer.producer,
-            units,
-            layer.consumers,
-            self.optimizer,
-            generator=self.generator,
-            init=self.init,
-            gain=HIDDEN_GAIN,
-            copies=layer.copies,
-            norms=layer.norms,
-            steps=self.steps,
-        )
 
     def after_update(
         self,
