@@ -699,7 +699,9 @@ def test_record_constructor_args_covers_every_argument() -> None:
         "clock_scale": 2,
         "autoreset_mode": None,
     }
-    assert repr(env._saved_kwargs["change"]) == "PermuteObs(mode='spatial', layout='chw', first_task='identity')"
+    assert (
+        repr(env._saved_kwargs["change"]) == "PermuteObs(mode='spatial', layout='chw', first_task='identity')"
+    )
 
 
 def test_docstring_examples_run() -> None:

@@ -1,4 +1,4 @@
-"""Callbacks (``callbacks:``): the loops call your hooks at fixed points; early stopping; checkpointed state."""
+"""Callbacks (``callbacks:``): the loops call your hooks at fixed points; early stop; checkpointed state."""
 
 from __future__ import annotations
 

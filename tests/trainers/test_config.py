@@ -203,7 +203,11 @@ def test_tuples_are_built_from_lists() -> None:
         ({"agent": {"loss": "l1"}}, "agent.loss", ["huber", "mse"]),
         ({"optimizer": {"lr_schedule": "cosine"}}, "optimizer.lr_schedule", ["constant", "linear"]),
         ({"network": {"init": "xavier"}}, "network.init", ["default", "orthogonal"]),
-        ({"agent": {"obs_storage": "int4"}}, "agent.obs_storage", ["auto", "float32", "uint8", "bits", "frames"]),
+        (
+            {"agent": {"obs_storage": "int4"}},
+            "agent.obs_storage",
+            ["auto", "float32", "uint8", "bits", "frames"],
+        ),
     ],
 )
 def test_invalid_literal_lists_valid_choices(data: dict, key: str, valid: list[str]) -> None:

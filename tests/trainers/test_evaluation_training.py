@@ -1,4 +1,4 @@
-"""Evaluation during training (``eval.*``): its own envs and stream, the current task, no effect on training."""
+"""Evaluation during training (``eval.*``): own envs and stream, the current task, training untouched."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def _params(agent: object) -> list[torch.Tensor]:
 
 
 def _dqn(runs: Path, *extra: str) -> object:
-    return train(load_config(None, [*TINY_DQN_OVERRIDES, *SWITCHING, f"logging.dir={runs}", *extra]), quiet=True)
+    return train(
+        load_config(None, [*TINY_DQN_OVERRIDES, *SWITCHING, f"logging.dir={runs}", *extra]), quiet=True
+    )
 
 
 def _ppo(runs: Path, *extra: str) -> object:
@@ -74,13 +76,17 @@ def test_greedy_evaluation_of_a_fixed_policy_uses_no_randomness_but_the_resets(r
     one = _dqn(runs_dir / "g1", "eval.every=300", "eval.episodes=2", "eval.policy=greedy")
     two = _dqn(runs_dir / "g2", "eval.every=300", "eval.episodes=2", "eval.policy=sample", "eval.epsilon=0")
     # ε = 0 sampling is the greedy policy: the same returns from the same reset seeds
-    assert read_scalars(one.run_dir)["eval/episodic_return"] == read_scalars(two.run_dir)["eval/episodic_return"]
+    assert (
+        read_scalars(one.run_dir)["eval/episodic_return"] == read_scalars(two.run_dir)["eval/episodic_return"]
+    )
 
 
 def test_bad_eval_values_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"eval.episodes must be >= 1"):
         load_config(None, ["eval.episodes=0"])
-    with pytest.raises(ConfigError, match=r"eval.policy: invalid value 'best'; valid choices: \['sample', 'greedy'\]"):
+    with pytest.raises(
+        ConfigError, match=r"eval.policy: invalid value 'best'; valid choices: \['sample', 'greedy'\]"
+    ):
         load_config(None, ["eval.policy=best"])
 
 

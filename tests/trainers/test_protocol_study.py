@@ -56,10 +56,14 @@ def test_every_arm_of_the_study_trains_a_few_hundred_steps(study: str, runs_dir:
         return
     for method, run in firsts.items():
         overrides = [o for o in run.overrides if not o.startswith("logging.")]
-        cfg = load_config(run.preset, [*overrides, *TINY, f"logging.dir={runs_dir}", f"logging.name={method}"])
+        cfg = load_config(
+            run.preset, [*overrides, *TINY, f"logging.dir={runs_dir}", f"logging.name={method}"]
+        )
         result = train(cfg, quiet=True)
         assert result.status == "finished" and result.global_step == 320, method
         scalars = read_scalars(result.run_dir)
         assert scalars["optimizer/resets"][1][-1] >= 3, method  # boundaries at 64, 128, 192, 256
-        assert "eval/episodic_return" in scalars and any(t.startswith("eval/episodic_return/game_") for t in scalars)
+        assert "eval/episodic_return" in scalars and any(
+            t.startswith("eval/episodic_return/game_") for t in scalars
+        )
         assert any(t.startswith("plasticity/") for t in scalars), method
