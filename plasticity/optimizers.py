@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from plasticrl.plasticity.dataflow import walk_back
 from plasticrl.plasticity.registry import Registry, StateKeys, options_of
 from plasticrl.plasticity.rmsprop import RMSprop
 from torch import fx, nn
@@ -345,19 +346,8 @@ def _data_flow_heads(model: nn.Module) -> tuple[str, ...]:
         return None
 
     def first_owners(start: Sequence[fx.Node]) -> set[str]:
-        found: set[str] = set()
-        stack, seen = list(start), set()
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
-            name = owner(node)
-            if name is not None:
-                found.add(name)
-                continue
-            stack.extend(node.all_input_nodes)
-        return found
+        owners = (owner(node) for node in walk_back(start, lambda n: owner(n) is not None))
+        return {name for name in owners if name is not None}
 
     output = next(n for n in graph.nodes if n.op == "output")
     heads = first_owners(output.all_input_nodes)

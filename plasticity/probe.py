@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+from plasticrl.plasticity.dataflow import walk_back
 from plasticrl.plasticity.metrics import (
     _AFFINE,
     _ELEMENTWISE,
@@ -138,22 +139,14 @@ def _data_flow(
         producers: set[str] = set()
         acts: set[str] = set()
         crossed: list[fx.Node] = []
-        stack, seen = list(start), set()
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
+        leaf = ("placeholder", "get_attr")
+        for node in walk_back(start, lambda n: is_matrix(n) or is_activation(n) or n.op in leaf):
             if is_matrix(node):
                 producers.add(str(node.target))
-                continue
-            if is_activation(node):
+            elif is_activation(node):
                 acts.add(str(node.target))
-                continue
-            if node.op in ("placeholder", "get_attr"):
-                continue
-            crossed.append(node)
-            stack.extend(node.all_input_nodes)
+            elif node.op not in leaf:
+                crossed.append(node)
         return producers, acts, crossed
 
     head_set = set(heads)
