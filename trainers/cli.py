@@ -249,7 +249,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from plasticrl.agents import AGENTS, NETWORKS
+    from plasticrl.envs.changes import CHANGES
     from plasticrl.envs.make import ENV_ALIASES
+    from plasticrl.envs.schedules import SCHEDULES
     from plasticrl.plasticity import OPTIMIZERS, REGULARIZERS
     from plasticrl.plasticity.interventions import INTERVENTIONS
 
@@ -259,6 +261,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "optimizers": OPTIMIZERS.names(),
         "regularizers": REGULARIZERS.names(),
         "interventions": INTERVENTIONS.names(),
+        "change kinds (nonstationary.kind; a list of them composes)": CHANGES.names(),
+        "schedules (nonstationary.every / at / random / geometric)": SCHEDULES.names(),
         "env aliases": [f"{k} -> {v}" for k, v in ENV_ALIASES.items()],
     }
     for title, names in sections.items():

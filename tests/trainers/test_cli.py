@@ -101,10 +101,21 @@ def test_list_prints_registered_names(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     words = {line.strip().split(" ")[0] for line in out.splitlines()}
-    for name in ("dqn", "mlp", "minatar_cnn", "adam", "adamw", "sgd", "rmsprop", "breakout"):
+    for name in (
+        "dqn",
+        "mlp",
+        "minatar_cnn",
+        "adam",
+        "adamw",
+        "sgd",
+        "rmsprop",
+        "breakout",
+        "obs_noise",
+        "every",
+    ):
         assert name in words, name
     assert "breakout -> MinAtar/Breakout-v0" in out
-    for section in ("agents:", "networks:", "optimizers:", "regularizers:", "env aliases:"):
+    for section in ("agents:", "networks:", "optimizers:", "regularizers:", "env aliases:", "change kinds"):
         assert section in out
 
 
