@@ -300,8 +300,13 @@ class PPOAgent:
         return actions, dist.log_prob(actions)
 
     @torch.no_grad()
-    def evaluation_actions(self, obs: np.ndarray, *, greedy: bool, rng: np.random.Generator) -> np.ndarray:
+    def evaluation_actions(
+        self, obs: np.ndarray, *, greedy: bool, rng: np.random.Generator, epsilon: float = 0.0
+    ) -> np.ndarray:
         """Actions for evaluation episodes: π's mode (``greedy``) or a draw from π(·|s).
+
+        ``epsilon`` (ε-greedy exploration, ``eval.epsilon``) is for value-based agents: a policy
+        that samples explores by itself, so it is not used here.
 
         Draws come from ``rng`` (the evaluation's own stream), never from the training
         generators, so evaluating leaves training bit-identical.

@@ -91,15 +91,16 @@ class Evaluator:
             if frozen is not None:
                 env.set_state(frozen)
             observations.append(env.reset(seed=int(seed))[0])
-        task_ids = [int(getattr(env, "task_id", 0)) for env in envs]
-        games = [getattr(env.unwrapped, "index", None) for env in envs]
+        task_id = int(getattr(envs[0], "task_id", 0))  # every eval env runs the same frozen task
+        game = getattr(envs[0].unwrapped, "index", None)  # a game switch's TaskSet index
         returns = np.zeros(ev.episodes)
         active = np.ones(ev.episodes, dtype=bool)
         obs = np.stack(observations)
-        extra = {"epsilon": ev.epsilon} if cfg.agent.name == "dqn" else {}
         for _ in range(ev.max_episode_steps):
             where = np.flatnonzero(active)
-            actions = agent.evaluation_actions(obs[where], greedy=ev.policy == "greedy", rng=rng, **extra)
+            actions = agent.evaluation_actions(
+                obs[where], greedy=ev.policy == "greedy", rng=rng, epsilon=ev.epsilon
+            )
             for i, action in zip(where, actions, strict=True):
                 next_obs, reward, terminated, truncated, _ = envs[i].step(action)
                 returns[i] += float(reward)
@@ -109,10 +110,10 @@ class Evaluator:
             if not active.any():
                 break
         mean = float(returns.mean())
-        scalars = {"eval/episodic_return": mean, f"eval/episodic_return/task_{task_ids[0]}": mean}
+        scalars = {"eval/episodic_return": mean, f"eval/episodic_return/task_{task_id}": mean}
         tasks = cfg.nonstationary.tasks
-        if games[0] is not None and tasks and cfg.nonstationary.kind is not None:
-            scalars[f"eval/episodic_return/game_{tasks[int(games[0])]}"] = mean
+        if game is not None and tasks and cfg.nonstationary.kind is not None:
+            scalars[f"eval/episodic_return/game_{tasks[int(game)]}"] = mean
         return scalars
 
     def close(self) -> None:

@@ -313,8 +313,8 @@ def train_off_policy(
                     if hooks:
                         callbacks.on_update(step, metrics)
                     if companions.measure_due(agent):
-                        idx = companions.probe_rng.integers(0, len(buffer), size=cfg.metrics.probe_size)
-                        logger.log(companions.measure(agent, buffer.get(idx).obs, metrics), step)
+                        probe = _replay_obs(buffer, companions.probe_rng, cfg.metrics.probe_size)
+                        logger.log(companions.measure(agent, probe, metrics), step)
                     if interventions:  # after the metrics: they see the network the update produced
                         switched, state.task_switch_pending = state.task_switch_pending, False
                         for scalars in companions.intervene(agent, intervention_obs, switched):

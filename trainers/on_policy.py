@@ -255,16 +255,13 @@ def train_on_policy(
                 state.optimizer_resets += 1
                 logger.log({"optimizer/resets": float(state.optimizer_resets)}, state.global_step)
             metrics = agent.update(batch)
-            if hooks:
-                callbacks.on_update(state.global_step, metrics)
             seconds["rollout"] += t_update - t_start
             seconds["update"] += time.perf_counter() - t_update
+            if hooks:  # after the timing: your hooks' time is not the update's
+                callbacks.on_update(state.global_step, metrics)
             if companions.measure_due(agent):
-                n, size = batch.obs.shape[0], cfg.metrics.probe_size
-                idx = torch.as_tensor(
-                    companions.probe_rng.choice(n, size=size, replace=size > n), device=device
-                )
-                logger.log(companions.measure(agent, batch.obs[idx], metrics), state.global_step)
+                probe = _rollout_obs(batch, companions.probe_rng, cfg.metrics.probe_size)
+                logger.log(companions.measure(agent, probe, metrics), state.global_step)
             if interventions:  # after the metrics: they see the network the update produced
                 probe_obs = functools.partial(_rollout_obs, batch, companions.intervention_rng)
                 for scalars in companions.intervene(agent, probe_obs, switched):

@@ -62,18 +62,9 @@ def _wrapper(seed: int, every: int):  # noqa: ANN202
 
 def _played(env, steps: int, rng: np.random.Generator) -> list[tuple[int, tuple[int, ...]]]:  # noqa: ANN001
     """Step ``env`` with random actions; (game, permutation) of every task it started."""
-    seen = []
     env.reset(seed=0)
-    state = env.get_state()
-    seen.append((int(env.unwrapped.index), tuple(state["params"][1][1])))
-    for _ in range(steps):
-        _, _, terminated, truncated, _ = env.step(int(rng.integers(6)))
-        if terminated or truncated:
-            _, info = env.reset()
-            if info.get("task_switched"):
-                assert info["game"] == env.unwrapped.index
-                seen.append((int(info["game"]), tuple(env.get_state()["params"][1][1])))
-    return seen
+    first = (int(env.unwrapped.index), tuple(env.get_state()["params"][1][1]))
+    return [first, *_played_after(env, steps, rng)]
 
 
 @pytest.mark.parametrize("seed", [26, 29])
@@ -103,6 +94,7 @@ def _played_after(env, steps: int, rng: np.random.Generator) -> list[tuple[int, 
         if terminated or truncated:
             _, info = env.reset()
             if info.get("task_switched"):
+                assert info["game"] == env.unwrapped.index
                 seen.append((int(info["game"]), tuple(env.get_state()["params"][1][1])))
     return seen
 
