@@ -32,8 +32,12 @@ class RolloutBatch(NamedTuple):
     returns: Tensor
 
     def index(self, idx: Tensor) -> RolloutBatch:  # type: ignore[override]  # a gather, not tuple.index
-        """The samples at ``idx``."""
-        return RolloutBatch(*(field[idx] for field in self))
+        """The samples at ``idx``.
+
+        ``index_select``: the same rows as ``field[idx]``, about 2.5× faster on CPU for a
+        minibatch of MinAtar observations.
+        """
+        return RolloutBatch(*(field.index_select(0, idx) for field in self))
 
 
 class Rollout:
@@ -45,11 +49,17 @@ class Rollout:
     i was truncated at step t. Every slot is overwritten by the next rollout, so the storage is
     never checkpointed: checkpoints are taken between rollouts.
 
-    Where the tensors live: ``obs``, ``actions`` and ``log_probs`` (network inputs and outputs) on
-    the agent's device; ``rewards``, ``terminations`` and ``truncations`` on the CPU, as views of
-    numpy arrays that the env's outputs are written into (a numpy row copy is the cheapest write
-    per step); ``values`` and ``final_values``, the other GAE inputs, on the CPU too, where GAE's
-    sequential loop over T runs best. :meth:`batch` moves everything to the device.
+    Note [Env device]
+        ``obs``, ``actions`` and ``log_probs`` (network inputs and outputs) live on the agent's
+        device. With numpy envs (``tensor_envs=False``), ``rewards``, ``terminations`` and
+        ``truncations`` live on the CPU, written through numpy views (a numpy row copy is the
+        cheapest write per step), and ``values`` and ``final_values``, the other GAE inputs, on
+        the CPU too, where GAE's sequential loop over T runs best; numpy observations bound for a
+        GPU are copied into a pinned buffer and from there asynchronously (the next step's copy
+        into that buffer comes after the actions' copy back to the host, which waits for the
+        previous upload). With tensor envs (a batched MinAtar with ``tensors: true`` on the
+        agent's device) everything stays on the device: nothing crosses to the host but the
+        episode statistics. :meth:`batch` moves everything to the device.
     """
 
     def __init__(
@@ -59,23 +69,39 @@ class Rollout:
         observation_space: gym.Space,
         action_space: gym.Space,
         device: torch.device | str = "cpu",
+        *,
+        tensor_envs: bool = False,
     ) -> None:
         shape = (num_steps, num_envs)
         self.device = torch.device(device)
+        self.tensor_envs = tensor_envs
         action_dtype = torch.int64 if isinstance(action_space, gym.spaces.Discrete) else torch.float32
         obs_shape, action_shape = observation_space.shape or (), action_space.shape or ()
         self.obs = torch.zeros((*shape, *obs_shape), device=self.device)
         self.actions = torch.zeros((*shape, *action_shape), dtype=action_dtype, device=self.device)
         self.log_probs = torch.zeros(shape, device=self.device)
-        self._env_outputs = np.zeros((3, *shape), dtype=np.float32)  # rewards, terminations, truncations
-        self.rewards, self.terminations, self.truncations = torch.from_numpy(self._env_outputs).unbind(0)
-        self.values = torch.zeros(shape)
-        self.final_values = torch.zeros(shape)
+        # Env outputs and the other GAE inputs: where the env's outputs arrive (Note [Env device]).
+        where = self.device if tensor_envs else torch.device("cpu")
+        self._env_outputs = torch.zeros((3, *shape), device=where)  # rewards, terminations, truncations
+        self._env_numpy = None if tensor_envs else self._env_outputs.numpy()
+        self.rewards, self.terminations, self.truncations = self._env_outputs.unbind(0)
+        self.values = torch.zeros(shape, device=where)
+        self.final_values = torch.zeros(shape, device=where)
+        # numpy observations bound for a GPU pass through pinned memory (Note [Env device])
+        self._staging = None
+        if not tensor_envs and self.device.type == "cuda":
+            self._staging = torch.empty((num_envs, *obs_shape), pin_memory=True)
 
-    def put_obs(self, t: int, obs: np.ndarray) -> Tensor:
+    def put_obs(self, t: int, obs: np.ndarray | Tensor) -> Tensor:
         """Store the observations of step t; returns the stored tensor (the agent's input)."""
         slot = self.obs[t]
-        slot.copy_(torch.from_numpy(obs))  # no intermediate copy: numpy memory → the slot
+        if isinstance(obs, Tensor):
+            slot.copy_(obs)
+        elif self._staging is not None:
+            self._staging.numpy()[...] = obs
+            slot.copy_(self._staging, non_blocking=True)
+        else:
+            slot.copy_(torch.from_numpy(obs))  # no intermediate copy: numpy memory → the slot
         return slot
 
     def put_step(
@@ -90,7 +116,7 @@ class Rollout:
         """Store what acting returned and what the env step returned for step t."""
         self.actions[t] = actions
         self.log_probs[t] = log_probs
-        env_outputs = self._env_outputs
+        env_outputs = self._env_numpy if self._env_numpy is not None else self._env_outputs
         env_outputs[0, t] = rewards
         env_outputs[1, t] = terminations
         env_outputs[2, t] = truncations

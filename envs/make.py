@@ -85,7 +85,8 @@ class EnvConfig:
     vector: Literal["sync", "async", "batched"] = "sync"
     """SyncVectorEnv (one process), AsyncVectorEnv (one worker process per sub-env), or ``batched``:
     MinAtar games stepped as tensor operations for all sub-envs at once, the same game step for step
-    (:mod:`plasticrl.envs.batched_minatar`; MinAtar ids only, stationary only for now)."""
+    (:mod:`plasticrl.envs.batched_minatar`; MinAtar ids only; non-stationary with ``on: step``
+    and the kinds switch, permute_obs, permute_actions, reward_scale and their compositions)."""
     imports: tuple[str, ...] = ()
     """Plugin modules imported before the env is made, e.g. [ale_py, minigrid] (they register ids)."""
     wrappers: tuple[str | Mapping[str, Any], ...] = ()
@@ -707,9 +708,16 @@ def make_env(cfg: EnvConfig, env_id: str | None = None) -> gym.Env:
     return apply_wrappers(_make_base_env(cfg, env_id), cfg.wrappers)
 
 
+BATCHED_ONLY_KWARGS = frozenset({"device", "source", "channels", "tensors"})
+"""``env.kwargs`` of the batched MinAtar alone (:class:`plasticrl.envs.batched_minatar.BatchedMinAtar`):
+the package's envs that a batched run evaluates on are made without them."""
+
+
 def _make_base_env(cfg: EnvConfig, env_id: str | None) -> gym.Env:
     env_id = resolve_env_id(env_id or cfg.id)
     kwargs = dict(cfg.kwargs)
+    if cfg.vector == "batched":
+        kwargs = {key: value for key, value in kwargs.items() if key not in BATCHED_ONLY_KWARGS}
     if ":" in env_id:
         kind, rest, factory = _split_spec(env_id)
         if kind == "id":
@@ -776,19 +784,26 @@ class MujocoState(gym.Wrapper[Any, Any, Any, Any]):
 
 
 def build_sub_env(
-    cfg: EnvConfig, seed: int, index: int, nonstationary: NonStationaryConfig | None = None
+    cfg: EnvConfig,
+    seed: int,
+    index: int,
+    nonstationary: NonStationaryConfig | None = None,
+    make: Any = None,
 ) -> gym.Env:
     """Sub-env ``index`` of a run, as every vector env of plasticrl is made (:mod:`plasticrl.envs.vector`).
 
     ``make_env`` (a ``TaskSet`` of the tasks for ``switch``), wrapped by ``NonStationary`` with the
     run seed and ``clock_scale=num_envs`` when configured; its action space seeded ``seed + index``.
-    Module-level, not a closure, so that vector envs built from it pickle.
+    Module-level, not a closure, so that vector envs built from it pickle. ``make`` replaces
+    ``make_env`` as ``make(cfg, env_id=None)`` (the batched MinAtar's task clock builds its
+    stand-in tasks this way, so that its task sequence is the sub-envs' by construction).
     """
+    make = make_env if make is None else make
     ns = nonstationary if nonstationary is not None and nonstationary.kind is not None else None
     if ns is not None and "switch" in change_kinds(ns.kind):  # type: ignore[arg-type]
-        env: gym.Env = TaskSet(list(ns.tasks), make_task=functools.partial(make_env, cfg), pad_to=ns.pad_to)
+        env: gym.Env = TaskSet(list(ns.tasks), make_task=functools.partial(make, cfg), pad_to=ns.pad_to)
     else:
-        env = make_env(cfg)
+        env = make(cfg)
     if ns is not None:
         env = NonStationary(
             env,

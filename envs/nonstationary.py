@@ -528,6 +528,16 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         return self._task_id
 
     @property
+    def transforms(self) -> Transforms:
+        """What the running episode's task does to every step.
+
+        The observation gather (folded into the env below or not), the action table and the
+        reward scale; ``env_step`` is not given.
+        """
+        index = self._obs_index if self._obs_index is not None else self._folded
+        return Transforms(index, self._action_lut, self._reward_scale)
+
+    @property
     def scheduled_task_id(self) -> int:
         """The latest due task, which the next episode will run."""
         if self._rng is None:

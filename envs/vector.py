@@ -34,7 +34,14 @@ import gymnasium as gym
 import numpy as np
 from plasticrl.envs.make import EnvConfig, NonStationaryConfig, build_sub_env
 
-__all__ = ["make_vector_env", "envs_state", "restore_envs", "final_observations"]
+__all__ = [
+    "make_vector_env",
+    "envs_state",
+    "restore_envs",
+    "final_observations",
+    "task_state",
+    "host_episodes",
+]
 
 
 class _PicklableSubEnv(gym.Wrapper[Any, Any, Any, Any]):
@@ -80,11 +87,6 @@ def make_vector_env(
     Sync and async step the same sub-envs, so a run gives identical results with either.
     """
     if cfg.vector == "batched":  # MinAtar as tensor operations (plasticrl.envs.batched_minatar)
-        if nonstationary is not None and nonstationary.kind is not None:
-            raise ValueError(
-                f"env.vector=batched does not support nonstationary.kind={nonstationary.kind!r} yet; "
-                "use env.vector=sync or async"
-            )
         from plasticrl.envs.batched_minatar import make_batched_vector_env
 
         return make_batched_vector_env(cfg, seed, nonstationary)
@@ -118,13 +120,52 @@ def restore_envs(
     return envs
 
 
-def final_observations(next_obs: np.ndarray, infos: Mapping[str, Any], done: np.ndarray) -> np.ndarray:
+def task_state(envs: gym.vector.VectorEnv) -> dict[str, Any]:
+    """Sub-env 0's ``NonStationary`` lifetime state (``get_state``) of envs from :func:`make_vector_env`.
+
+    A batched MinAtar keeps that state in its task clock (Note [Task clock] in
+    :mod:`plasticrl.envs.batched_minatar.nonstationary`); sync and async envs in their sub-envs.
+    """
+    layer: Any = envs
+    while isinstance(layer, gym.vector.VectorWrapper):
+        clock = getattr(layer, "clock", None)
+        if clock is not None:
+            return clock.get_state()
+        layer = layer.env
+    return envs.unwrapped.call("get_state")[0]
+
+
+def host_episodes(infos: dict[str, Any]) -> dict[str, Any]:
+    """``infos`` with a tensor env's episode statistics as numpy arrays (what episode logging reads).
+
+    A batched MinAtar in ``tensors`` mode records ``infos["episode"]`` (``r``, ``l``) and
+    ``_episode`` as tensors on its device; they are copied to the host only at steps where an
+    episode ended.
+    """
+    ended = infos.get("_episode")
+    if ended is None or isinstance(ended, np.ndarray):
+        return infos
+    if not bool(ended.any()):
+        infos = dict(infos)
+        del infos["episode"], infos["_episode"]
+        return infos
+    episode = {key: value.cpu().numpy() for key, value in infos["episode"].items()}
+    return {**infos, "episode": episode, "_episode": ended.cpu().numpy()}
+
+
+def final_observations(next_obs: Any, infos: Mapping[str, Any], done: Any) -> Any:
     """The real next observation of every sub-env (Note [Autoreset]).
 
     Where a sub-env's episode ended this step, ``next_obs`` already holds the reset observation;
     its true final observation is taken from ``infos["final_obs"]``. Returns ``next_obs`` itself
-    when no episode ended (no copy).
+    when no episode ended (no copy). Torch tensors (a batched env's ``tensors`` mode, whose
+    ``final_obs`` is one full tensor) are selected with ``torch.where``, without a host sync.
     """
+    if not isinstance(next_obs, np.ndarray):
+        if "final_obs" not in infos:
+            return next_obs
+        mask = done.reshape(-1, *([1] * (next_obs.ndim - 1)))
+        return next_obs.where(~mask, infos["final_obs"])
     if not done.any():
         return next_obs
     real = next_obs.copy()

@@ -71,6 +71,7 @@ class Evaluator:
             step: the env step (seeds the evaluation).
         """
         from plasticrl.envs.make import build_sub_env
+        from plasticrl.envs.vector import task_state
         from plasticrl.trainers.seeding import STREAMS
 
         cfg, ev = self.cfg, self.cfg.eval
@@ -78,10 +79,7 @@ class Evaluator:
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(STREAMS["eval"], step)))
         frozen = None
         if cfg.nonstationary.kind is not None:
-            frozen = {
-                **train_envs.unwrapped.call("get_state")[0],
-                "next_change": None,
-            }  # the schedule stops here
+            frozen = {**task_state(train_envs), "next_change": None}  # the schedule stops here
         if not self._envs:
             self._envs = [build_sub_env(cfg.env, cfg.seed, 0, cfg.nonstationary) for _ in range(ev.episodes)]
         envs = self._envs

@@ -38,7 +38,7 @@ import torch
 from plasticrl.agents.actor_critic import make_actor_critic
 from plasticrl.agents.ppo import PPOAgent, PPOConfig, gae
 from plasticrl.agents.rollout import Rollout, RolloutBatch
-from plasticrl.envs.vector import envs_state, final_observations, make_vector_env, restore_envs
+from plasticrl.envs.vector import envs_state, final_observations, host_episodes, make_vector_env, restore_envs
 from plasticrl.plasticity.interventions import Intervention
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
@@ -106,7 +106,16 @@ def build_ppo(cfg: ExperimentConfig, envs: gym.vector.VectorEnv) -> PPOSetup:
         seed=stream(cfg.seed, "agent"),
         device=device,
     )
-    rollout = Rollout(agent_cfg.num_steps, cfg.env.num_envs, obs_space, act_space, device)
+    tensor_envs = bool(cfg.env.vector == "batched" and cfg.env.kwargs.get("tensors", False))
+    env_device = torch.device(cfg.env.kwargs.get("device", "cpu"))
+    if tensor_envs and env_device != device:
+        raise ValueError(
+            f"env.kwargs.tensors=true keeps the batched env's tensors on env.kwargs.device={env_device}, "
+            f"but the agent runs on device={device}; set both to the same device"
+        )
+    rollout = Rollout(
+        agent_cfg.num_steps, cfg.env.num_envs, obs_space, act_space, device, tensor_envs=tensor_envs
+    )
     # An impossible combination (e.g. ReDo on a constrained network) fails here, at start-up.
     interventions = build_interventions(model, learning.optimizer, cfg, obs_space, device)
     return PPOSetup(agent, rollout, learning.probe, num_iterations, interventions)
@@ -120,8 +129,8 @@ def build_ppo(cfg: ExperimentConfig, envs: gym.vector.VectorEnv) -> PPOSetup:
 class OnPolicyState:
     """The on-policy loop's step count and the sub-envs' current observations (checkpointed)."""
 
-    obs: np.ndarray
-    """The observations the next rollout starts from."""
+    obs: np.ndarray | Tensor
+    """The observations the next rollout starts from (a tensor from a tensor env)."""
     global_step: int = 0
     """Env steps done, summed over sub-envs."""
     optimizer_resets: int = 0
@@ -195,6 +204,8 @@ def train_on_policy(
             **companions.state_dict(),
         }
 
+    tensor_envs = rollout.tensor_envs  # a batched MinAtar on the agent's device (Note [Env device])
+
     def as_tensor(array: np.ndarray) -> Tensor:
         return torch.as_tensor(array, dtype=torch.float32, device=device)  # no copy for float32 on CPU
 
@@ -215,16 +226,21 @@ def train_on_policy(
             # ---- rollout: num_steps steps of every sub-env, one actor forward per step
             for t in range(agent_cfg.num_steps):
                 actions, log_probs = agent.act(rollout.put_obs(t, state.obs))
-                next_obs, rewards, terminations, truncations, infos = envs.step(actions.cpu().numpy())
+                next_obs, rewards, terminations, truncations, infos = envs.step(
+                    actions if tensor_envs else actions.cpu().numpy()
+                )
                 state.global_step += num_envs
                 rollout.put_step(t, actions, log_probs, rewards, terminations, truncations)
                 # a truncated episode bootstraps from its final observation's value (gae)
                 bootstrap = truncations & ~terminations
                 if bootstrap.any():
                     final_obs = final_observations(next_obs, infos, bootstrap)[bootstrap]
-                    where = torch.from_numpy(np.flatnonzero(bootstrap))
-                    rollout.final_values[t, where] = agent.value(as_tensor(final_obs)).cpu()
+                    where = bootstrap.nonzero().squeeze(1) if tensor_envs else np.flatnonzero(bootstrap)
+                    values = agent.value(as_tensor(final_obs))
+                    rollout.final_values[t, where] = values if tensor_envs else values.cpu()
                 state.obs = next_obs
+                if tensor_envs:
+                    infos = host_episodes(infos)
                 for scalars in episodes.record(infos):
                     logger.log(scalars, state.global_step)
                 if hooks:

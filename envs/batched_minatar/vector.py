@@ -39,13 +39,22 @@ Note [Protocol transforms]
     :meth:`BatchedMinAtar.set_observation_gather` installs a gather with the meaning of
     ``plasticrl.envs.gather`` (``permute_obs`` permutations, padding) on every env at once;
     :meth:`BatchedMinAtar.set_action_table` installs an action table (``permute_actions``: agent
-    action ``a`` runs ``table[a]``). The wrapper that schedules them at the vector level is not
-    part of this module. The padded space's bounds are [0, 1] in every channel (``TaskSet``'s
-    are [0, 0] in channels no task of the set has); the observations are the same.
+    action ``a`` runs ``table[a]``). The padded space's bounds are [0, 1] in every channel
+    (``TaskSet``'s are [0, 0] in channels no task of the set has); the observations are the same.
+
+Note [Task changes]
+    :meth:`BatchedMinAtar.schedule_task` is how the vector-level non-stationarity
+    (:class:`plasticrl.envs.batched_minatar.nonstationary.BatchedNonStationary`) changes the task
+    of every env at once, as ``NonStationary(on="step")`` does in every sub-env of a sync vector
+    env: the next step is truncated wherever it does not terminate, its ``final_obs`` are the old
+    task's observations, and the same-step resets start the new game (each game keeps its own
+    state object and, as each of a ``TaskSet``'s envs does, its own last actions for sticky
+    actions), gather and action table. The games of one vector must fit its channels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -121,7 +130,11 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
         name = game_name(game)
         self.device = torch.device(device)
         self.num_envs = int(num_envs)
+        self._ramping = difficulty_ramping
         self.game: BatchedGame = GAMES[name](self.num_envs, self.device, ramping=difficulty_ramping)
+        self._games: dict[str, BatchedGame] = {name: self.game}  # every game played so far
+        self._last_actions: dict[str, torch.Tensor] = {}  # a game's last actions while it is not played
+        self._pending: tuple[str | None, np.ndarray | None, Any] | None = None  # (Note [Task changes])
         if source == "torch":
             self.rng: RandomSource = TorchSource(self.num_envs, self.device, seed)
         elif source == "numpy":
@@ -140,6 +153,7 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
         self._plain_space = gym.spaces.Box(0.0, 1.0, (self.channels, GRID, GRID), np.float32)
         self.single_observation_space = self._plain_space
         self._gather: torch.Tensor | None = None
+        self._minimal = use_minimal_action_set
         actions = self.game.minimal_actions if use_minimal_action_set else tuple(range(6))
         self._actions = torch.tensor(actions, dtype=torch.int64, device=self.device)
         self._base_actions = self._actions
@@ -182,6 +196,42 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
         if lut.shape != self._base_actions.shape or sorted(lut.tolist()) != list(range(len(lut))):
             raise ValueError(f"an action table must permute {len(self._base_actions)} actions, got {table!r}")
         self._actions = self._base_actions[lut]
+
+    def schedule_task(
+        self,
+        game: str | None = None,
+        gather: np.ndarray | None = None,
+        action_table: np.ndarray | Sequence[int] | None = None,
+    ) -> None:
+        """End every episode at the next step and start the next ones under a new task.
+
+        The next :meth:`step` is truncated in every env that it does not terminate (as
+        ``NonStationary`` with ``on="step"`` does), its final observations are the old task's, and
+        every env is then reset under ``game`` (None: the current one), the observation
+        ``gather`` and the ``action_table`` given (None: none), as :meth:`set_observation_gather`
+        and :meth:`set_action_table` define them (Note [Task changes]).
+        """
+        if game is not None:
+            game = game_name(game)
+            if GAMES[game].num_channels > self.channels:
+                raise ValueError(f"{game} has {GAMES[game].num_channels} channels, more than {self.channels}")
+            if self._minimal and GAMES[game].minimal_actions != self.game.minimal_actions:
+                raise ValueError("games with different minimal action sets cannot share one action space")
+        self._pending = (game, gather, None if action_table is None else np.asarray(action_table))
+
+    def _start_pending_task(self) -> None:
+        """Install the scheduled task (every env is about to be reset)."""
+        assert self._pending is not None
+        game, gather, table = self._pending
+        self._pending = None
+        if game is not None and game != self.game.name:
+            self._last_actions[self.game.name] = self.last_action
+            if game not in self._games:
+                self._games[game] = GAMES[game](self.num_envs, self.device, ramping=self._ramping)
+            self.game = self._games[game]
+            self.last_action = self._last_actions.pop(game, torch.zeros_like(self.last_action))
+        self.set_observation_gather(gather)
+        self.set_action_table(table)
 
     # Observations.
     def raw_observation(self) -> torch.Tensor:
@@ -228,6 +278,8 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
             truncated = torch.zeros_like(terminated)
         else:
             truncated = self.elapsed >= self.max_episode_steps
+        if self._pending is not None:  # a task change ends every episode here (Note [Task changes])
+            truncated = truncated | ~terminated
         done = terminated | truncated
         lengths = self.elapsed.clone() if self.tensors else None
         obs = self._observation()
@@ -237,6 +289,8 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
             infos["_final_obs"] = self._out(done, np.bool_)
             infos["final_info"] = {}
             infos["_final_info"] = infos["_final_obs"]
+            if self._pending is not None:
+                self._start_pending_task()
             self.game.reset(done, self.rng)
             self.elapsed = torch.where(done, 0, self.elapsed)
             obs = self._observation()  # envs that did not reset are unchanged by the reset
@@ -270,18 +324,29 @@ def make_batched_vector_env(
     ``cfg`` is an ``EnvConfig``: ``id`` (a MinAtar id or alias), ``num_envs``, ``kwargs``
     (``sticky_action_prob``, ``difficulty_ramping``, and this module's ``device``, ``source``,
     ``channels``, ``tensors``), ``max_episode_steps`` (None: plasticrl's 10 000). The source is
-    seeded with ``seed`` (the caller's ``reset(seed=seed)`` re-seeds it the same way). Wrapped in
-    gymnasium's ``RecordEpisodeStatistics`` unless ``tensors``.
+    seeded with ``seed`` (the caller's ``reset(seed=seed)`` re-seeds it the same way). With a
+    ``nonstationary`` kind, the envs change task together on sub-env 0's schedule
+    (:class:`plasticrl.envs.batched_minatar.nonstationary.BatchedNonStationary`; the channels
+    default to the tasks' padded ones). Wrapped in gymnasium's ``RecordEpisodeStatistics`` unless
+    ``tensors``.
 
     Raises:
-        NotImplementedError: ``nonstationary`` has a kind (no vector-level wrapper yet).
+        ValueError: a non-stationarity the batched env cannot apply (``on: episode``, ``obs_noise``).
     """
+    from plasticrl.envs.batched_minatar.nonstationary import BatchedNonStationary, make_task_clock
     from plasticrl.envs.make import ENV_ALIASES, MINATAR_TIME_LIMIT
 
-    if nonstationary is not None and getattr(nonstationary, "kind", None) is not None:
-        raise NotImplementedError("the batched MinAtar has no vector-level NonStationary wrapper yet")
     kwargs = {**dict(cfg.kwargs), **options}
+    clock = None
+    if nonstationary is not None and getattr(nonstationary, "kind", None) is not None:
+        clock = make_task_clock(cfg, seed, nonstationary)
+        kwargs.setdefault("channels", clock.observation_space.shape[0])
     env_id = ENV_ALIASES.get(cfg.id, cfg.id)
     limit = cfg.max_episode_steps or MINATAR_TIME_LIMIT
-    envs = BatchedMinAtar(env_id, cfg.num_envs, max_episode_steps=limit, seed=seed, **kwargs)
-    return envs if envs.tensors else gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs: gym.vector.VectorEnv = BatchedMinAtar(
+        env_id, cfg.num_envs, max_episode_steps=limit, seed=seed, **kwargs
+    )
+    tensors = kwargs.get("tensors", False)
+    if clock is not None:
+        envs = BatchedNonStationary(envs, clock)  # type: ignore[arg-type]
+    return envs if tensors else gym.wrappers.vector.RecordEpisodeStatistics(envs)
