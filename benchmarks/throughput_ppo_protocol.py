@@ -1,7 +1,7 @@
 """Env steps/s of the AdamO paper's PPO protocol, beside its multiply-add bound measured in the same process.
 
     python benchmarks/throughput_ppo_protocol.py [--threads 2] [--iterations 3] [--device cpu|cuda]
-        [--cases breakout,protocol,protocol_package,protocol_eager] [key=value ...]
+        [--cases breakout,protocol,protocol_package,protocol_eager] [--processes 2] [key=value ...]
 
 The config is ``configs/minatar/ppo_protocol.yaml`` (2048 envs × 128 steps per rollout, 4 epochs ×
 128 minibatches of 2048, separate actor and critic MLPs of 4 × 64, Adam), trained by plasticrl's
@@ -23,11 +23,16 @@ process's sgemm rate (a 4096 × 1024 × 1024 float32 matmul on the same threads 
 by the config's multiply-adds per env step, counted from the network's linear layers: one actor
 forward to act and one critic forward for the values (rollout), then per epoch one forward of
 both and their backward (two products per layer, but none for the first layer's input gradient).
+``--processes N`` adds, per case, N one-thread processes training at once (how a sweep runs
+seeds side by side on the same cores) and their summed steps/s: the aggregate seed-steps/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -149,21 +154,37 @@ def run_case(name: str, args: argparse.Namespace, rate: float) -> dict[str, floa
     }
 
 
+def _in_processes(name: str, args: argparse.Namespace, count: int) -> list[dict[str, float]]:
+    """Case ``name`` run by ``count`` processes at once, one thread each (as a sweep runs seeds)."""
+    command = [sys.executable, __file__, "--worker", "--threads", "1", "--cases", name]
+    command += ["--iterations", str(args.iterations), "--device", args.device, *args.overrides]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    return [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
-    parser.add_argument(
-        "--iterations", type=int, default=3, help="timed rollouts per case, after one warm-up"
-    )
+    parser.add_argument("--iterations", type=int, default=3, help="timed rollouts per case after a warm-up")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the batched env runs there too)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {list(CASES)}")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="also run each case in this many 1-thread processes at once and sum their steps/s",
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every case")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rate = sgemm_rate(device)
+    if args.worker:  # one case, its figures as JSON (for --processes)
+        print(json.dumps(run_case(args.cases, args, rate)))
+        return
     print(f"sgemm: {rate / 1e9:.1f} GFLOP/s on {args.threads} thread(s), {device}")
     print(
         "| case | env steps/s | of bound | rollout steps/s | update steps/s | update of its bound "
@@ -178,13 +199,20 @@ def main() -> None:
             f"| {r['bound']:,.0f} |",
             flush=True,
         )
+        if args.processes:
+            runs = _in_processes(name, args, args.processes)
+            total = sum(run["sps"] for run in runs)
+            print(
+                f"| {name}, {args.processes} processes x 1 thread | {total:,.0f} (sum) "
+                f"| {total / r['bound']:.2f} | | | | | |",
+                flush=True,
+            )
     if device.type == "cpu":
-        print(
-            f"authors' JAX code, Breakout, this CPU (issue 15): {AUTHORS_JAX[0]:,}-{AUTHORS_JAX[1]:,} env steps/s"
-        )
+        low, high = AUTHORS_JAX
+        print(f"authors' JAX code, Breakout, this CPU (issue 15): {low:,}-{high:,} env steps/s")
     else:
         print(
-            f"authors' estimate for one H100 run: {AUTHORS_H100:,} env steps/s (target: 5x = {5 * AUTHORS_H100:,})"
+            f"authors' estimate for one H100 run: {AUTHORS_H100:,} env steps/s (target {5 * AUTHORS_H100:,})"
         )
 
 
