@@ -42,6 +42,14 @@ Note [Protocol transforms]
     action ``a`` runs ``table[a]``). The padded space's bounds are [0, 1] in every channel
     (``TaskSet``'s are [0, 0] in channels no task of the set has); the observations are the same.
 
+Note [Observation cost]
+    Building an observation is most of a step's cost at 2048 envs: the games' planes are stacked
+    as bytes and cast to float32 once. A gather that reorders whole planes and adds zero planes
+    (``permute_obs`` in ``channels`` mode, the padding to 10 channels: the protocol's) is done by
+    stacking the planes in that order, at no cost beyond the plain observation; any other gather
+    (``spatial``, ``all``) is an ``index_select`` on the bytes (about 3.5× faster than advanced
+    indexing on the floats, which the plain path cost 37 ms of a 70 ms step at 2048 envs).
+
 Note [Task changes]
     :meth:`BatchedMinAtar.schedule_task` is how the vector-level non-stationarity
     (:class:`plasticrl.envs.batched_minatar.nonstationary.BatchedNonStationary`) changes the task
@@ -109,6 +117,7 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    _plane_order: tuple[int, ...] | None = None  # (a class default: older pickles lack it)
 
     def __init__(
         self,
@@ -177,6 +186,7 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
         """
         from plasticrl.envs.gather import check_gather_index, gathered_space
 
+        self._plane_order = None
         if index is None:
             self._gather = None
             self.single_observation_space = self._plain_space
@@ -184,6 +194,7 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
             index = check_gather_index(index, int(np.prod(self._plain_space.shape)))
             self._gather = torch.as_tensor(index.reshape(-1), dtype=torch.int64, device=self.device)
             self._gather_shape = tuple(index.shape)
+            self._plane_order = _plane_order(index, self.channels)
             self.single_observation_space = gathered_space(self._plain_space, index)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
 
@@ -239,16 +250,20 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
         return self.game.observe()
 
     def _observation(self) -> torch.Tensor:
+        """The observation of every env (Note [Observation cost])."""
         planes = self.game.planes()
-        if self.channels > len(planes):
+        order = self._plane_order
+        if order is not None or self.channels > len(planes):
             blank = torch.zeros_like(planes[0])
             planes = planes + [blank] * (self.channels - len(planes))
+            if order is not None:  # a permutation of whole planes, with zero planes: no gather
+                planes = [blank if c < 0 else planes[c] for c in order]
         # bool -> uint8 (a view) -> float32 casts ~8x faster on CPU than bool -> float32.
-        frame = torch.stack(planes, dim=1).view(torch.uint8).to(torch.float32)
-        if self._gather is not None:
+        frame = torch.stack(planes, dim=1).view(torch.uint8)
+        if self._gather is not None and order is None:  # the generic gather, on bytes
             flat = torch.cat((frame.flatten(1), frame.new_zeros((self.num_envs, 1))), dim=1)
-            frame = flat[:, self._gather].reshape(self.num_envs, *self._gather_shape)
-        return frame
+            frame = flat.index_select(1, self._gather).reshape(self.num_envs, *self._gather_shape)
+        return frame.to(torch.float32)
 
     def _out(self, value: torch.Tensor, dtype: Any) -> Any:
         return value if self.tensors else value.cpu().numpy().astype(dtype, copy=False)
@@ -314,6 +329,27 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
 
     def close_extras(self, **kwargs: Any) -> None:  # noqa: D102
         pass
+
+
+def _plane_order(index: np.ndarray, channels: int) -> tuple[int, ...] | None:
+    """The plain channel each output channel of ``index`` copies whole (-1: a zero plane), if so.
+
+    None when ``index`` is not such a reordering of whole ``GRID × GRID`` planes (a spatial or
+    full permutation): that takes the generic gather.
+    """
+    size = channels * GRID * GRID
+    if index.ndim != 3 or index.shape[1:] != (GRID, GRID):
+        return None
+    cells = np.arange(GRID * GRID)
+    order = []
+    for plane in index.reshape(index.shape[0], -1):
+        if (plane == size).all():
+            order.append(-1)
+        elif plane[0] % (GRID * GRID) == 0 and np.array_equal(plane, plane[0] + cells):
+            order.append(int(plane[0]) // (GRID * GRID))
+        else:
+            return None
+    return tuple(order)
 
 
 def make_batched_vector_env(

@@ -164,3 +164,28 @@ def test_vector_env_contract(kind: tuple[str, ...] | None) -> None:
             assert envs.single_observation_space.contains(infos["final_obs"][np.flatnonzero(done)[0]])
         if "_episode" in infos:
             assert (infos["episode"]["l"][infos["_episode"]] > 0).all()
+
+
+@pytest.mark.parametrize("mode", ["channels", "spatial", "all"])
+def test_plane_reordering_equals_the_generic_gather(mode: str) -> None:
+    """A channel permutation with padding is built by reordering planes; it equals the gather it stands for."""
+    from plasticrl.envs.changes import fresh_permutation
+
+    plain = BatchedMinAtar("space_invaders", 4, channels=10, seed=1)
+    permuted = BatchedMinAtar("space_invaders", 4, channels=10, seed=1)
+    rng = np.random.default_rng(0)
+    grid = np.arange(1000).reshape(10, 10, 10)
+    if mode == "channels":
+        index = grid[fresh_permutation(10, None, rng)]
+        index[7:] = 1000  # and three zero planes
+    elif mode == "spatial":
+        index = grid.reshape(10, 100)[:, fresh_permutation(100, None, rng)].reshape(10, 10, 10)
+    else:
+        index = fresh_permutation(1000, None, rng).reshape(10, 10, 10)
+    permuted.set_observation_gather(index)
+    assert (permuted._plane_order is not None) == (mode == "channels")
+    a, b = plain.reset(seed=1)[0], permuted.reset(seed=1)[0]
+    for _ in range(30):
+        np.testing.assert_array_equal(b, np.stack([gather(o, index) for o in a]))
+        actions = rng.integers(6, size=4)
+        a, b = plain.step(actions)[0], permuted.step(actions)[0]
