@@ -168,7 +168,7 @@ def test_vector_env_contract(kind: tuple[str, ...] | None) -> None:
 
 @pytest.mark.parametrize("mode", ["channels", "spatial", "all"])
 def test_plane_reordering_equals_the_generic_gather(mode: str) -> None:
-    """A channel permutation with padding is built by reordering planes; it equals the gather it stands for."""
+    """A channel permutation with padding is built by reordering planes; it equals its gather."""
     from plasticrl.envs.changes import fresh_permutation
 
     plain = BatchedMinAtar("space_invaders", 4, channels=10, seed=1)
