@@ -33,7 +33,8 @@ class Evaluator:
     envs exactly as the training sub-envs are built, sets each to the non-stationarity state of
     training sub-env 0 with its schedule stopped (so the evaluation runs the task training is on,
     permutation included, and never changes it), resets them with seeds drawn from the ``eval``
-    stream's child ``s`` and plays one episode in each, all envs acting in one batch. Nothing it
+    stream's child ``s`` and plays one episode in each, all envs acting in one batch (a batched
+    MinAtar run plays them in one batched env instead: :meth:`_run_batched`). Nothing it
     draws comes from a training generator, and the training envs are only read, so a run is
     bit-identical with evaluation on or off; and because each evaluation's seeds depend only on
     the run seed and the step, a resumed run evaluates exactly as an uninterrupted one.
@@ -80,6 +81,8 @@ class Evaluator:
         frozen = None
         if cfg.nonstationary.kind is not None:
             frozen = {**task_state(train_envs), "next_change": None}  # the schedule stops here
+        if cfg.env.vector == "batched":
+            return self._run_batched(agent, frozen, rng)
         if not self._envs:
             self._envs = [build_sub_env(cfg.env, cfg.seed, 0, cfg.nonstationary) for _ in range(ev.episodes)]
         envs = self._envs
@@ -107,12 +110,51 @@ class Evaluator:
                     active[i] = False
             if not active.any():
                 break
+        return self._scalars(returns, task_id, game)
+
+    def _scalars(self, returns: np.ndarray, task_id: int, game: int | None) -> dict[str, float]:
+        """The logged means of one evaluation's episode returns."""
         mean = float(returns.mean())
         scalars = {"eval/episodic_return": mean, f"eval/episodic_return/task_{task_id}": mean}
-        tasks = cfg.nonstationary.tasks
-        if game is not None and tasks and cfg.nonstationary.kind is not None:
+        tasks = self.cfg.nonstationary.tasks
+        if game is not None and tasks and self.cfg.nonstationary.kind is not None:
             scalars[f"eval/episodic_return/game_{tasks[int(game)]}"] = mean
         return scalars
+
+    def _run_batched(
+        self, agent: Any, frozen: dict[str, Any] | None, rng: np.random.Generator
+    ) -> dict[str, float]:
+        """:meth:`run` for a batched MinAtar run: the episodes in one batched env of ``eval.episodes`` envs.
+
+        The same games as the training envs (the package's, in distribution), on the frozen task,
+        one episode per env, seeded from the ``eval`` stream; about 50× cheaper than stepping
+        ``eval.episodes`` package envs one by one, which at the protocol's 128 episodes every
+        0.5M steps would cost as much time as training.
+        """
+        from plasticrl.envs.batched_minatar import make_batched_vector_env
+
+        cfg, ev = self.cfg, self.cfg.eval
+        if not self._envs:
+            env_cfg = dataclasses.replace(cfg.env, num_envs=ev.episodes)
+            self._envs = [make_batched_vector_env(env_cfg, cfg.seed, cfg.nonstationary, tensors=False)]
+        envs = self._envs[0]
+        clock = getattr(envs.env, "clock", None)
+        if frozen is not None:
+            clock.set_state(frozen)
+        obs, _ = envs.reset(seed=int(rng.integers(0, 2**31 - 1)))
+        returns = np.zeros(ev.episodes)
+        active = np.ones(ev.episodes, dtype=bool)
+        for _ in range(ev.max_episode_steps):
+            actions = agent.evaluation_actions(obs, greedy=ev.policy == "greedy", rng=rng, epsilon=ev.epsilon)
+            obs, reward, terminated, truncated, _ = envs.step(actions)
+            returns += np.where(active, reward, 0.0)
+            active &= ~(terminated | truncated)
+            if not active.any():
+                break
+        if clock is None:
+            return self._scalars(returns, 0, None)
+        below = clock.env.unwrapped
+        return self._scalars(returns, clock.task_id, getattr(below, "index", None))
 
     def close(self) -> None:
         """Close the evaluation envs."""

@@ -39,8 +39,8 @@ def test_tensor_and_numpy_paths_train_identically(tensors: bool, tmp_path: Path)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
-def test_protocol_preset_logs_tasks_games_and_package_evaluation(tmp_path: Path) -> None:
-    """Task changes reset the optimizer, and evaluation plays the package's envs on the current game."""
+def test_protocol_preset_logs_tasks_games_and_evaluation(tmp_path: Path) -> None:
+    """Task changes reset the optimizer, and evaluation plays the current game (in a batched env)."""
     result = plasticrl.train(
         str(PRESET),
         logging__dir=str(tmp_path),
