@@ -158,10 +158,17 @@ mean 'order'? valid keys of change kind 'switch': ['first_cycle', 'order']
     layout}, reward_scale {scales, order}, obs_noise {scales, order}; for a list of kinds one
     mapping per kind, {switch: {order: shuffle}, permute_obs: {mode: channels}}
     (see ``plasticrl.envs.changes``)."""
+    start_task: int = 0
+    """Start at task k of the sequence: the task clock makes the first k changes (drawing them as a
+    run from task 0 would) before the run's first step, so a run with ``start_task=k`` and
+    ``total_steps`` = one task's steps trains a fresh agent on exactly the continual run's task k
+    (same seed): the reset control of plasticity-loss studies (``NonStationary.skip_changes``)."""
 
     def __post_init__(self) -> None:
         if self.kind is None:
             return
+        if not isinstance(self.start_task, int) or isinstance(self.start_task, bool) or self.start_task < 0:
+            raise ValueError(f"nonstationary.start_task must be an integer >= 0, got {self.start_task!r}")
         parts = change_kinds(self.kind)
         if not isinstance(self.kind, str):
             object.__setattr__(self, "kind", parts)
@@ -259,7 +266,7 @@ def nonstationary_keys(kind: str | Sequence[str] | None) -> frozenset[str]:
     """
     if kind is None:
         return frozenset({"kind"})
-    keys = {"kind", "every", "at", "random", "geometric", "on", "options"}
+    keys = {"kind", "every", "at", "random", "geometric", "on", "options", "start_task"}
     if "switch" in change_kinds(kind):
         keys.update({"tasks", "pad_to"})
     return frozenset(keys)
@@ -814,5 +821,7 @@ def build_sub_env(
             clock_scale=cfg.num_envs,
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
         )
+        if ns.start_task:
+            env.skip_changes(ns.start_task)
     env.action_space.seed(seed + index)
     return env

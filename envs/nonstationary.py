@@ -404,6 +404,30 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         self._active_changes = self._num_changes
         self._activated = True
 
+    def skip_changes(self, count: int) -> None:
+        """Make the first ``count`` changes due now, before the first episode, as a run would draw them.
+
+        The lifetime clock moves to the step of the ``count``-th change, so the next change comes
+        when it would in a run from task 0, and the first ``reset`` starts task ``count`` (for
+        ``start_task``: a fresh agent on a continual run's task k).
+
+        Raises:
+            RuntimeError: the wrapper is unseeded or has started (skip before the first reset).
+            ValueError: the schedule has fewer than ``count`` changes.
+        """
+        if self._rng is None or self._started:
+            raise RuntimeError(
+                "NonStationary.skip_changes(): call it on a seeded wrapper before its first reset"
+            )
+        while self._num_changes < count:
+            if self._next_change == _NEVER:
+                raise ValueError(
+                    f"the schedule {self._schedule!r} has only {self._num_changes} changes, not {count}"
+                )
+            self._lifetime_step = self._next_change
+            self._advance()
+        self._next_event = 0 if self._announce else self._next_change
+
     # -- gymnasium API ---------------------------------------------------------------------
 
     def reset(
