@@ -552,6 +552,16 @@ class NonStationary(gym.Wrapper[ObsType, ActType, ObsType, ActType], gym.utils.R
         return self._task_id
 
     @property
+    def change(self) -> Change[Any]:
+        """The change kind, bound to this wrapper's env (its own copy)."""
+        return self._change
+
+    @property
+    def on(self) -> str:
+        """When a due change applies: ``"step"`` (truncating the episode) or ``"episode"``."""
+        return "step" if self._on_step else "episode"
+
+    @property
     def transforms(self) -> Transforms:
         """What the running episode's task does to every step.
 

@@ -108,13 +108,13 @@ class BatchedNonStationary(gym.vector.VectorWrapper):
 
     def __init__(self, env: BatchedMinAtar, clock: NonStationary) -> None:
         super().__init__(env)
-        if not clock._on_step:
+        if clock.on != "step":
             raise ValueError(
                 "env.vector=batched changes every env at once: it needs nonstationary.on=step, got 'episode'"
             )
-        if clock._change.has_obs_hook:
+        if clock.change.has_obs_hook:
             raise ValueError(
-                f"env.vector=batched cannot apply {clock._change.name!r}'s per-env observation hook "
+                f"env.vector=batched cannot apply {clock.change.name!r}'s per-env observation hook "
                 "(obs_noise); use env.vector=sync"
             )
         if clock.observation_space.shape != env.single_observation_space.shape:
@@ -131,13 +131,13 @@ class BatchedNonStationary(gym.vector.VectorWrapper):
         self.action_space = batch_space(self.single_action_space, env.num_envs)
         self._scale: float | None = None  # the running task's reward scale
 
-    def _task(self) -> dict[str, Any]:
-        """The clock's running task, as :meth:`BatchedMinAtar.schedule_task` takes it."""
+    def _schedule_clock_task(self) -> float | None:
+        """Schedule the clock's running task in the batched env; returns its reward scale."""
         transforms = self.clock.transforms
         below = self.clock.env.unwrapped
         game = below.names[below.index] if isinstance(below, TaskSet) else None
-        self._next_scale = transforms.reward_scale
-        return {"game": game, "gather": transforms.obs_index, "action_table": transforms.action_lut}
+        self.base.schedule_task(game, transforms.obs_index, transforms.action_lut)
+        return transforms.reward_scale
 
     def _announce(self, infos: dict[str, Any], news: dict[str, Any]) -> None:
         n = self.base.num_envs
@@ -149,10 +149,8 @@ class BatchedNonStationary(gym.vector.VectorWrapper):
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None) -> Any:
         """Reset every env under the clock's task (the first reset starts the first task)."""
         _, news = self.clock.reset()
-        self.base.schedule_task(**self._task())
-        self.base._start_pending_task()
-        self._scale = self._next_scale
-        obs, infos = self.base.reset(seed=seed, options=options)
+        self._scale = self._schedule_clock_task()
+        obs, infos = self.base.reset(seed=seed, options=options)  # starts the scheduled task
         self._announce(infos, news)
         return obs, infos
 
@@ -163,8 +161,7 @@ class BatchedNonStationary(gym.vector.VectorWrapper):
         reset_news: dict[str, Any] = {}
         if due:
             _, reset_news = self.clock.reset()
-            self.base.schedule_task(**self._task())
-            self._scale = self._next_scale
+            self._scale = self._schedule_clock_task()
         obs, reward, terminated, truncated, infos = self.base.step(actions)
         if scale is not None:
             reward = reward * scale

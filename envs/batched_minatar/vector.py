@@ -220,7 +220,8 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
         ``NonStationary`` with ``on="step"`` does), its final observations are the old task's, and
         every env is then reset under ``game`` (None: the current one), the observation
         ``gather`` and the ``action_table`` given (None: none), as :meth:`set_observation_gather`
-        and :meth:`set_action_table` define them (Note [Task changes]).
+        and :meth:`set_action_table` define them (Note [Task changes]). A :meth:`reset` before
+        that step starts the task at once.
         """
         if game is not None:
             game = game_name(game)
@@ -275,6 +276,8 @@ class BatchedMinAtar(gym.vector.VectorEnv):  # type: ignore[type-arg]
         """Start a new episode in every env (re-seeding the source when ``seed`` is given)."""
         if seed is not None:
             self.rng.seed(seed)  # type: ignore[arg-type]
+        if self._pending is not None:  # a scheduled task starts with these episodes
+            self._start_pending_task()
         self.game.reset(self._all, self.rng)
         self.elapsed.zero_()
         self._returns.zero_()
