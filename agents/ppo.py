@@ -21,7 +21,9 @@ Note [Compiled loss]
     and the optimizer step stay eager. On the protocol's MLPs on this project's 2-core CPU it
     made a gradient step 10-25 % faster after a compile of about 40 s (``benchmarks/
     throughput_ppo_protocol.py`` measures it); networks whose forward cannot be traced (Python
-    control flow on tensor values) fall back to eager per graph break, as ``torch.compile`` does.
+    control flow on tensor values) fall back to eager per graph break, as ``torch.compile`` does,
+    and where compiling fails altogether (no C++ compiler on a CPU machine) the agent warns once
+    and trains eagerly.
 
 Learning-rate annealing is not an agent option: ``optimizer.lr_schedule: linear`` anneals over
 the run's PPO updates (one per rollout) through a LambdaLR that scales every param group's own lr
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -400,7 +403,18 @@ class PPOAgent:
     def _step(self, mb: RolloutBatch) -> dict[str, Tensor] | None:
         """One gradient step on minibatch ``mb``; None (and no step) when the target KL is exceeded."""
         cfg = self.cfg
-        loss, metrics = self._loss(mb)
+        try:
+            loss, metrics = self._loss(mb)
+        except Exception as exc:  # noqa: BLE001  (agent.compile: torch.compile could not build it)
+            if self._loss == self._minibatch_loss:
+                raise
+            warnings.warn(
+                f"agent.compile: torch.compile failed ({type(exc).__name__}: {exc}); training eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._loss = self._minibatch_loss
+            loss, metrics = self._loss(mb)  # a genuine error of the loss is raised here, eagerly
         if cfg.target_kl is not None and metrics["approx_kl"].item() > cfg.target_kl:
             return None
         for reg in self.regularizers:
