@@ -291,6 +291,11 @@ class ReplayBuffer:
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
 
+    def latest_indices(self, n: int) -> np.ndarray:
+        """The indices of the ``n`` most recently added transitions (fewer while the buffer holds fewer)."""
+        n = min(n, self.size)
+        return (self.pos - n + np.arange(n)) % self.capacity
+
     def sample_indices(self, batch_size: int) -> np.ndarray:
         """Uniform indices over the filled part (with replacement)."""
         if self.size == 0:

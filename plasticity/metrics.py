@@ -306,6 +306,43 @@ def dormant_fraction(
     return _fractions("dormant_fraction", dormant_masks(acts, taus))
 
 
+def reactivated_dormant(
+    at_switch: Mapping[str, Mapping[str, Tensor]], current: Mapping[str, Mapping[str, Tensor]]
+) -> dict[str, float]:
+    """Of the units dormant at the last task switch, the fraction that are active now.
+
+    Definition **[ours]**: with the masks of :func:`dormant_masks`, measured on a probe batch at
+    the last task switch (``at_switch``) and now, the fraction is (units dormant then and not
+    now) / (units dormant then), per layer and unit-weighted over layers. Whether an optimizer
+    revives units that a task left dormant is one of AdamO's mechanism claims; ReDo and CBP
+    revive them by re-initialisation. Layers or τ with no unit dormant at the switch (0/0), or
+    whose size changed, are left out.
+
+    Returns:
+        ``dormant_reactivated/tau_<τ>/<layer>`` and ``dormant_reactivated/tau_<τ>``.
+
+    Example:
+        >>> then = {"tau_0": {"a": torch.tensor([True, True, False, False])}}
+        >>> now = {"tau_0": {"a": torch.tensor([True, False, True, False])}}
+        >>> reactivated_dormant(then, now)
+        {'dormant_reactivated/tau_0/a': 0.5, 'dormant_reactivated/tau_0': 0.5}
+    """
+    out: dict[str, float] = {}
+    for tau, per_layer in current.items():
+        then_all = revived_all = 0
+        for layer, mask in per_layer.items():
+            old = at_switch.get(tau, {}).get(layer)
+            if old is None or old.shape != mask.shape or not bool(old.any()):
+                continue
+            old = old.to(mask.device)
+            then, revived = int(old.sum()), int((old & ~mask).sum())
+            out[f"dormant_reactivated/{tau}/{layer}"] = revived / then
+            then_all, revived_all = then_all + then, revived_all + revived
+        if then_all:
+            out[f"dormant_reactivated/{tau}"] = revived_all / then_all
+    return out
+
+
 def persistent_dormant(
     previous: Mapping[str, Mapping[str, Tensor]], current: Mapping[str, Mapping[str, Tensor]]
 ) -> dict[str, float]:

@@ -58,6 +58,7 @@ from plasticrl.plasticity.metrics import (
     optimizer_stats,
     param_rms,
     persistent_dormant,
+    reactivated_dormant,
     unit_activity,
     weight_stats,
 )
@@ -205,6 +206,7 @@ class PlasticityProbe:
 
     Tags (full, Note [Tags]): ``plasticity/dormant_fraction/tau_<τ>`` and ``…/<layer>``,
     ``plasticity/dormant_persistent/tau_<τ>[/<layer>]`` (from the second call on),
+    ``plasticity/dormant_reactivated/tau_<τ>[/<layer>]`` (after a :meth:`task_switched`),
     ``plasticity/srank``, ``plasticity/effective_rank``, ``plasticity/feature_norm`` (with several
     heads fed different features: ``plasticity/srank/<head>``…),
     ``plasticity/jacobian_sv2_mean`` / ``_var`` (pooled over layers, each layer weighted by its
@@ -328,6 +330,7 @@ class PlasticityProbe:
         self._init = {k: w.clone() for k, w in measured_weights(model, self.groups).items()}
         self.weight_layers: tuple[str, ...] = tuple(self._init)
         self._previous: dict[str, dict[str, Tensor]] = {}
+        self._at_switch: dict[str, dict[str, Tensor]] = {}  # dormant masks at the last task switch
         self.measurements = 0
 
     def due(self, updates: int) -> bool:
@@ -375,6 +378,8 @@ class PlasticityProbe:
             out |= _fractions("dormant_fraction", masks)
             if self._previous:
                 out |= persistent_dormant(self._previous, masks)
+            if self._at_switch:
+                out |= reactivated_dormant(self._at_switch, masks)
             self._previous = masks
             out |= self._feature_metrics(calls.head_inputs)
             if cfg.jacobian:
@@ -393,6 +398,24 @@ class PlasticityProbe:
                 module.training = training
         self.measurements += 1
         return {TAG_PREFIX + key: value for key, value in out.items()}
+
+    @torch.no_grad()
+    def task_switched(self, obs: Tensor) -> None:
+        """Record which units are dormant now, at a task switch, on the probe batch ``obs``.
+
+        From the next measurement on, ``plasticity/dormant_reactivated/tau_<τ>[/<layer>]``
+        reports the fraction of those units that are active again (:func:`reactivated_dormant`);
+        the loops call this at every task switch (one hooked forward, no tags logged).
+        """
+        flags = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        try:
+            calls = self._probe_forward(obs)
+        finally:
+            for module, training in flags.items():
+                module.training = training
+        activity = {site: call.activity for site, call in calls.units if call.activity is not None}
+        self._at_switch = _masks_from_activity(activity, self.cfg.taus)
 
     def _probe_forward(self, obs: Tensor) -> _Calls:
         """One hooked forward, recording the calls of unit, weight, norm and head modules."""
@@ -577,6 +600,9 @@ class PlasticityProbe:
             "dormant_masks": {
                 tau: {k: m.clone() for k, m in per.items()} for tau, per in self._previous.items()
             },
+            "switch_masks": {
+                tau: {k: m.clone() for k, m in per.items()} for tau, per in self._at_switch.items()
+            },
             "measurements": self.measurements,
         }
 
@@ -598,6 +624,9 @@ class PlasticityProbe:
         self._init = {k: init[k].to(self._init[k].device).clone() for k in self._init}
         self._previous = {
             tau: {k: m.clone() for k, m in per.items()} for tau, per in state["dormant_masks"].items()
+        }
+        self._at_switch = {  # (checkpoints from before task_switched existed have none)
+            tau: {k: m.clone() for k, m in per.items()} for tau, per in state.get("switch_masks", {}).items()
         }
         self.measurements = int(state["measurements"])
 

@@ -294,6 +294,9 @@ def train_off_policy(
                     callbacks.on_task_switch(step, int(episodes.task_id or 0))
                 if callbacks.wants_steps:
                     callbacks.on_step(step, episodes.mean_return())
+            if companions.probe is not None and task_switched(infos) and len(buffer):
+                # the units dormant at the switch, on the ending task's latest observations
+                companions.probe.task_switched(buffer.get(buffer.latest_indices(cfg.metrics.probe_size)).obs)
             if interventions and step >= agent_cfg.learning_starts and task_switched(infos):
                 state.task_switch_pending = True  # delivered with the next update
             if reset_on_switch and task_switched(infos):

@@ -210,7 +210,7 @@ def train_on_policy(
         return torch.as_tensor(array, dtype=torch.float32, device=device)  # no copy for float32 on CPU
 
     reset_on_switch = cfg.optimizer.reset_on_task_switch
-    track_switches = bool(interventions) or reset_on_switch
+    track_switches = bool(interventions) or reset_on_switch or companions.probe is not None
     metrics: dict[str, float] = {}
     seconds = {"rollout": 0.0, "update": 0.0}  # this process's time in each phase
     session = Session(
@@ -263,6 +263,9 @@ def train_on_policy(
                 agent_cfg.gae_lambda,
             )
             batch = rollout.batch(advantages, returns)
+            if switched and companions.probe is not None:
+                # the units dormant at the switch, on the rollout's first (the ending task's) observations
+                companions.probe.task_switched(batch.obs[: cfg.metrics.probe_size])
             # ---- learn: update_epochs × num_minibatches gradient steps
             t_update = time.perf_counter()
             learning_rate = agent.optimizer.param_groups[0]["lr"]  # the lr this update uses
