@@ -64,6 +64,8 @@ CASES: dict[str, tuple[str, ...]] = {
     ),
     "protocol_eager": ("nonstationary.every=786432", "agent.compile=false"),
 }
+PROTOCOL_STEPS = 1_200_000_000  # 15M env steps x 4 games x 20 cycles
+STUDY_RUNS = 56  # configs/studies/continual_minatar_ppo.yaml
 AUTHORS_JAX = (80_000, 96_000)  # the authors' code, Breakout, this 2-core CPU (issue 15)
 AUTHORS_H100 = 83_000  # the authors' own estimate per run on one H100
 
@@ -199,6 +201,13 @@ def main() -> None:
             f"| {r['bound']:,.0f} |",
             flush=True,
         )
+        if name == "protocol":
+            hours = PROTOCOL_STEPS / r["sps"] / 3600
+            print(
+                f"  the full protocol at this rate: {hours:,.1f} h per run (1.2B env steps), "
+                f"{hours * STUDY_RUNS:,.0f} h for the study's {STUDY_RUNS} runs (7 arms x 8 seeds)",
+                flush=True,
+            )
         if args.processes:
             runs = _in_processes(name, args, args.processes)
             total = sum(run["sps"] for run in runs)
