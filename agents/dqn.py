@@ -17,7 +17,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
@@ -28,6 +28,7 @@ from plasticrl.agents.buffers import Batch, ObsStorage
 from plasticrl.agents.common import NonFiniteLossError, linear_schedule
 from plasticrl.agents.networks import NetworkConfig, make_network
 from plasticrl.plasticity.layers import acting_cache, has_orthogonal_layers, retract_
+from plasticrl.plasticity.options import ConfigError, check_ranges, in_range
 from plasticrl.plasticity.regularizers import Regularizer
 from torch import Tensor, nn
 
@@ -40,52 +41,43 @@ class DQNConfig:
 
     name: Literal["dqn"] = "dqn"
     """Agent registry key."""
-    gamma: float = 0.99
+    gamma: float = field(default=0.99, metadata=in_range(0, 1))
     """Discount factor γ."""
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=in_range(1))
     """Transitions per gradient step."""
-    buffer_size: int = 100_000
+    buffer_size: int = field(default=100_000, metadata=in_range(1))
     """Replay capacity (transitions)."""
-    learning_starts: int = 5_000
+    learning_starts: int = field(default=5_000, metadata=in_range(0))
     """Env steps of pure collection before the first update."""
-    replay_ratio: float = 1.0
+    replay_ratio: float = field(default=1.0, metadata=in_range(0, low_open=True))
     """Gradient updates per env step (0.25 = one update every 4 steps)."""
-    target_update_every: int = 1_000
+    target_update_every: int = field(default=1_000, metadata=in_range(1))
     """Env steps between target-network updates."""
-    tau: float = 1.0
+    tau: float = field(default=1.0, metadata=in_range(0, 1, low_open=True))
     """Target update: θ⁻ ← τθ + (1−τ)θ⁻; 1.0 is a hard copy."""
-    eps_start: float = 1.0
+    eps_start: float = field(default=1.0, metadata=in_range(0, 1))
     """ε of ε-greedy at step 0."""
-    eps_end: float = 0.1
+    eps_end: float = field(default=0.1, metadata=in_range(0, 1))
     """Final ε."""
-    eps_decay_steps: int = 100_000
+    eps_decay_steps: int = field(default=100_000, metadata=in_range(0))
     """Env steps over which ε decays linearly from eps_start to eps_end."""
     double_dqn: bool = False
     """Double DQN: the online net picks the next action, the target net evaluates it."""
     loss: Literal["huber", "mse"] = "huber"
     """TD loss: Huber (smooth L1, δ=1) or squared error."""
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = field(default=None, metadata=in_range(0, low_open=True))
     """Clip the global gradient norm to this value; None disables clipping."""
     obs_storage: ObsStorage = "auto"
     """Replay observation storage: auto, float32, uint8 or bits (plasticrl.agents.buffers)."""
 
     def __post_init__(self) -> None:
-        checks = {
-            "gamma": 0.0 <= self.gamma <= 1.0,
-            "batch_size": self.batch_size >= 1,
-            "buffer_size": self.buffer_size >= self.batch_size,
-            "learning_starts": self.learning_starts >= 0,
-            "replay_ratio": self.replay_ratio > 0,
-            "target_update_every": self.target_update_every >= 1,
-            "tau": 0.0 < self.tau <= 1.0,
-            "eps_start": 0.0 <= self.eps_start <= 1.0,
-            "eps_end": 0.0 <= self.eps_end <= 1.0,
-            "eps_decay_steps": self.eps_decay_steps >= 0,
-            "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ValueError(f"invalid agent.{key}: {getattr(self, key)!r}")
+        check_ranges(self, "agent")  # the in_range metadata above (plasticrl.plasticity.options)
+        if self.buffer_size < self.batch_size:
+            raise ConfigError(
+                f"invalid agent.buffer_size: {self.buffer_size} (agent.buffer_size must be >= "
+                f"agent.batch_size={self.batch_size})",
+                key="agent.buffer_size",
+            )
 
 
 def dqn_loss(

@@ -39,7 +39,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
@@ -49,6 +49,7 @@ from plasticrl.agents.actor_critic import ActorCritic, DiagGaussian, action_dist
 from plasticrl.agents.common import NonFiniteLossError
 from plasticrl.agents.rollout import RolloutBatch
 from plasticrl.plasticity.layers import acting_cache, has_orthogonal_layers, retract_
+from plasticrl.plasticity.options import check_ranges, in_range
 from plasticrl.plasticity.regularizers import Regularizer
 from torch import Tensor, nn
 
@@ -67,34 +68,34 @@ class PPOConfig:
 
     name: Literal["ppo"] = "ppo"
     """Agent registry key."""
-    num_steps: int = 128
+    num_steps: int = field(default=128, metadata=in_range(1))
     """Steps per sub-env per rollout (T)."""
-    num_minibatches: int = 4
+    num_minibatches: int = field(default=4, metadata=in_range(1))
     """Minibatches the rollout is split into, per epoch."""
-    update_epochs: int = 4
+    update_epochs: int = field(default=4, metadata=in_range(1))
     """Passes over the rollout per update (K)."""
-    gamma: float = 0.99
+    gamma: float = field(default=0.99, metadata=in_range(0, 1))
     """Discount factor γ."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = field(default=0.95, metadata=in_range(0, 1))
     """λ of generalized advantage estimation."""
-    clip_coef: float = 0.2
+    clip_coef: float = field(default=0.2, metadata=in_range(0, low_open=True))
     """ε of the clipped surrogate: the ratio is clipped to [1 − ε, 1 + ε]."""
     clip_vloss: bool = True
     """Clip the value update to ±clip_coef around the rollout's values (PPO2's value clipping)."""
-    ent_coef: float = 0.01
+    ent_coef: float = field(default=0.01, metadata=in_range(0))
     """c₂, the entropy bonus coefficient."""
-    vf_coef: float = 0.5
+    vf_coef: float = field(default=0.5, metadata=in_range(0))
     """c₁, the value loss coefficient."""
-    max_grad_norm: float | None = 0.5
+    max_grad_norm: float | None = field(default=0.5, metadata=in_range(0, low_open=True))
     """Clip the global gradient norm to this value; None disables clipping."""
     norm_adv: bool = True
     """Normalise the advantages to zero mean and unit variance per minibatch."""
-    target_kl: float | None = None
+    target_kl: float | None = field(default=None, metadata=in_range(0, low_open=True))
     """Stop the update (all remaining epochs) before a gradient step whose minibatch's approx_kl
     exceeds this; None never stops early."""
     shared_trunk: bool = False
     """One network trunk with policy and value heads, instead of separate actor and critic."""
-    actor_head_gain: float | None = 0.01
+    actor_head_gain: float | None = field(default=0.01, metadata=in_range(0, low_open=True))
     """Orthogonal gain of the actor's output layer (near-uniform initial policy); None keeps the
     network's own initialisation."""
     compile: bool = False
@@ -104,22 +105,7 @@ class PPOConfig:
     equal."""
 
     def __post_init__(self) -> None:
-        checks = {
-            "num_steps": self.num_steps >= 1,
-            "num_minibatches": self.num_minibatches >= 1,
-            "update_epochs": self.update_epochs >= 1,
-            "gamma": 0.0 <= self.gamma <= 1.0,
-            "gae_lambda": 0.0 <= self.gae_lambda <= 1.0,
-            "clip_coef": self.clip_coef > 0,
-            "ent_coef": self.ent_coef >= 0,
-            "vf_coef": self.vf_coef >= 0,
-            "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
-            "target_kl": self.target_kl is None or self.target_kl > 0,
-            "actor_head_gain": self.actor_head_gain is None or self.actor_head_gain > 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ValueError(f"invalid agent.{key}: {getattr(self, key)!r}")
+        check_ranges(self, "agent")
 
 
 def gae(

@@ -9,6 +9,8 @@ Contains:
     PermuteActions / PermuteActionsOptions: ``permute_actions`` — a seeded permutation of the actions.
     RewardScale / RewardScaleOptions: ``reward_scale`` — multiply rewards by one of a list of scales.
     ObsNoise / ObsNoiseOptions: ``obs_noise`` — Gaussian noise on every observation (a hook).
+    Dynamics / DynamicsOptions: ``dynamics`` — set env parameters (gravity, friction, the
+        constructor kwargs an env keeps as attributes) to one of a list of values per task.
     Compose: several change kinds at once (a game switch *and* a permutation); configs spell it as
         a list of kinds.
     Tour: the parameters of ``switch`` with ``order="shuffle"``.
@@ -25,8 +27,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
 
 import gymnasium as gym
@@ -49,6 +51,8 @@ __all__ = [
     "RewardScaleOptions",
     "ObsNoise",
     "ObsNoiseOptions",
+    "Dynamics",
+    "DynamicsOptions",
     "Compose",
     "CHANGES",
 ]
@@ -694,6 +698,243 @@ class ObsNoise(_ScaleList):
             return obs
         noise = rng.standard_normal(obs.shape, dtype=self._draw)
         return (obs + scale * noise).astype(obs.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# dynamics: env parameters (gravity, friction, constructor kwargs) changed on the schedule.
+
+
+def _numeric_value(value: object) -> np.ndarray | None:
+    """``value`` as a float64 array when it is a finite number or a (nested) list of them, else None."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return None
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if array.dtype != np.float64 or not np.all(np.isfinite(array)):
+        return None
+    if array.ndim and any(isinstance(v, bool) for v in np.asarray(value, dtype=object).ravel()):
+        return None
+    return array
+
+
+@dataclass(frozen=True)
+class DynamicsOptions:
+    """Options of ``dynamics``."""
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """Per env parameter, one value per task (every list of the same length, at least two):
+    ``{g: [10.0, 4.0]}`` (Pendulum-v1's gravity), ``{model.opt.gravity: [[0, 0, -9.81], [0, 0,
+    -4.9]]}`` (a MuJoCo model's), ``{forward_reward_weight: [1.0, -1.0]}`` (HalfCheetah-v5's
+    kwarg, kept as ``_forward_reward_weight``). A name is an attribute path from the base env
+    (``env.unwrapped``); its last part may drop the leading underscore the env keeps a constructor
+    kwarg under. Values are numbers, or lists broadcast to the attribute's array shape. Required:
+    the empty default is refused when the wrapper is built, with the env's numeric attributes."""
+    mode: Literal["set", "scale"] = "set"
+    """``set``: the attribute becomes the value; ``scale``: the env's own value (read when the
+    wrapper is built) times the value, e.g. ``{model.geom_friction: [1.0, 0.5]}`` halves friction."""
+    order: Literal["cycle", "random"] = "cycle"
+    """``cycle`` through the values, or draw each next task uniformly from the others (``random``)."""
+
+    def __post_init__(self) -> None:
+        params = self.params
+        if not isinstance(params, Mapping):
+            raise ValueError(
+                f"Dynamics.params must be a mapping {{parameter: [value per task, ...]}}, got {params!r}"
+            )
+        lengths: dict[str, int] = {}
+        clean: dict[str, tuple[Any, ...]] = {}
+        for name, values in params.items():
+            if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+                raise ValueError(
+                    f"Dynamics.params: {name!r} is not an attribute path such as 'g' or 'model.opt.gravity'"
+                )
+            if isinstance(values, str) or not isinstance(values, Sequence) or len(values) < 2:
+                raise ValueError(
+                    f"Dynamics.params[{name!r}] must be a list of at least two values, got {values!r}"
+                )
+            for i, value in enumerate(values):
+                if _numeric_value(value) is None:
+                    raise ValueError(
+                        f"Dynamics.params[{name!r}][{i}] must be a finite number or a list of them, "
+                        f"got {value!r}"
+                    )
+            lengths[name] = len(values)
+            clean[name] = tuple(_numeric_value(v).tolist() for v in values)  # type: ignore[union-attr]
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"Dynamics.params lists must have one value per task each, got lengths {lengths}"
+            )
+        if self.mode not in ("set", "scale"):
+            raise ValueError(f"Dynamics.mode must be 'set' or 'scale', got {self.mode!r}")
+        _check_order("Dynamics", self.order)
+        object.__setattr__(self, "params", clean)
+
+
+_KEY = "nonstationary.options.params (dynamics)"  # where the parameters of a dynamics change come from
+
+
+def _numeric_attributes(obj: object) -> list[str]:
+    """The names of ``obj``'s attributes that hold numbers or numeric arrays (for error messages)."""
+    names = []
+    for name, value in sorted(vars(obj).items()) if hasattr(obj, "__dict__") else ():
+        if isinstance(value, int | float | np.ndarray) and not isinstance(value, bool):
+            names.append(name.lstrip("_") if not hasattr(obj, name.lstrip("_")) else name)
+    return names
+
+
+@CHANGES.register("dynamics", options=DynamicsOptions)
+class Dynamics(Change[int]):
+    """``dynamics``: env parameters set to the values of the active task; ``task_id`` is its index.
+
+    The tasks are the positions in ``params``' lists: task i sets every listed parameter to its
+    i-th value (``mode="set"``) or to the env's own value times it (``mode="scale"``), on the base
+    env (``env.unwrapped``), just before the reset that starts the task's first episode (with
+    ``on: step``, at once: that episode is truncated first). ``order`` as in :class:`RewardScale`.
+    The spaces never change. Typical uses, from the continual-control literature: gravity
+    (Pendulum-v1 ``g``; a MuJoCo model's ``model.opt.gravity``), friction
+    (``model.geom_friction`` with ``mode: scale``), body masses (``model.body_mass``), or reward
+    weights a MuJoCo env takes as kwargs (HalfCheetah-v5 ``forward_reward_weight``: running
+    backwards).
+
+    Names: an attribute path from the base env, dots for nested attributes. The last part is
+    looked up as written, then with a leading underscore (gymnasium's MuJoCo envs keep a
+    constructor kwarg ``x`` as ``_x``). It must hold a number or a numeric array (a NumPy array
+    is assigned in place, so a MuJoCo model sees the change; values broadcast to its shape). A
+    name that does not resolve, or a value that does not fit, stops at construction with the
+    env's numeric attributes listed.
+
+    Checkpoints: the task index is the lifetime state; a wrapper unpickled mid-episode sets the
+    active task's values again (gymnasium's MuJoCo envs pickle as their constructor arguments, so
+    an unpickled model would otherwise be back at its XML values).
+
+    Args:
+        params: ``{name: [value per task, ...]}`` (:class:`DynamicsOptions`).
+        mode: ``"set"`` or ``"scale"``.
+        order: ``"cycle"`` or ``"random"``.
+    """
+
+    name = "dynamics"
+    Options = DynamicsOptions
+    _active: int | None = None  # the task whose values the env holds (re-applied on unpickling)
+
+    def __init__(
+        self,
+        params: Mapping[str, Sequence[Any]] | None = None,
+        mode: Literal["set", "scale"] = "set",
+        order: Literal["cycle", "random"] = "cycle",
+    ) -> None:
+        options = DynamicsOptions(params=params or {}, mode=mode, order=order)
+        self.params, self.mode, self.order = options.params, options.mode, options.order
+        self._count = len(next(iter(self.params.values()))) if self.params else 0
+
+    def bind(self, env: gym.Env[Any, Any]) -> tuple[gym.Space[Any], gym.Space[Any]]:  # noqa: D102
+        self._base = env.unwrapped
+        self._attrs: dict[str, tuple[tuple[str, ...], str]] = {}
+        self._own: dict[str, Any] = {}  # the env's values at bind: task values scale these
+        label = getattr(getattr(self._base, "spec", None), "id", None) or type(self._base).__name__
+        if not self.params:
+            raise ValueError(
+                f"{_KEY}: no parameters given; list at least one with a "
+                f"value per task, e.g. {{g: [10.0, 4.0]}} for Pendulum-v1; numeric attributes of {label}: "
+                f"{_numeric_attributes(self._base)}"
+            )
+        for name, values in self.params.items():
+            *path, last = name.split(".")
+            owner: Any = self._base
+            for i, part in enumerate(path):
+                if not hasattr(owner, part):
+                    where = ".".join(path[:i]) or "the env"
+                    raise ValueError(
+                        f"{_KEY}: {label} has no {name!r} ({where} has no attribute {part!r}); "
+                        f"numeric attributes of {where}: {_numeric_attributes(owner)}"
+                    )
+                owner = getattr(owner, part)
+            attr = last if hasattr(owner, last) else f"_{last}" if hasattr(owner, f"_{last}") else None
+            if attr is None:
+                where = ".".join(path) or "the env"
+                raise ValueError(
+                    f"{_KEY}: {label} has no parameter {name!r}; numeric attributes of {where}: "
+                    f"{_numeric_attributes(owner)}"
+                )
+            current = getattr(owner, attr)
+            if isinstance(current, bool) or not isinstance(current, int | float | np.ndarray | np.number):
+                raise ValueError(
+                    f"{_KEY}: {label}.{name} is a {type(current).__name__}, "
+                    "not a number or a numeric array; only those can change"
+                )
+            for i, value in enumerate(values):
+                array = np.asarray(value, dtype=np.float64)
+                if isinstance(current, np.ndarray):
+                    try:
+                        fits = np.broadcast_shapes(array.shape, current.shape) == current.shape
+                    except ValueError:
+                        fits = False
+                    if not fits:
+                        raise ValueError(
+                            f"nonstationary.options.params[{name!r}][{i}] (dynamics): "
+                            f"{value!r} does not broadcast to {label}.{name}'s "
+                            f"shape {current.shape}"
+                        )
+                elif array.ndim:
+                    raise ValueError(
+                        f"nonstationary.options.params[{name!r}][{i}] (dynamics): "
+                        f"{label}.{name} is a number, got {value!r}"
+                    )
+            self._attrs[name] = (tuple(path), attr)
+            self._own[name] = (
+                np.array(current, dtype=np.float64) if isinstance(current, np.ndarray) else current
+            )
+        return env.observation_space, env.action_space
+
+    def first(self) -> int:  # noqa: D102
+        return 0
+
+    def next(self, params: int, rng: np.random.Generator) -> int:  # noqa: D102
+        return _next_index(params, self._count, self.order, rng)
+
+    def task_id(self, params: int, num_changes: int) -> int:  # noqa: D102
+        return params
+
+    def activate(self, params: int) -> Transforms:  # noqa: D102
+        self._apply(params)
+        return Transforms()
+
+    def value(self, name: str, task: int) -> Any:
+        """What task ``task`` sets parameter ``name`` to: a float or a float64 array."""
+        value = np.asarray(self.params[name][task], dtype=np.float64)
+        own = self._own[name]
+        if self.mode == "scale":
+            value = own * value
+        if isinstance(own, np.ndarray):
+            return np.broadcast_to(value, own.shape)
+        return float(value)
+
+    def _apply(self, task: int) -> None:
+        for name, (path, attr) in self._attrs.items():
+            owner: Any = self._base
+            for part in path:
+                owner = getattr(owner, part)
+            value = self.value(name, task)
+            current = getattr(owner, attr)
+            if isinstance(current, np.ndarray):
+                current[...] = value  # in place: a MuJoCo model's arrays are views of its memory
+            else:
+                setattr(owner, attr, value)
+        self._active = task
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, then set the active task's values again on the (unpickled) env."""
+        self.__dict__.update(state)
+        if self._active is not None and "_base" in state:
+            self._apply(self._active)
+
+    def to_state(self, params: int) -> int:  # noqa: D102
+        return int(params)
+
+    def from_state(self, data: Any) -> int:  # noqa: D102
+        return _index_from_state("dynamics", data, self._count)
 
 
 # ----------------------------------------------------------------------------------------------

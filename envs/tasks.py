@@ -37,7 +37,8 @@ class TaskSet(gym.Env[np.ndarray, int]):
     included where a task pads.
 
     Actions: every task has a ``Discrete`` space with the same ``start``; the set has the largest
-    ``n``. See Note [Extra actions] for an action a task does not have.
+    ``n``. See Note [Extra actions] for an action a task does not have, and Note [ALE action sets]
+    for Atari games (their common space is the full 18-action set).
 
     Seeding: ``reset(seed=s)`` seeds this env's ``np_random``, which draws one seed per task; each
     task uses its seed at its next reset, so one seed fixes every task whatever order they are
@@ -55,6 +56,16 @@ class TaskSet(gym.Env[np.ndarray, int]):
         every action meaningful without assuming that some action is a no-op (true of MinAtar's
         and the ALE's action 0, false of e.g. CartPole's). MinAtar's full action sets (``-v0``) all
         have 6 actions, so nothing is wrapped there.
+
+    Note [ALE action sets]
+        An ALE game's minimal action set is its own list of joystick inputs (Breakout: NOOP, FIRE,
+        RIGHT, LEFT; Pong adds RIGHTFIRE, LEFTFIRE), so index i is a different input in different
+        games, and wrapping would make it yet another one. ALE games whose action sets differ are
+        therefore refused, with the fix: ``env.kwargs.full_action_space: true`` (gymnasium's ALE
+        option) gives every game the 18 inputs of the full set in one order (NOOP, FIRE, UP,
+        RIGHT, LEFT, DOWN, ...), the common space in which an agent keeps what each action means
+        across a switch (``configs/atari/dqn_switch_breakout_pong.yaml``). Games with the same
+        minimal set (Pong and Space Invaders) switch as they are.
 
     Example:
         >>> env = TaskSet(["CartPole-v1", "Acrobot-v1"])
@@ -104,6 +115,7 @@ class TaskSet(gym.Env[np.ndarray, int]):
             envs.append(env)
         self.tasks: list[gym.Env[Any, Any]] = envs
         self.names: list[str] = [t if isinstance(t, str) else getattr(t, "__name__", repr(t)) for t in tasks]
+        self._check_ale_actions()
         box = self._padded_box([e.observation_space for e in envs], pad_to)
         discrete = self._largest_discrete([e.action_space for e in envs])
         self.observation_space, self.action_space = box, discrete  # type: ignore[assignment]
@@ -134,6 +146,22 @@ class TaskSet(gym.Env[np.ndarray, int]):
         self.index = 0  # the active task
         self._env, self._pad, self._lut = envs[0], self._pads[0], self._luts[0]
         self._needs_reset = True
+
+    def _check_ale_actions(self) -> None:
+        """Refuse ALE games whose action sets differ (Note [ALE action sets])."""
+        meanings = {
+            name: tuple(env.unwrapped.get_action_meanings())  # type: ignore[attr-defined]
+            for name, env in zip(self.names, self.tasks, strict=True)
+            if type(env.unwrapped).__module__.startswith("ale_py")
+        }
+        if len(set(meanings.values())) > 1:
+            listing = "; ".join(f"{name}: {len(m)} ({', '.join(m)})" for name, m in meanings.items())
+            self.close()
+            raise ValueError(
+                f"switch across ALE games with different action sets ({listing}): action i would be a "
+                "different joystick input in each game; set env.kwargs.full_action_space=true, so that "
+                "every game has the 18 actions of the full set, the same ones in the same order"
+            )
 
     def _padded_box(self, spaces: list[gym.Space[Any]], pad_to: Sequence[int] | None = None) -> Box:
         if not all(isinstance(s, Box) for s in spaces):

@@ -124,6 +124,7 @@ __all__ = [
     "layer_jacobian",
     "jacobian_sv2",
     "empirical_ntk",
+    "NTK_MAX_BYTES",
     "ntk_stats",
     "grad_norm",
     "param_rms",
@@ -166,6 +167,9 @@ _ELEMENTWISE: tuple[type[nn.Module], ...] = tuple(t for t in ACTIVATION_TYPES if
 _AFFINE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _MAX_CLOSED_FORM_OUTPUTS = 4096  # the closed form builds an m × m Gram
 _GRAM_COLUMNS = 16384  # columns of J_θ per float64 block when accumulating Θ (bounds memory)
+NTK_MAX_BYTES = 64 * 2**20
+"""Default cap of :func:`empirical_ntk` on the Jacobian entries it holds at once (Note [Chunked
+NTK]); [ours]: 64 MiB keeps one probe of the Nature CNN well under 1 GB of RSS."""
 
 
 @dataclass(frozen=True)
@@ -620,17 +624,42 @@ def jacobian_sv2(jacobians: Tensor) -> dict[str, float]:
 # ----------------------------------------------------------------------------- NTK
 
 
-def empirical_ntk(model: nn.Module, inputs: Tensor) -> Tensor:
+def empirical_ntk(model: nn.Module, inputs: Tensor, *, max_bytes: int = NTK_MAX_BYTES) -> Tensor:
     """The empirical NTK Θ = J_θ J_θᵀ of ``model`` on ``inputs``, float64 ``(N·A, N·A)``.
 
     J_θ is the Jacobian of the flattened outputs (row ``n·A + a`` = output a of sample n) with
     respect to every trainable parameter (for a parametrized layer, its unconstrained tensor: the
-    one gradient descent moves). Per-sample Jacobians come from ``vmap(jacrev)`` over
-    ``functional_call``; Θ is accumulated per parameter tensor in float64 blocks, so the condition
-    number is not limited by float32 rounding. Memory: N·A·P floats for J_θ (P parameters); time:
-    (N·A)²·P multiply-adds in float64 — about 1.1 s for the MinAtar network (P = 133k) at N = 64,
-    A = 6 on one core, 90 % of it in the Gram (``benchmarks/bench_metrics.py``). Works under
-    ``torch.no_grad()``.
+    one gradient descent moves). Θ is exact: the same matrix as forming J_θ whole and multiplying,
+    up to float64 rounding (``tests/plasticity/test_ntk_chunked.py``), accumulated in float64 so
+    the condition number is not limited by float32 rounding. Works under ``torch.no_grad()``.
+
+    Note [Chunked NTK]
+        J_θ whole is N·A·P floats (P parameters): 384 × 1.7M floats, 2.6 GB, for the Nature CNN at
+        N = 64, A = 6, and ``vmap(jacrev)`` holds as much again while forming it. Θ = Σ J_b J_bᵀ
+        is instead summed over parts of the parameters, each formed and dropped in turn:
+
+        * **Linear layers, factored** (:func:`_factored_linears`): for a plain ``Linear`` called
+          once on ``(N, in)``, the gradient of output a of sample n is δ_{n,a} ⊗ x_n (δ the
+          derivative of that output with respect to the layer's output, x the layer's input), so
+          its term is Θ_W = (δ·δ')(x·x') and Θ_b = δ·δ': (N·A)² × (in + out) work on N·A × out
+          derivatives, never the N·A × in·out gradients. The dense layers hold most parameters
+          of a CNN (1.6M of the Nature CNN's 1.7M).
+        * **Everything else, in blocks** (:func:`_ntk_blocks`): the remaining flattened parameters
+          are cut into column blocks of at most ``max_bytes / (N·A·itemsize)`` entries (slices of
+          one or more tensors). Each J_b comes from ``vmap(jacrev)`` with respect to the block's
+          slices only, over sample chunks small enough that the transient per-sample gradients of
+          the tensors the block touches (autograd forms a tensor's whole gradient before slicing
+          it) and the activations also stay near ``max_bytes``. A tensor cut into k slices is
+          differentiated k times: memory is bought with backward passes.
+
+        Peak memory is a small multiple of ``max_bytes`` plus Θ itself; both parts are exact
+        (``tests/plasticity/test_ntk_chunked.py`` compares them with J_θ J_θᵀ in float64). Measured
+        by ``benchmarks/probe_memory.py``.
+
+    Args:
+        model: the network; its outputs for one sample are flattened to A entries.
+        inputs: ``(N, *obs_shape)``.
+        max_bytes: cap on the Jacobian entries held at once (:data:`NTK_MAX_BYTES`).
 
     Example:
         >>> lin = nn.Linear(2, 1)
@@ -638,21 +667,202 @@ def empirical_ntk(model: nn.Module, inputs: Tensor) -> Tensor:
         tensor([[ 6.,  4.],
                 [ 4., 10.]], dtype=torch.float64)
     """
+    if max_bytes < 1:
+        raise ValueError(f"empirical_ntk: max_bytes must be >= 1, got {max_bytes}")
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
-
-    def outputs(theta: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(model, (theta, buffers), (x.unsqueeze(0),)).reshape(-1)
-
-    jac = vmap(jacrev(outputs), in_dims=(None, 0))(params, inputs)
-    rows = inputs.shape[0] * (next(iter(jac.values())).shape[1] if jac else 0)
+    n = inputs.shape[0]
+    if n == 0 or not params:
+        outs = 0 if n == 0 else functional_call(model, (params, buffers), (inputs[:1],)).numel()
+        return torch.zeros(n * outs, n * outs, dtype=torch.float64, device=inputs.device)
+    linears, x_in, act = _factored_linears(model, params, inputs)
+    a = functional_call(model, (params, buffers), (inputs[:1],)).numel()
+    rows = n * a
+    itemsize = max(p.element_size() for p in params.values())
+    chunk_of = lambda touched: max(1, min(n, max_bytes // max(1, a * (touched + act) * itemsize)))  # noqa: E731
     theta = torch.zeros(rows, rows, dtype=torch.float64, device=inputs.device)
-    for j in jac.values():
-        j = j.reshape(rows, -1)
-        for start in range(0, j.shape[1], _GRAM_COLUMNS):
-            block = j[:, start : start + _GRAM_COLUMNS].to(torch.float64)
-            theta.addmm_(block, block.T)
+    if linears:  # Θ_W = (D Dᵀ) ⊙ (X Xᵀ ⊗ 1_A) per Linear, Θ_b = D Dᵀ (Note [Chunked NTK])
+        deltas = _output_jacobians(model, params, buffers, linears, inputs, chunk_of(0))
+        for name, _, bias in linears:
+            d = deltas[name].to(torch.float64)  # (N·A, out)
+            x = x_in[name].to(torch.float64)  # (N, in)
+            kernel = (x @ x.T).repeat_interleave(a, 0).repeat_interleave(a, 1)
+            theta.add_((d @ d.T) * (kernel + 1.0 if bias is not None else kernel))
+    factored = {p for _, w, b in linears for p in (w, b) if p is not None}
+    rest = {k: v for k, v in params.items() if k not in factored}
+    gram_cols = max(1, min(_GRAM_COLUMNS, max_bytes // (rows * 8)))
+    for block in _ntk_blocks(rest, max(1, max_bytes // (rows * itemsize))):
+        touched = sum(params[name].numel() for name, _, _ in block)  # whole gradients, transient
+        j = _block_jacobian(model, params, buffers, block, inputs, chunk_of(touched))  # (rows, columns)
+        for start in range(0, j.shape[1], gram_cols):
+            sub = j[:, start : start + gram_cols].to(torch.float64)
+            theta.addmm_(sub, sub.T)
+        del j
     return theta
+
+
+def _factored_linears(
+    model: nn.Module, params: Mapping[str, Tensor], inputs: Tensor
+) -> tuple[list[tuple[str, str, str | None]], dict[str, Tensor], int]:
+    """The Linear layers whose NTK term factors, their inputs, and the activations per sample.
+
+    A ``Linear`` qualifies when it is called once per forward on a ``(N, in)`` batch, with a plain
+    (not parametrized, not shared) trainable weight: its per-sample gradient for output a of sample
+    n is δ_{n,a} ⊗ x_n, so its NTK term is (δ·δ')(x·x') (and δ·δ' for the bias) without forming
+    the gradient. Returns ``[(module name, weight name, bias name or None)]``, each one's input
+    ``(N, in)``, and the number of activation entries per sample (summed over leaf modules: what
+    the vmapped backward holds per output, for the sample chunks).
+    """
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                owners[id(p)] = owners.get(id(p), 0) + 1
+    calls: dict[str, list[Tensor]] = {}
+    sizes: list[int] = []
+    handles = []
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if isinstance(module, nn.Linear) and args and isinstance(args[0], Tensor):
+                calls.setdefault(name, []).append(args[0].detach())
+            if isinstance(output, Tensor) and output.dim() > 0:
+                sizes.append(output[0].numel())
+
+        return hook
+
+    for name, module in model.named_modules():
+        if not list(module.children()):
+            handles.append(module.register_forward_hook(record(name)))
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    linears: list[tuple[str, str, str | None]] = []
+    x_in: dict[str, Tensor] = {}
+    modules = dict(model.named_modules())
+    for name, seen in calls.items():
+        module = modules[name]
+        weight, bias = f"{name}.weight" if name else "weight", f"{name}.bias" if name else "bias"
+        plain = (
+            len(seen) == 1
+            and seen[0].shape == (inputs.shape[0], module.in_features)
+            and not parametrize.is_parametrized(module)
+            and weight in params
+            and owners.get(id(module.weight), 0) == 1
+            and (module.bias is None or not module.bias.requires_grad or owners.get(id(module.bias), 0) == 1)
+        )
+        if plain:
+            has_bias = module.bias is not None and module.bias.requires_grad and bias in params
+            linears.append((name, weight, bias if has_bias else None))
+            x_in[name] = seen[0]
+    return linears, x_in, sum(sizes)
+
+
+def _output_jacobians(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    linears: Sequence[tuple[str, str, str | None]],
+    inputs: Tensor,
+    chunk: int,
+) -> dict[str, Tensor]:
+    """δ = ∂ outputs / ∂ (each Linear's output), per sample: ``{name: (N·A, out)}``.
+
+    A zero added to each Linear's output by a forward hook is the variable ``jacrev``
+    differentiates; ``chunk`` samples at a time.
+    """
+    modules = dict(model.named_modules())
+    names = [name for name, _, _ in linears]
+    theta, own_buffers = dict(params), dict(buffers)
+
+    def outputs(eps: dict[str, Tensor], x: Tensor) -> Tensor:
+        handles = [
+            modules[name].register_forward_hook(lambda m, args, out, name=name: out + eps[name])
+            for name in names
+        ]
+        try:
+            return functional_call(model, (theta, own_buffers), (x.unsqueeze(0),)).reshape(-1)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    like = next(iter(params.values()))
+    eps = {
+        name: torch.zeros(1, modules[name].out_features, dtype=like.dtype, device=like.device)
+        for name in names
+    }
+    jacobian = vmap(jacrev(outputs), in_dims=(None, 0))
+    parts: dict[str, list[Tensor]] = {name: [] for name in names}
+    for begin in range(0, inputs.shape[0], chunk):
+        jac = jacobian(eps, inputs[begin : begin + chunk])  # per name: (chunk, A, 1, out)
+        for name in names:
+            parts[name].append(jac[name].reshape(-1, jac[name].shape[-1]))
+    return {name: torch.cat(p) for name, p in parts.items()}
+
+
+def _ntk_blocks(params: Mapping[str, Tensor], columns: int) -> list[list[tuple[str, int, int]]]:
+    """The flattened parameters cut into blocks of at most ``columns`` entries, in order.
+
+    A block is a list of ``(name, start, stop)`` slices of flattened tensors; small tensors share
+    a block, a large one is cut into several.
+    """
+    blocks: list[list[tuple[str, int, int]]] = []
+    current: list[tuple[str, int, int]] = []
+    room = columns
+    for name, p in params.items():
+        start, size = 0, p.numel()
+        while start < size:
+            stop = min(size, start + room)
+            current.append((name, start, stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                blocks.append(current)
+                current, room = [], columns
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _block_jacobian(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    block: Sequence[tuple[str, int, int]],
+    inputs: Tensor,
+    chunk: int,
+) -> Tensor:
+    """J_θ restricted to the columns of ``block``, ``(N·A, columns)``, ``chunk`` samples at a time."""
+
+    def outputs(pieces: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        theta = dict(params)
+        for (name, start, stop), piece in zip(block, pieces, strict=True):
+            flat = theta[name].reshape(-1)
+            if start == 0 and stop == flat.numel():
+                theta[name] = piece.reshape(params[name].shape)
+            else:  # this block's slice is a variable; the rest of the tensor is a constant
+                theta[name] = torch.cat([flat[:start], piece, flat[stop:]]).reshape(params[name].shape)
+        return functional_call(model, (theta, dict(buffers)), (x.unsqueeze(0),)).reshape(-1)
+
+    pieces = tuple(params[name].reshape(-1)[start:stop] for name, start, stop in block)
+    jacobian = vmap(jacrev(outputs), in_dims=(None, 0))
+    n = inputs.shape[0]
+    out: Tensor | None = None
+    for begin in range(0, n, chunk):
+        jac = jacobian(pieces, inputs[begin : begin + chunk])  # per piece: (chunk, A, slice)
+        if out is None:
+            a = jac[0].shape[1]
+            out = torch.empty(n * a, sum(p.numel() for p in pieces), dtype=jac[0].dtype, device=inputs.device)
+        rows, col = slice(begin * a, (begin + jac[0].shape[0]) * a), 0
+        for j in jac:
+            out[rows, col : col + j.shape[2]] = j.reshape(-1, j.shape[2])
+            col += j.shape[2]
+        del jac
+    assert out is not None
+    return out
 
 
 def ntk_stats(ntk: Tensor) -> dict[str, float]:

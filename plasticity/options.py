@@ -6,6 +6,9 @@ Contains:
         mappings, nested dataclasses).
     unknown_key: the error for a key a dataclass does not have, with "did you mean".
     build_options: a mapping into an options dataclass, strictly (every key known, every value typed).
+    Range / in_range / check_range / check_ranges: a numeric key's valid interval, declared once
+        as field metadata (``gamma: float = field(default=0.99, metadata=in_range(0, 1))``) and
+        checked for every value that comes in, with the interval in the message.
     parse_entry: one ``{name, ...}`` entry of a component list (``regularizers``, ``interventions``)
         checked against the options its registry entry declares.
 
@@ -15,20 +18,37 @@ network, regularizer, intervention or change kind registers its options dataclas
 keys are built with :func:`build_options`). So one rule covers them all: an unknown key is an
 error that lists the valid keys, an int is accepted for a float and an integral float for an int,
 and nothing else is coerced. YAML's ``1e-3`` is a number because the loader reads it as one (YAML
-1.2, :func:`plasticrl.trainers.config.yaml_load`), not because strings are parsed here.
+1.2, :func:`plasticrl.trainers.config.yaml_load`), not because strings are parsed here. A float
+key takes finite numbers only (``.nan`` and ``.inf`` are refused: no key means "no limit" by
+infinity; those that can be off take ``null``). A field whose metadata declares a :class:`Range`
+is checked against it as it is converted, so the message names the exact key and its interval
+(``invalid agent.gamma: 2.0 (agent.gamma must be in [0, 1])``), and a dataclass's ``__post_init__``
+calls :func:`check_ranges` for the same check when it is built from Python.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from plasticrl.plasticity.registry import Registry, close_matches
 
-__all__ = ["ConfigError", "convert", "unknown_key", "build_options", "parse_entry"]
+__all__ = [
+    "ConfigError",
+    "convert",
+    "unknown_key",
+    "build_options",
+    "parse_entry",
+    "Range",
+    "in_range",
+    "check_range",
+    "check_ranges",
+]
 
 
 class ConfigError(ValueError):
@@ -111,6 +131,8 @@ def convert(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}", key=key)
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}", key=key)
     if tp is str:
@@ -118,6 +140,92 @@ def convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}", key=key)
         return value
     raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a schema bug
+
+
+RANGE = "plasticrl_range"
+"""The field-metadata key under which :func:`in_range` stores a field's :class:`Range`."""
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid interval of a numeric config key (either end may be open or absent).
+
+    Example:
+        >>> str(Range(0, 1)), str(Range(0, low_open=True)), str(Range(1)), 0.5 in Range(0, 1)
+        ('in [0, 1]', '> 0', '>= 1', True)
+    """
+
+    low: float | None = None
+    """Smallest valid value (None: unbounded below)."""
+    high: float | None = None
+    """Largest valid value (None: unbounded above)."""
+    low_open: bool = False
+    """``low`` itself is not valid."""
+    high_open: bool = False
+    """``high`` itself is not valid."""
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+        return "any number"
+
+
+def in_range(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> dict[str, Range]:
+    """Field metadata declaring a numeric key's valid interval.
+
+    ``gamma: float = field(default=0.99, metadata=in_range(0, 1))``; ``lr: float =
+    field(default=3e-4, metadata=in_range(0, low_open=True))`` (``> 0``). A tuple field
+    (``hidden_sizes``) has the range checked on each element; None (an optional key that is
+    off) is always valid.
+    """
+    return {RANGE: Range(low, high, low_open, high_open)}
+
+
+def check_range(cls: type, name: str, value: Any, key: str) -> None:
+    """Raise :class:`ConfigError` naming ``key``, ``value`` and the interval unless ``value`` lies in it.
+
+    The interval is field ``name``'s :func:`in_range` metadata on dataclass ``cls``; a field
+    without one accepts any value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    spec = fields[name].metadata.get(RANGE) if name in fields else None
+    if spec is None or value is None:
+        return
+    for item in value if isinstance(value, tuple | list) else (value,):
+        if item not in spec:
+            raise ConfigError(f"invalid {key}: {value!r} ({key} must be {spec})", key=key)
+
+
+def check_ranges(obj: Any, prefix: str) -> None:
+    """:func:`check_range` every field of dataclass instance ``obj``; keys are ``<prefix>.<field>``.
+
+    Called by ``__post_init__``, so that a config built in Python is checked like one read from
+    YAML.
+    """
+    for f in dataclasses.fields(obj):
+        check_range(type(obj), f.name, getattr(obj, f.name), f"{prefix}.{f.name}" if prefix else f.name)
 
 
 def unknown_key(key: str, name: str, valid: list[str], where: str = "here") -> ConfigError:
@@ -162,6 +270,7 @@ def build_options(cls: type, data: Mapping[str, Any], prefix: str, component: st
         if name not in fields:
             raise unknown_key(key, name, fields, f"of {component}" if component else "here")
         kwargs[name] = convert(value, hints[name], key)
+        check_range(cls, name, kwargs[name], key)
     try:
         return cls(**kwargs)
     except ValueError as exc:

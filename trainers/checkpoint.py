@@ -5,7 +5,8 @@ Contains:
     load_checkpoint: read one back, with a clear error for a missing or foreign file.
     load_summary: a checkpoint's global step and config from its small JSON sidecar, without
         unpickling the checkpoint (replay buffers make those hundreds of MB); falls back to the
-        checkpoint itself when the sidecar is missing or stale.
+        checkpoint itself (and rewrites the sidecar) when the sidecar is missing or stale.
+    checkpoint_identity: the identity (generation, nonce) written inside a checkpoint state.
     CHECKPOINT_NAME / CHECKPOINT_VERSION / SUMMARY_KEYS.
 
 A checkpoint holds everything to continue a run as if never stopped: the resolved config, the agent
@@ -13,6 +14,28 @@ A checkpoint holds everything to continue a run as if never stopped: the resolve
 the pickled vector env (env internals, wrapper lifetime state, episode statistics), the current
 observation, the global RNG states, the global step and the logger step. An interrupted write never
 replaces a good checkpoint: the rename is the commit point.
+
+Note [Checkpoint and sidecar]
+    A checkpoint ``X.pt`` has a sidecar ``X.json`` that says, without unpickling ``X.pt``, which
+    step it holds. The pair is two files, so a crash can fall between their renames; the sidecar
+    therefore names exactly the file it describes:
+
+    - inside the checkpoint, ``checkpoint_id = {generation, nonce}``: the writer's count of
+      checkpoints in this run and a random token, unique to this one write;
+    - in the sidecar, the same ``checkpoint_id``, the summary keys, and the file's fingerprint
+      (``size``, ``mtime_ns``, ``inode``) as it stood after its rename.
+
+    The checkpoint is renamed first, then the sidecar. Each crash point leaves a state that is
+    read correctly: before the first rename, the old pair (agreeing; the orphan temp file is
+    removed when the run folder is next opened); between the two renames, a new checkpoint under
+    the old sidecar, whose fingerprint no longer matches (the new file has a later mtime, and an
+    inode other than the file it replaces, as it is created while that one still exists); after
+    the second, the new pair.
+    :func:`load_summary` trusts a sidecar only when the fingerprint matches; otherwise it reads
+    the checkpoint itself and rewrites the sidecar, so a stale sidecar is never taken as current
+    and a complete run is never taken for an incomplete one. Two checkpoints of the same size (the
+    usual case for PPO, whose checkpoint has no growing buffer) are told apart by inode and mtime.
+    A copied run folder (new inodes) only costs one full read.
 
 Checkpoints are pickles (``torch.load(weights_only=False)``): load only files you trust.
 """
@@ -22,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +58,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_summary",
+    "checkpoint_identity",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -44,6 +69,32 @@ SUMMARY_KEYS = ("global_step", "config")
 
 def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
+
+
+def _fingerprint(path: Path) -> dict[str, int]:
+    """What tells this file apart from any earlier file at ``path`` (Note [Checkpoint and sidecar])."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def checkpoint_identity(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``{generation, nonce}`` a checkpoint written by :func:`save_checkpoint` carries, or None.
+
+    Checkpoints written before identities existed carry none.
+    """
+    identity = state.get("checkpoint_id")
+    return dict(identity) if isinstance(identity, dict) else None
+
+
+def _write_sidecar(path: Path, summary: dict[str, Any], identity: Any, fingerprint: dict[str, int]) -> bool:
+    """Write ``path``'s sidecar atomically; False (and no sidecar) when ``summary`` is not JSON-able."""
+    try:
+        text = json.dumps({**summary, "checkpoint_id": identity, "file": fingerprint})
+    except (TypeError, ValueError):  # a state that is not JSON-able has no sidecar
+        _sidecar(path).unlink(missing_ok=True)
+        return False
+    _write_atomic(_sidecar(path), lambda f: f.write(text.encode()))
+    return True
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -60,22 +111,22 @@ def _write_atomic(path: Path, write: Any) -> None:
         raise
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` (plus a format version) to ``path`` atomically; returns the path.
+def save_checkpoint(state: dict[str, Any], path: str | Path, generation: int = 0) -> Path:
+    """Write ``state`` (plus a format version and an identity) to ``path`` atomically; returns the path.
 
-    Then writes the sidecar ``<path stem>.json`` (also atomically) with the state's
-    :data:`SUMMARY_KEYS` and the checkpoint's size, which :func:`load_summary` checks.
+    The identity ``checkpoint_id = {generation, nonce}`` (``generation``: the caller's count of
+    checkpoints in this run; the nonce is random) goes inside the checkpoint. Then the sidecar
+    ``<path stem>.json`` is written (also atomically) with the state's :data:`SUMMARY_KEYS`, the
+    same identity and the checkpoint file's fingerprint, which :func:`load_summary` checks (Note
+    [Checkpoint and sidecar]).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda f: torch.save({"version": CHECKPOINT_VERSION, **state}, f))
+    identity = {"generation": int(generation), "nonce": uuid.uuid4().hex}
+    payload = {"version": CHECKPOINT_VERSION, **state, "checkpoint_id": identity}
+    _write_atomic(path, lambda f: torch.save(payload, f))
     summary = {k: state[k] for k in SUMMARY_KEYS if k in state}
-    try:
-        text = json.dumps({**summary, "checkpoint_bytes": path.stat().st_size})
-    except (TypeError, ValueError):  # a state that is not JSON-able has no sidecar
-        _sidecar(path).unlink(missing_ok=True)
-        return path
-    _write_atomic(_sidecar(path), lambda f: f.write(text.encode()))
+    _write_sidecar(path, summary, identity, _fingerprint(path))
     return path
 
 
@@ -92,17 +143,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a truncated or foreign file
-        raise ValueError(f"{str(path)!r} is not a readable checkpoint: {exc}") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{str(path)!r} is not a plasticrl checkpoint (version {CHECKPOINT_VERSION})")
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{str(path)!r} is not a readable checkpoint (truncated, corrupted or not a torch file: {why})"
+        ) from None
+    if not isinstance(state, dict) or "version" not in state:
+        what = "a dict without a 'version' key" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise ValueError(
+            f"{str(path)!r} is not a plasticrl checkpoint: it holds {what}, not the state plasticrl "
+            "train writes"
+        )
+    if state["version"] != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} is a plasticrl checkpoint of format version {state['version']!r}; this "
+            f"plasticrl reads version {CHECKPOINT_VERSION}"
+        )
     return state
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
     """The :data:`SUMMARY_KEYS` of the checkpoint at ``path``, cheaply.
 
-    Reads the JSON sidecar when it describes this checkpoint (same size); otherwise (no sidecar,
-    or a crash between writing the checkpoint and its sidecar) loads the checkpoint itself.
+    Reads the JSON sidecar when it describes exactly this checkpoint file (same size, mtime and
+    inode as recorded after the checkpoint's rename); otherwise (no sidecar, a sidecar of an
+    earlier checkpoint after a crash between the two renames, a copied folder) loads the
+    checkpoint itself and rewrites a stale sidecar from it, when the file did not change while it
+    was read (Note [Checkpoint and sidecar]). A folder that cannot be written is only read.
 
     Raises:
         FileNotFoundError / ValueError: as :func:`load_checkpoint`.
@@ -110,11 +176,19 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    sidecar = _sidecar(path)
+    before = _fingerprint(path)
     try:
-        summary = json.loads(_sidecar(path).read_text())
-        if summary.pop("checkpoint_bytes") == path.stat().st_size:
-            return summary
-    except (OSError, ValueError, KeyError, AttributeError):
+        recorded = json.loads(sidecar.read_text())
+        if isinstance(recorded, dict) and recorded.get("file") == before:
+            return {k: recorded[k] for k in SUMMARY_KEYS if k in recorded}
+    except (OSError, ValueError):
         pass
     state = load_checkpoint(path)
-    return {k: state[k] for k in SUMMARY_KEYS if k in state}
+    summary = {k: state[k] for k in SUMMARY_KEYS if k in state}
+    if sidecar.exists() and _fingerprint(path) == before:  # a stale sidecar: recompute it
+        try:
+            _write_sidecar(path, summary, checkpoint_identity(state), before)
+        except OSError:
+            pass
+    return summary

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from collections.abc import Sequence
 
 import gymnasium as gym
@@ -38,9 +39,18 @@ EXIT_INTERRUPTED = 130
 EXIT_NONFINITE = 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Print ``<prog>: error: <message> (usage: ...; see <prog> --help)`` on one line and exit with 2."""
+        usage = " ".join(self.format_usage().split())
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} ({usage}; see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of ``plasticrl``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="plasticrl",
         description="Continual RL for studying and fighting loss of plasticity.",
     )
@@ -231,7 +241,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(
                 "missing CONFIG (a YAML preset, e.g. configs/cartpole/dqn.yaml) or --resume RUN_DIR"
             )
-        result = train(load_config(config, overrides), quiet=args.quiet)
+        from plasticrl.trainers.config import ConfigError, blame_source
+
+        cfg = load_config(config, overrides)
+        try:  # start-up checks (names, module:attr, the env's spaces) blame their file or override
+            result = train(cfg, quiet=args.quiet)
+        except ConfigError as exc:
+            if getattr(exc, "plasticrl_run_error", False) or exc.key is None:
+                raise
+            raise ConfigError(f"{blame_source(exc.key, config, overrides)}: {exc}", key=exc.key) from None
     status = result.status
     print(f"{status}: {result.global_step} steps, {result.updates} updates -> {result.run_dir}")
     if status == "interrupted":
@@ -314,8 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plasticrl: error: {exc}", file=sys.stderr)
         return EXIT_TAKEN
     except (ValueError, OSError, gym.error.Error) as exc:  # ConfigError is a ValueError
-        if os.environ.get("PLASTICRL_DEBUG"):
-            raise
+        if os.environ.get("PLASTICRL_DEBUG") or getattr(exc, "plasticrl_run_error", False):
+            raise  # a run's own error (the env's, a hook's): its traceback, with the session's note
         print(f"plasticrl: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

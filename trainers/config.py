@@ -29,7 +29,7 @@ import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import torch
@@ -43,7 +43,14 @@ from plasticrl.plasticity.interventions import InterventionConfig
 from plasticrl.plasticity.metrics import MetricsConfig
 from plasticrl.plasticity.optimizers import OptimizerConfig
 from plasticrl.plasticity.optimizers import applicable_keys as optimizer_keys
-from plasticrl.plasticity.options import ConfigError, convert, unknown_key
+from plasticrl.plasticity.options import (
+    ConfigError,
+    check_range,
+    check_ranges,
+    convert,
+    in_range,
+    unknown_key,
+)
 from plasticrl.plasticity.regularizers import RegularizerConfig
 from plasticrl.trainers.logging import WandbConfig
 
@@ -60,6 +67,8 @@ __all__ = [
     "parse_override",
     "describe_config",
     "applicable_only",
+    "check_run_name",
+    "blame_source",
 ]
 
 
@@ -86,9 +95,48 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: what went wrong and where (``line 3, column 2``).
+
+    PyYAML's own text spans several lines (context, problem, a caret drawing); this keeps the
+    problem and its 1-based line and column.
+    """
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(exc, "context", None)
+    tail = f" ({context})" if context and context != problem else ""
+    return f"{where}{problem}{tail}"
+
+
 def yaml_load(text: str) -> Any:
     """Parse YAML with YAML 1.2 booleans (see ``_Yaml12Loader``)."""
     return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def check_run_name(name: str, key: str, parent: str) -> None:
+    """Refuse a run (or sweep) folder name that would not be a folder inside ``parent``.
+
+    ``../x``, ``/abs/x``, ``a/../../x``, ``""``, ``.``: each would write outside ``parent`` (or into
+    it, mixed with other runs). A name may hold ``/`` to nest runs (``study/run1``) as long as every
+    part is a plain name.
+
+    Raises:
+        ConfigError: naming ``key``, the value and the rule.
+    """
+    parts = name.split("/")
+    if (
+        not name.strip()
+        or PurePath(name).is_absolute()
+        or "\\" in name
+        or any(part in ("..", ".", "") for part in parts)
+        or name != name.strip()
+    ):
+        raise ConfigError(
+            f"invalid {key}: {name!r} ({key} must name a folder inside {parent!r}: plain names "
+            "joined by '/', no '..' or '.', not absolute, not empty)",
+            key=key,
+        )
 
 
 @dataclass(frozen=True)
@@ -99,7 +147,7 @@ class LoggingConfig:
     """Parent folder of run folders."""
     name: str | None = None
     """Run folder name; None builds ``<env>__<agent>__<optimizer>__<network>__s<seed>__<time>``."""
-    every: int = 1000
+    every: int = field(default=1000, metadata=in_range(1))
     """Write loss and Q-value scalars every this many env steps."""
     progress: bool = True
     """Show the progress line (``--quiet`` turns it off)."""
@@ -108,8 +156,9 @@ class LoggingConfig:
     'plasticrl[wandb]'``; ``mode: offline`` needs no network); null: TensorBoard only."""
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"logging.every must be >= 1, got {self.every}")
+        check_ranges(self, "logging")
+        if self.name is not None:
+            check_run_name(self.name, "logging.name", self.dir)
 
 
 @dataclass(frozen=True)
@@ -123,53 +172,45 @@ class EvalConfig:
     Its random draws come from a stream of its own, so training is bit-identical with it on or off.
     """
 
-    every: int = 0
+    every: int = field(default=0, metadata=in_range(0))
     """Evaluate every this many env steps (and at the end); 0 = never."""
-    episodes: int = 128
+    episodes: int = field(default=128, metadata=in_range(1))
     """Episodes per evaluation, played in parallel (one per eval env)."""
     policy: Literal["sample", "greedy"] = "sample"
     """``sample``: PPO draws from π, DQN is ε-greedy with ``epsilon``; ``greedy``: the best action."""
-    epsilon: float = 0.05
+    epsilon: float = field(default=0.05, metadata=in_range(0, 1))
     """DQN's ε when ``policy=sample`` (ε_eval)."""
-    max_episode_steps: int = 100_000
+    max_episode_steps: int = field(default=100_000, metadata=in_range(1))
     """A cap on an evaluation episode's length (the env's own time limit comes first)."""
 
     def __post_init__(self) -> None:
-        if self.every < 0:
-            raise ValueError(f"eval.every must be >= 0, got {self.every}")
-        if self.episodes < 1:
-            raise ValueError(f"eval.episodes must be >= 1, got {self.episodes}")
-        if not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError(f"eval.epsilon must be in [0, 1], got {self.epsilon}")
-        if self.max_episode_steps < 1:
-            raise ValueError(f"eval.max_episode_steps must be >= 1, got {self.max_episode_steps}")
+        check_ranges(self, "eval")
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
     """The ``checkpoint`` section."""
 
-    every: int = 100_000
+    every: int = field(default=100_000, metadata=in_range(0))
     """Write ``checkpoint.pt`` every this many env steps (and at the end, and on Ctrl-C); 0 = only then."""
     replay_buffer: bool = True
     """Include the replay buffer, so that a resumed off-policy run is identical to an uninterrupted one."""
 
     def __post_init__(self) -> None:
-        if self.every < 0:
-            raise ValueError(f"checkpoint.every must be >= 0, got {self.every}")
+        check_ranges(self, "checkpoint")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole run. YAML presets in ``configs/`` set a subset of these keys."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=in_range(0))
     """Seeds python, numpy, torch, the envs and the agent's exploration."""
-    total_steps: int = 100_000
+    total_steps: int = field(default=100_000, metadata=in_range(1))
     """Env steps (summed over sub-envs) to train for."""
     device: str = "cpu"
     """Torch device for the networks (``cpu``, ``cuda``, ``cuda:1``)."""
-    torch_threads: int | None = 1
+    torch_threads: int | None = field(default=1, metadata=in_range(1))
     """Torch intra-op threads; None keeps torch's default. Small RL networks run fastest on 1."""
     deterministic: bool = False
     """Ask torch for deterministic algorithms (CUDA); CPU runs are deterministic regardless."""
@@ -202,12 +243,7 @@ class ExperimentConfig:
     :mod:`plasticrl.trainers.callbacks`)."""
 
     def __post_init__(self) -> None:
-        if self.total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"torch_threads must be >= 1 or null, got {self.torch_threads}")
+        check_ranges(self, "")
         try:
             device = torch.device(self.device)
         except RuntimeError:
@@ -255,10 +291,11 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             kwargs[name] = _build(tp, value, key)  # type: ignore[arg-type]
         else:
             kwargs[name] = convert(value, tp, key)
+            check_range(cls, name, kwargs[name], key)
     try:
         return cls(**kwargs)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key=prefix or None) from None
+    except ValueError as exc:  # a ConfigError from check_ranges keeps its exact key (for _blame)
+        raise ConfigError(str(exc), key=getattr(exc, "key", None) or prefix or None) from None
 
 
 _ENTRY_LISTS: dict[str, type] = {"regularizers": RegularizerConfig, "interventions": InterventionConfig}
@@ -429,7 +466,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: cannot parse the value: {exc}".splitlines()[0]) from None
+        raise ConfigError(f"override {text!r}: cannot parse the value: {yaml_error_text(exc)}") from None
     return key.split("."), value
 
 
@@ -466,19 +503,35 @@ def read_yaml_preset(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any
     A top-level ``base: other.yaml`` (relative to this file) is read first and this file's keys
     are deep-merged over it, so that the presets of one study share one base.
     """
+    named_by = f" (the 'base' of {_chain[-1]})" if _chain else ""
+    if path.is_dir():
+        raise ConfigError(f"config path {str(path)!r}{named_by} is a directory, not a YAML file")
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
+        raise ConfigError(f"config file {str(path)!r}{named_by} not found")
     resolved = path.resolve()
     if resolved in _chain:
         raise ConfigError(f"{path}: 'base' chain loops: {' -> '.join(str(p) for p in (*_chain, resolved))}")
+    raw = path.read_bytes()
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: not a YAML file (binary content)")
     try:
-        loaded = yaml_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} on line {line})") from None
+    try:
+        loaded = yaml_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}".splitlines()[0]) from None
+        raise ConfigError(f"{path}: invalid YAML: {yaml_error_text(exc)}") from None
     if loaded is None:
-        loaded = {}
+        raise ConfigError(
+            f"{path}: the file is empty (no keys); a config sets at least one key, e.g. env.id "
+            "(an empty file would silently train every default for 100000 steps)"
+        )
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of keys")
+        raise ConfigError(
+            f"{path}: a config must be a mapping of keys, got {type(loaded).__name__} {loaded!r:.40}"
+        )
     base = loaded.pop("base", None)
     if base is None:
         return loaded
@@ -548,6 +601,19 @@ def _tie_iso_target(data: dict[str, Any]) -> dict[str, Any]:
             "metrics": {**(met if isinstance(met, Mapping) else {}), "iso_target": opt["iso_target"]},
         }
     return data
+
+
+def blame_source(key: str | None, path: str | Path | None, overrides: Sequence[str]) -> str:
+    """Where the value of ``key`` came from: ``command-line override 'k=v'``, the file, or ``defaults``.
+
+    For errors found after the config is resolved (an unknown name, a ``module:attr`` of the
+    wrong signature), so that they name their source as the loader's own errors do.
+    """
+    if key is not None:
+        culprit = _blame(key, overrides)
+        if culprit in overrides:
+            return f"command-line override {culprit!r}"
+    return str(path) if path is not None else "defaults"
 
 
 def _blame(key: str | None, overrides: Sequence[str]) -> str:

@@ -5,6 +5,7 @@ Contains:
     build_learning: those four from ``cfg``, in the order that matters (the probe first).
     build_interventions: the configured interventions, bound to the model and its optimizer.
     make_lr_scheduler: the configured schedule as a LambdaLR that scales every group's own lr.
+    LinearDecay: the linear schedule's factor, whose horizon is checkpointed (extension keeps it).
     reset_optimizer_state: forget an optimizer's state, as at a task boundary
         (``optimizer.reset_on_task_switch``).
 """
@@ -29,6 +30,7 @@ __all__ = [
     "build_learning",
     "build_interventions",
     "make_lr_scheduler",
+    "LinearDecay",
     "reset_optimizer_state",
 ]
 
@@ -98,17 +100,35 @@ def make_lr_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR | None:
     """None for a constant lr; a linear decay to ``lr_end_factor`` over ``total_updates`` otherwise.
 
-    LambdaLR multiplies each param group's own base lr, keeping per-group ratios.
+    LambdaLR multiplies each param group's own base lr, keeping per-group ratios. The decay is a
+    :class:`LinearDecay` object, not a closure, so LambdaLR's ``state_dict`` keeps its horizon: a
+    resumed run decays over the horizon it started with, even when ``total_steps`` was raised to
+    extend it (the lr stays at ``lr_end_factor`` past the horizon instead of jumping back up).
     """
     if cfg.lr_schedule == "constant":
         return None
-    horizon = max(total_updates, 1)
-    end = cfg.lr_end_factor
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(total_updates, cfg.lr_end_factor))
 
-    def factor(update: int) -> float:
-        return 1.0 - (1.0 - end) * min(update / horizon, 1.0)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+class LinearDecay:
+    """The lr factor ``1 - (1 - end) * min(update / horizon, 1)``: from 1 down to ``end``, then flat.
+
+    A callable object (LambdaLR saves a callable object's ``__dict__`` in its ``state_dict`` and
+    restores it on load, but not a function's), so the horizon is checkpointed with the schedule.
+
+    Example:
+        >>> decay = LinearDecay(horizon=100, end=0.5)
+        >>> decay(0), decay(50), decay(100), decay(400)
+        (1.0, 0.75, 0.5, 0.5)
+    """
+
+    def __init__(self, horizon: int, end: float) -> None:
+        self.horizon = max(int(horizon), 1)
+        self.end = float(end)
+
+    def __call__(self, update: int) -> float:
+        """The factor after ``update`` updates."""
+        return 1.0 - (1.0 - self.end) * min(update / self.horizon, 1.0)
 
 
 def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:

@@ -32,14 +32,22 @@ import numpy as np
 import torch
 from plasticrl.agents import AGENTS
 from plasticrl.agents.buffers import Batch, ObsStorage, ReplayBuffer
-from plasticrl.envs.vector import envs_state, final_observations, make_vector_env, restore_envs
+from plasticrl.envs.vector import final_observations, make_vector_env
 from plasticrl.plasticity.interventions import Intervention
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
 from plasticrl.trainers.learning import build_interventions, build_learning, reset_optimizer_state
 from plasticrl.trainers.runfolder import make_run_dir
 from plasticrl.trainers.seeding import stream
-from plasticrl.trainers.session import Companions, Session, TrainResult, prepare_process, task_switched
+from plasticrl.trainers.session import (
+    Companions,
+    Session,
+    TrainResult,
+    envs_checkpoint,
+    prepare_process,
+    restore_envs_checkpoint,
+    task_switched,
+)
 from torch import Tensor, nn
 
 __all__ = [
@@ -250,8 +258,8 @@ def train_off_policy(
     else:
         resume_state = _upgrade(resume_state)
         envs.close()
-        envs = restore_envs(resume_state["envs"], cfg.env, cfg.seed, cfg.nonstationary)
         state = OffPolicyState.from_state(resume_state)
+        envs, state.obs = restore_envs_checkpoint(resume_state["envs"], cfg, state.global_step, state.obs)
         agent.load_state_dict(resume_state["agent"])
         if resume_state["buffer"] is not None:
             buffer.load_state_dict(resume_state["buffer"])
@@ -262,7 +270,7 @@ def train_off_policy(
             "config": config_to_dict(cfg),
             "agent": agent.state_dict(),
             "buffer": buffer.state_dict() if cfg.checkpoint.replay_buffer else None,
-            "envs": envs_state(envs),
+            "envs": envs_checkpoint(envs),
             **state.state_dict(),
             **companions.state_dict(),
         }
@@ -272,7 +280,7 @@ def train_off_policy(
     learning_clock: tuple[float, int] | None = None  # (time, step) when this process first updated
     session = Session(
         cfg, run_dir, state.global_step, quiet=quiet, state=checkpoint, agent=agent,
-        resume_state=resume_state, probe=companions.probe,
+        resume_state=resume_state, probe=companions.probe, envs=envs,
     )  # fmt: skip
     with session:
         logger, callbacks = session.logger, session.callbacks

@@ -38,14 +38,22 @@ import torch
 from plasticrl.agents.actor_critic import make_actor_critic
 from plasticrl.agents.ppo import PPOAgent, PPOConfig, gae
 from plasticrl.agents.rollout import Rollout, RolloutBatch
-from plasticrl.envs.vector import envs_state, final_observations, host_episodes, make_vector_env, restore_envs
+from plasticrl.envs.vector import final_observations, host_episodes, make_vector_env
 from plasticrl.plasticity.interventions import Intervention
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
 from plasticrl.trainers.learning import build_interventions, build_learning, reset_optimizer_state
 from plasticrl.trainers.runfolder import make_run_dir
 from plasticrl.trainers.seeding import stream
-from plasticrl.trainers.session import Companions, Session, TrainResult, prepare_process, task_switched
+from plasticrl.trainers.session import (
+    Companions,
+    Session,
+    TrainResult,
+    envs_checkpoint,
+    prepare_process,
+    restore_envs_checkpoint,
+    task_switched,
+)
 from torch import Tensor
 
 __all__ = ["PPOSetup", "OnPolicyState", "build_ppo", "train_on_policy"]
@@ -172,11 +180,12 @@ def train_on_policy(
     agent_cfg = cfg.agent
     assert isinstance(agent_cfg, PPOConfig)
     prepare_process(cfg)
-    envs = (
-        make_vector_env(cfg.env, cfg.seed, cfg.nonstationary)
-        if resume_state is None
-        else restore_envs(resume_state["envs"], cfg.env, cfg.seed, cfg.nonstationary)
-    )
+    if resume_state is None:
+        envs, resumed_obs = make_vector_env(cfg.env, cfg.seed, cfg.nonstationary), None
+    else:  # Note [Envs that cannot be pickled] in plasticrl.trainers.session
+        envs, resumed_obs = restore_envs_checkpoint(
+            resume_state["envs"], cfg, int(resume_state["global_step"]), resume_state["obs"]
+        )
     try:  # (async envs own worker processes: close them if the set-up fails)
         setup = build_ppo(cfg, envs)
         if run_dir is None:
@@ -192,6 +201,7 @@ def train_on_policy(
         state = OnPolicyState(obs=envs.reset(seed=cfg.seed)[0])
     else:
         state = OnPolicyState.from_state(resume_state)
+        state.obs = resumed_obs
         agent.load_state_dict(resume_state["agent"])
         companions.load_state_dict(resume_state)
 
@@ -199,7 +209,7 @@ def train_on_policy(
         return {
             "config": config_to_dict(cfg),
             "agent": agent.state_dict(),
-            "envs": envs_state(envs),
+            "envs": envs_checkpoint(envs),
             **state.state_dict(),
             **companions.state_dict(),
         }
@@ -215,7 +225,7 @@ def train_on_policy(
     seconds = {"rollout": 0.0, "update": 0.0}  # this process's time in each phase
     session = Session(
         cfg, run_dir, state.global_step, quiet=quiet, state=checkpoint, agent=agent,
-        resume_state=resume_state, probe=companions.probe,
+        resume_state=resume_state, probe=companions.probe, envs=envs,
     )  # fmt: skip
     with session:
         logger, callbacks = session.logger, session.callbacks

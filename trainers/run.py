@@ -12,16 +12,22 @@ Contains:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+import os
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import torch
 import yaml
 from plasticrl.agents.networks import NETWORKS
 from plasticrl.envs.make import check_nonstationary, resolve_env_id
 from plasticrl.plasticity.interventions import check_intervention
 from plasticrl.plasticity.optimizers import OPTIMIZERS
+from plasticrl.plasticity.registry import resolve_import
 from plasticrl.plasticity.regularizers import REGULARIZERS
 from plasticrl.trainers.callbacks import check_callbacks
 from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -35,11 +41,13 @@ from plasticrl.trainers.config import (
 )
 from plasticrl.trainers.logging import check_tracking
 from plasticrl.trainers.runfolder import write_config
-from plasticrl.trainers.runlock import lock_run_dir, unlock_run_dir
+from plasticrl.trainers.runlock import lock_run_dir, run_dir_holder, unlock_run_dir
 from plasticrl.trainers.session import TrainResult
 
 __all__ = [
     "check_names",
+    "check_signature",
+    "check_env_observations",
     "train",
     "resume",
     "resolve_config",
@@ -50,28 +58,177 @@ __all__ = [
 RESUME_OVERRIDABLE = ("total_steps", "checkpoint.every", "logging.every", "logging.progress")
 
 
+def _cwd_on_path() -> None:
+    """Let a ``package.module:attr`` name find a module in the working directory (as env ids do).
+
+    Appended, not prepended, so a user's file never shadows an installed package.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
+def check_signature(kind: str, key: str, spec: str, obj: object, call: str, nargs: int) -> None:
+    """Refuse a ``package.module:attr`` that imports but cannot be called as a ``kind``.
+
+    Args:
+        kind: what the attribute should be (``network factory``).
+        key: the config key that named it (``network.name``).
+        spec: the user's text (``mynets:build``).
+        obj: what it resolved to.
+        call: how plasticrl calls it, for the message (``(observation_space, action_space, cfg)``).
+        nargs: how many positional arguments that call passes.
+
+    Raises:
+        ConfigError: ``obj`` is not callable, or its signature does not take ``nargs`` positional
+            arguments (a builtin without a signature is let through).
+    """
+    if not callable(obj):
+        raise ConfigError(
+            f"invalid {key}: {spec!r} is not callable (it is {type(obj).__name__} {obj!r:.40}); "
+            f"a {kind} must be a callable {call}",
+            key=key,
+        )
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*range(nargs))
+    except TypeError as exc:
+        raise ConfigError(
+            f"invalid {key}: {spec!r} has the signature {signature}, but a {kind} is called as "
+            f"{call} ({exc})",
+            key=key,
+        ) from None
+
+
+def _check_kwargs(kind: str, key: str, spec: str, obj: Any, kwargs: Mapping[str, Any]) -> None:
+    """Refuse a ``kind`` that its configured keyword arguments cannot call (``obj(**kwargs)``)."""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"invalid {key}: {spec!r} has the signature {signature}, but a {kind} is called with "
+            f"the entry's keyword arguments {dict(kwargs)} ({exc})",
+            key=key,
+        ) from None
+
+
+def _keyed(key: str, check: Callable[[], Any]) -> Any:
+    """Run ``check()``; a ValueError it raises becomes a ConfigError for ``key`` (to blame its source)."""
+    try:
+        return check()
+    except ConfigError as exc:
+        if exc.key is None:
+            raise ConfigError(str(exc), key=key) from None
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key) from None
+
+
 def check_names(cfg: ExperimentConfig) -> None:
     """Resolve env id, non-stationarity, network, optimizer, regularizer and intervention names.
 
-    Interventions' options are checked too; combinations that need the built model (a constrained
-    network, an optimizer whose state cannot be edited) fail when the loop builds them, before
-    the run folder is created.
+    Interventions' options are checked too, and every ``package.module:attr`` that imports must be
+    a callable of the right signature (:func:`check_signature`). Combinations that need the built
+    model (a constrained network, an optimizer whose state cannot be edited) fail when the loop
+    builds them, before the run folder is created. Each error carries the config key at fault
+    (``ConfigError.key``), so the command line can blame the file or the override that set it.
 
     Raises:
-        ValueError: naming the unknown or invalid value and the valid choices.
+        ConfigError: naming the unknown or invalid value and the valid choices.
     """
+    _cwd_on_path()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={cfg.device!r} but this torch has no CUDA device; use device=cpu")
-    resolve_env_id(cfg.env.id)
-    check_nonstationary(cfg.env, cfg.nonstationary)
-    NETWORKS.check(cfg.network.name)
-    OPTIMIZERS.check(cfg.optimizer.name)
-    for reg in cfg.regularizers:
-        REGULARIZERS.check(reg.name)
-    for intervention in cfg.interventions:
-        check_intervention(intervention)
-    check_tracking(cfg)
-    check_callbacks(cfg.callbacks)
+        raise ConfigError(
+            f"device={cfg.device!r} but this torch has no CUDA device; use device=cpu", key="device"
+        )
+    _keyed("env.id", lambda: resolve_env_id(cfg.env.id))
+    _keyed("nonstationary", lambda: check_nonstationary(cfg.env, cfg.nonstationary))
+    _keyed("network.name", lambda: NETWORKS.check(cfg.network.name))
+    if ":" in cfg.network.name:
+        network = NETWORKS.get(cfg.network.name)
+        call = "(observation_space, action_space, cfg) -> nn.Module"
+        check_signature("network factory", "network.name", cfg.network.name, network, call, 3)
+    _keyed("optimizer.name", lambda: OPTIMIZERS.check(cfg.optimizer.name))
+    if ":" in cfg.optimizer.name:
+        optimizer = OPTIMIZERS.get(cfg.optimizer.name)
+        if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+            call = "(param_groups, cfg) -> torch.optim.Optimizer, or a torch.optim.Optimizer subclass"
+            check_signature("optimizer factory", "optimizer.name", cfg.optimizer.name, optimizer, call, 2)
+    for i, reg in enumerate(cfg.regularizers):
+        key = f"regularizers[{i}].name"
+        _keyed(key, lambda reg=reg: REGULARIZERS.check(reg.name))
+        if ":" in reg.name:
+            call = "(model, param_groups, cfg) -> regularizer"
+            check_signature("regularizer factory", key, reg.name, REGULARIZERS.get(reg.name), call, 3)
+    for i, intervention in enumerate(cfg.interventions):
+        _keyed(f"interventions[{i}]", lambda intervention=intervention: check_intervention(intervention))
+    _keyed("logging.wandb", lambda: check_tracking(cfg))
+    _keyed("callbacks", lambda: check_callbacks(cfg.callbacks))
+    for i, entry in enumerate(cfg.callbacks):
+        spec, kwargs = (entry, {}) if isinstance(entry, str) else (entry["name"], dict(entry))
+        kwargs.pop("name", None)
+        _check_kwargs("callback factory", f"callbacks[{i}]", spec, resolve_import(spec), kwargs)
+
+
+def _space_mismatch(obs: Any, space: gym.Space[Any]) -> str | None:
+    """How ``obs`` breaks the dtype or shape ``space`` declares, in words; None when it does not."""
+    if not isinstance(space, gym.spaces.Box | gym.spaces.MultiBinary | gym.spaces.MultiDiscrete):
+        return None  # Discrete, Dict, ...: plasticrl's networks need a Box; make_env says so
+    if not isinstance(obs, np.ndarray):
+        return f"a {type(obs).__name__}, not a numpy array of dtype {space.dtype} and shape {space.shape}"
+    problems = []
+    if obs.dtype != space.dtype:
+        problems.append(f"dtype {obs.dtype} where the space declares {space.dtype}")
+    if obs.shape != space.shape:
+        problems.append(f"shape {obs.shape} where the space declares {space.shape}")
+    return " and ".join(problems) or None
+
+
+def check_env_observations(cfg: ExperimentConfig) -> None:
+    """Build one sub-env as the run will, reset it and step it once; refuse observations off its space.
+
+    A network is built for the declared observation space and the replay buffer stores that dtype,
+    so an env returning float64 under a float32 ``Box`` (or another shape) would fail mid-run or
+    train silently on converted values. Checked before any run folder is made; the probe env is
+    closed again and the run builds its own.
+
+    Raises:
+        ConfigError: naming ``env.id``, the call (reset or step), the dtype or shape it returned and
+            the one its observation space declares.
+    """
+    from plasticrl.envs.make import build_sub_env
+
+    try:
+        env = build_sub_env(cfg.env, cfg.seed, 0, cfg.nonstationary)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # make_env's one-line errors, keyed for the blame
+        message = str(exc)
+        raise ConfigError(
+            message, key="env.wrappers" if message.startswith("env.wrappers") else "env.id"
+        ) from None
+    try:
+        space = env.observation_space
+        obs, _ = env.reset(seed=cfg.seed)
+        problem, call = _space_mismatch(obs, space), "reset()"
+        if problem is None:
+            obs = env.step(env.action_space.sample())[0]
+            problem, call = _space_mismatch(obs, space), "step()"
+    finally:
+        env.close()
+    if problem is not None:
+        raise ConfigError(
+            f"env.id={cfg.env.id!r}: {call} returned observations of {problem} ({space}); fix the "
+            "env or add a wrapper (env.wrappers: [{name: DtypeObservation, dtype: ...}] for the dtype)",
+            key="env.id",
+        )
 
 
 def _loop_for(cfg: ExperimentConfig) -> Any:
@@ -154,6 +311,7 @@ def train(
     """
     cfg = resolve_config(config, **overrides)
     check_names(cfg)
+    check_env_observations(cfg)
     return _loop_for(cfg)(cfg, None, None, quiet=quiet)
 
 
@@ -169,9 +327,24 @@ def resume(run_dir: str | Path, overrides: list[str] = (), *, quiet: bool = Fals
         key = text.partition("=")[0].strip()
         if key not in RESUME_OVERRIDABLE:
             raise ConfigError(f"cannot change {key!r} on resume; only {list(RESUME_OVERRIDABLE)} may change")
-    lock_run_dir(run_dir)  # before reading the checkpoint another process may be writing
+    holder = run_dir_holder(run_dir)  # (creates nothing) a folder in use is reported before the read
+    if holder is not None and holder != "this process":
+        lock_run_dir(run_dir)  # raises RunFolderInUse, naming the holder
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} has no {CHECKPOINT_NAME} (stopped before its first checkpoint?); "
+            "start the run again under a new name, or remove the folder"
+        )
+    # Read (and so validate) the checkpoint before taking the lock, so a corrupt or foreign file
+    # leaves the folder as it was; re-read it if another process replaced it meanwhile.
+    stamp = path.stat()
+    state = load_checkpoint(path)
+    lock_run_dir(run_dir)
     try:
-        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        now = path.stat()
+        if (now.st_ino, now.st_mtime_ns, now.st_size) != (stamp.st_ino, stamp.st_mtime_ns, stamp.st_size):
+            state = load_checkpoint(path)
         cfg = config_from_dict(apply_overrides(applicable_only(state["config"]), overrides))
         if cfg.total_steps <= state["global_step"]:
             raise ConfigError(

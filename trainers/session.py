@@ -14,6 +14,9 @@ Contains:
     Companions: what both loops carry beside their algorithm (episode statistics, the metrics
         probe, the interventions, their random streams, the global generators), checkpointed as
         one; ``measure`` and ``intervene`` are the two calls a loop makes after an update.
+    env_pickle_problem / envs_checkpoint / restore_envs_checkpoint: the env's checkpoint entry,
+        which an env that cannot be pickled leaves out instead of losing the whole checkpoint
+        (Note [Envs that cannot be pickled]).
 
 A loop reads top to bottom::
 
@@ -28,6 +31,7 @@ A loop reads top to bottom::
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,11 +42,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from plasticrl.agents.common import NonFiniteLossError
+from plasticrl.envs.vector import envs_state, make_vector_env, restore_envs
 from plasticrl.plasticity.interventions import Intervention, ProbeSource
 from plasticrl.plasticity.probe import PlasticityProbe
 from plasticrl.trainers.cadence import Cadence
 from plasticrl.trainers.callbacks import Callbacks, RunContext, build_callbacks
-from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, checkpoint_identity, save_checkpoint
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
 from plasticrl.trainers.evaluation import Evaluator
 from plasticrl.trainers.interrupt import GracefulInterrupt
@@ -53,6 +58,9 @@ from plasticrl.trainers.seeding import rng_state, seed_everything, set_rng_state
 from torch import Tensor, nn
 
 __all__ = [
+    "env_pickle_problem",
+    "envs_checkpoint",
+    "restore_envs_checkpoint",
     "prepare_process",
     "EpisodeStats",
     "task_switched",
@@ -60,9 +68,65 @@ __all__ = [
     "Session",
     "TrainResult",
     "NONFINITE_NAME",
+    "CheckpointWriteError",
 ]
 
 NONFINITE_NAME = "nonfinite_stop.pt"
+ENVS_NOT_SAVED = "not_saved"
+"""The key of an env checkpoint entry that holds no env, only why (Note [Envs that cannot be pickled])."""
+
+# Note [Envs that cannot be pickled]
+# A checkpoint holds the pickled vector env, so that a resumed run continues mid-episode. An env
+# holding a lock, a lambda, a socket or a C handle cannot be pickled; that must not cost the run
+# its checkpoints (weights, optimizer, replay buffer, counters). So:
+# - at start-up, the Session pickles the env once (env_pickle_problem) and, if that fails, says
+#   so in one line on stderr, before the first step;
+# - every checkpoint's env entry is then ``{"not_saved": reason}`` (envs_checkpoint), and the
+#   rest of the checkpoint is written as usual;
+# - a resumed run builds fresh envs from the config and resets them (restore_envs_checkpoint):
+#   the agent, buffer and counters continue, the episodes in flight are lost, and a
+#   non-stationary schedule's lifetime state (task, permutation) starts over.
+
+
+def env_pickle_problem(envs: Any) -> str | None:
+    """Why ``envs`` cannot go into a checkpoint, or None.
+
+    E.g. ``TypeError: cannot pickle '_thread.lock' object``.
+    """
+    try:
+        envs_state(envs)
+    except Exception as exc:  # an env's own __getstate__ may raise anything
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def envs_checkpoint(envs: Any) -> dict[str, Any]:
+    """The checkpoint entry of ``envs``: its state, or ``{"not_saved": reason}`` when it cannot be pickled."""
+    try:
+        return envs_state(envs)
+    except Exception as exc:
+        return {ENVS_NOT_SAVED: f"{type(exc).__name__}: {exc}".splitlines()[0]}
+
+
+def restore_envs_checkpoint(
+    entry: Mapping[str, Any], cfg: ExperimentConfig, global_step: int, saved_obs: np.ndarray
+) -> tuple[Any, np.ndarray]:
+    """``(envs, obs)`` to resume from a checkpoint's env ``entry``.
+
+    The saved envs and observations when the entry holds them; fresh envs from ``cfg``, reset with
+    a seed drawn from the run seed and ``global_step``, and their first observations when it does
+    not (Note [Envs that cannot be pickled]), saying so on stderr.
+    """
+    if ENVS_NOT_SAVED not in entry:
+        return restore_envs(entry, cfg.env, cfg.seed, cfg.nonstationary), saved_obs
+    print(
+        f"plasticrl: warning: the checkpoint holds no env state ({entry[ENVS_NOT_SAVED]}); resuming at "
+        f"step {global_step} with fresh envs (new episodes; a non-stationary schedule starts over)",
+        file=sys.stderr,
+    )
+    envs = make_vector_env(cfg.env, cfg.seed, cfg.nonstationary)
+    seed = int(np.random.SeedSequence([cfg.seed, global_step]).generate_state(1)[0])
+    return envs, envs.reset(seed=seed)[0]
 
 
 @dataclass(frozen=True)
@@ -327,6 +391,14 @@ class Companions:
 StateFn = Callable[[], dict[str, Any]]
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint write the file system refused (``ENOSPC``, ``EDQUOT``, ``EROFS``, ...).
+
+    Its message says whether the previous checkpoint is intact and how to resume; the temp file of
+    the failed write is already removed (:func:`plasticrl.trainers.checkpoint.save_checkpoint`).
+    """
+
+
 class Session:
     """A run's shared machinery around a loop: run folder, logger, progress, Ctrl-C, checkpoints.
 
@@ -350,6 +422,8 @@ class Session:
         resume_state: the checkpoint resumed from, or None for a new run (a resumed run hides
             events logged after its checkpoint and restores the callbacks' state).
         probe: the plasticity probe: a new run writes its TensorBoard layout.
+        envs: the training envs: pickled once here, so that an env that cannot go into
+            checkpoints is reported at start-up (Note [Envs that cannot be pickled]).
     """
 
     def __init__(
@@ -363,8 +437,18 @@ class Session:
         agent: Any = None,
         resume_state: Mapping[str, Any] | None = None,
         probe: PlasticityProbe | None = None,
+        envs: Any = None,
     ) -> None:
         resumed = resume_state is not None
+        self.env_problem = None if envs is None else env_pickle_problem(envs)
+        """Why the envs cannot be checkpointed, or None (checked once, at start-up)."""
+        if self.env_problem is not None:
+            print(
+                f"plasticrl: warning: env {cfg.env.id!r} cannot be pickled ({self.env_problem}); "
+                "checkpoints keep the agent, optimizer, replay buffer and counters but not the env "
+                "state, and --resume starts fresh envs",
+                file=sys.stderr,
+            )
         self.cfg = cfg
         self.run_dir = run_dir
         self.state = state
@@ -386,7 +470,14 @@ class Session:
             self.callbacks.load_state_dict(resume_state.get("callbacks"))
         if probe is not None and not resumed:
             self.logger.layout(probe.layout())
+        identity = None if resume_state is None else checkpoint_identity(dict(resume_state))
+        self.generation = 0 if identity is None else int(identity["generation"])
+        """Checkpoints written in this run so far (inside each checkpoint's identity)."""
+        self.last_checkpoint_step: int | None = start_step if resumed else None
+        """The step of the newest ``checkpoint.pt`` in the run folder, None before the first."""
         self.start_step = start_step
+        self.step = start_step
+        """The global step at the end of the last loop iteration."""
         self.status = "running"
         """``finished``, ``interrupted`` (Ctrl-C; checkpoint written at a consistent point) or
         ``stopped: <reason>`` (a NaN/inf loss), once the ``with`` block is left."""
@@ -403,14 +494,45 @@ class Session:
         return self.interrupt.requested or self.callbacks.stop_reason is not None
 
     def save(self, name: str = CHECKPOINT_NAME) -> Path:
-        """Write the checkpoint (``state()``, with the callbacks' state) atomically into the run folder."""
+        """Write the checkpoint (``state()``, with the callbacks' state) atomically into the run folder.
+
+        Raises:
+            CheckpointWriteError: the file system refused the write (a full disk): the message says
+                that the previous checkpoint is intact and how to resume.
+        """
         state = self.state()
         if self.callbacks:
             state = {**state, "callbacks": self.callbacks.state_dict()}
-        path = save_checkpoint(state, self.run_dir / name)
+        self.generation += 1
+        step = int(state.get("global_step", self.step))
+        try:
+            path = save_checkpoint(state, self.run_dir / name, generation=self.generation)
+        except OSError as exc:
+            raise CheckpointWriteError(self._write_failure(name, step, exc)) from exc
+        if name == CHECKPOINT_NAME:
+            self.last_checkpoint_step = step
         if self.callbacks:
-            self.callbacks.on_checkpoint(int(state.get("global_step", self.callbacks.ctx.step)), path)
+            self.callbacks.on_checkpoint(step, path)
         return path
+
+    def _kept(self) -> str:
+        """What the run folder holds to resume from, in words."""
+        if self.last_checkpoint_step is None:
+            return f"no checkpoint of this run exists yet in {str(self.run_dir)!r}"
+        return (
+            f"its last checkpoint ({self.run_dir / CHECKPOINT_NAME}, step {self.last_checkpoint_step}) "
+            "is intact"
+        )
+
+    def _write_failure(self, name: str, step: int, exc: OSError) -> str:
+        """The one line for a checkpoint write the file system refused."""
+        why = exc.strerror or str(exc)
+        how = (
+            f"; free space and resume with: plasticrl train --resume {self.run_dir}"
+            if self.last_checkpoint_step is not None
+            else "; free space and start the run again"
+        )
+        return f"could not write {name} at step {step} ({why}); {self._kept()}{how}"
 
     def end_iteration(self, step: int, episodes: EpisodeStats, agent: Any, envs: Any) -> None:
         """What ends every loop iteration: an evaluation when due, the progress line, a checkpoint when due.
@@ -418,6 +540,7 @@ class Session:
         The evaluation plays in envs of its own with a stream of its own (``eval.*``,
         :class:`plasticrl.trainers.evaluation.Evaluator`): training is the same with it off.
         """
+        self.step = step
         if self.evaluator.due(step):
             self.logger.log(self.evaluator.run(agent, envs, step), step)
         self.progress.update(step, episodes)
@@ -457,6 +580,19 @@ class Session:
                 self.callbacks.ctx.detach_logger()  # what hooks return from here on is not logged
             if exc is None:
                 self.save()
+            elif isinstance(exc, Exception) and not isinstance(
+                exc, NonFiniteLossError | CheckpointWriteError
+            ):
+                # The env's (or a hook's) own error: its traceback is the user's to read; say what is kept.
+                exc.add_note(
+                    f"plasticrl: the run stopped on this error after step {self.step}; {self._kept()}"
+                    + (
+                        f"; fix the cause and resume with: plasticrl train --resume {self.run_dir}"
+                        if self.last_checkpoint_step is not None
+                        else ""
+                    )
+                )
+                exc.plasticrl_run_error = True  # type: ignore[attr-defined]  # the CLI shows its traceback
         finally:
             unlock_run_dir(self.run_dir)
         return isinstance(exc, NonFiniteLossError)

@@ -9,7 +9,9 @@ trainers can use in place of ``plasticrl.envs.vector.make_vector_env``'s sync ve
 (:func:`make_batched_vector_env`).
 
 Contains:
-    BatchedMinAtar, make_batched_vector_env, GAMES: :mod:`.vector`.
+    BatchedMinAtar, GAMES, game_name: :mod:`.vector`.
+    make_batched_vector_env: :mod:`.make` (a run's config in, the vector env out).
+    BatchedNonStationary: :mod:`.nonstationary` (every env changes task at once).
     Asterix, Breakout, Freeway, Seaquest, SpaceInvaders: the games, one module each.
     TorchSource, NumpySource, RandomSource, BatchedGame: :mod:`.common`.
 """
@@ -18,9 +20,10 @@ from plasticrl.envs.batched_minatar.asterix import Asterix
 from plasticrl.envs.batched_minatar.breakout import Breakout
 from plasticrl.envs.batched_minatar.common import BatchedGame, NumpySource, RandomSource, TorchSource
 from plasticrl.envs.batched_minatar.freeway import Freeway
+from plasticrl.envs.batched_minatar.make import make_batched_vector_env
 from plasticrl.envs.batched_minatar.seaquest import Seaquest
 from plasticrl.envs.batched_minatar.space_invaders import SpaceInvaders
-from plasticrl.envs.batched_minatar.vector import GAMES, BatchedMinAtar, game_name, make_batched_vector_env
+from plasticrl.envs.batched_minatar.vector import GAMES, BatchedMinAtar, game_name
 
 __all__ = [
     "Asterix",

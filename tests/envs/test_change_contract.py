@@ -257,7 +257,7 @@ def test_every_preset_loads_and_builds_the_change_it_built_before() -> None:
         kinds.add(ns.kind)
         # What make_change built before options dataclasses: the class called with the mapping.
         assert repr(make_change(ns)) == repr(CHANGES.get(ns.kind)(**dict(ns.options)))
-    assert kinds == {"switch", "permute_obs", "reward_scale", ("switch", "permute_obs")}
+    assert kinds == {"switch", "permute_obs", "reward_scale", "dynamics", ("switch", "permute_obs")}
 
 
 def test_applicable_keys() -> None:

@@ -341,7 +341,14 @@ def test_task_set_requires_reset_after_select() -> None:
 
 
 def test_changes_registry() -> None:
-    assert CHANGES.names() == ["obs_noise", "permute_actions", "permute_obs", "reward_scale", "switch"]
+    assert CHANGES.names() == [
+        "dynamics",
+        "obs_noise",
+        "permute_actions",
+        "permute_obs",
+        "reward_scale",
+        "switch",
+    ]
     assert isinstance(CHANGES.get("permute_obs")(mode="spatial"), PermuteObs)
     assert (
         repr(CHANGES.get("reward_scale")(scales=[1, -2])) == "RewardScale(scales=(1.0, -2.0), order='cycle')"

@@ -284,14 +284,14 @@ def test_regularizer_entries_keep_options() -> None:
         ({"name": "spectral"}, "lacks ['coef']"),
         ({"coef": 1.0}, "needs a name"),
         ({"name": "spectral", "coef": -1.0}, "coef must be a finite number >= 0"),
-        ({"name": "spectral", "coef": float("nan")}, "coef must be a finite number >= 0"),
+        ({"name": "spectral", "coef": float("nan")}, "expected a finite number"),
         ("spectral", "expected a regularizer entry"),
     ],
 )
 def test_bad_regularizer_entries(entry: object, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict({"regularizers": [entry]})
-    assert str(info.value).startswith("regularizers[0]: ")
+    assert str(info.value).startswith("regularizers[0]")  # "regularizers[0]: " or "regularizers[0].coef: "
     assert expected in str(info.value)
 
 
@@ -423,7 +423,8 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=rf"{listing}: a config must be a mapping"):
         load_config(listing)
     empty = write_yaml(tmp_path / "empty.yaml", "")
-    assert load_config(empty) == ExperimentConfig()
+    with pytest.raises(ConfigError, match=r"empty\.yaml: the file is empty"):
+        load_config(empty)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ from plasticrl.trainers.config import (
     config_to_dict,
     load_config,
     parse_override,
+    yaml_error_text,
     yaml_load,
 )
 from plasticrl.trainers.run import RESUME_OVERRIDABLE, check_names
@@ -267,12 +268,16 @@ def load_sweep(path: str | Path) -> SweepSpec:
             YAML, an unknown top-level key, a wrong type, an empty grid list, a reserved key.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"sweep path {str(path)!r} is a directory, not a sweep file")
     if not path.is_file():
         raise ConfigError(f"sweep file {str(path)!r} not found")
     try:
         data = yaml_load(path.read_text())
+    except UnicodeDecodeError:
+        raise _fail(path, "not a YAML file (not UTF-8 text)") from None
     except yaml.YAMLError as exc:
-        raise _fail(path, f"invalid YAML: {exc}".splitlines()[0]) from None
+        raise _fail(path, f"invalid YAML: {yaml_error_text(exc)}") from None
     if not isinstance(data, dict):
         raise _fail(path, "a sweep file must be a mapping with keys " + ", ".join(SWEEP_KEYS))
     unknown = [k for k in data if k not in SWEEP_KEYS]
@@ -313,6 +318,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not sanitize(name):
         raise _fail(path, f"'name' must be a non-empty string, got {name!r}")
+    if "/" in name or "\\" in name or name.strip() in (".", ".."):
+        raise _fail(path, f"'name' must be one folder name inside 'dir' (no '/', not '..'), got {name!r}")
     folder = data.get("dir", "runs")
     if not isinstance(folder, str) or not folder:
         raise _fail(path, f"'dir' must be a folder path, got {folder!r}")
