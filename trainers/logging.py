@@ -16,6 +16,10 @@ Contains:
     wandb_settings: the ``logging.wandb`` section of a resolved config dict (pure).
     check_tracking: fail before anything runs when ``logging.wandb`` is set without ``wandb``.
     config_markdown: the resolved config as a markdown table (TensorBoard text, CleanRL-style).
+    TASK_STEP_TAG: the task id drawn as a step function (beside ``env/task_id``'s change points).
+    default_layout: the custom-scalars categories every run gets (the task as a step, interventions).
+    plasticity_layout: a custom-scalars chart for every family of ``plasticity/*`` tags (pure).
+    merge_layouts: custom-scalars layouts merged category by category (pure).
 
 Tags follow CleanRL (``charts/…``, ``losses/…``) so that existing tooling reads them; W&B receives
 the same tags with ``global_step`` (the env step) as their x-axis.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import string
 import sys
@@ -54,6 +59,12 @@ __all__ = [
     "check_tracking",
     "config_markdown",
     "flatten_config",
+    "TASK_TAG",
+    "TASK_STEP_TAG",
+    "TASK_POINTS",
+    "default_layout",
+    "plasticity_layout",
+    "merge_layouts",
 ]
 
 WANDB_ID_NAME = "wandb_run_id"
@@ -75,6 +86,54 @@ HPARAM_METRICS: tuple[str, ...] = (
 at τ = 0.025 (else the smallest τ logged); ``plasticity_gap``: ``plasticrl report``'s gap of the
 last task segment (final return on it minus on segment 0). A metric a run cannot have (no eval,
 no probe, one segment) is left out of its event file, and the table shows it empty."""
+
+TASK_TAG = "env/task_id"
+"""The task id, one point where the run starts and one at each change (what reports read:
+``plasticrl.trainers.experiments.plot.TASK_TAG``)."""
+
+TASK_STEP_TAG = "env/task_id_step"
+"""The same task id drawn as a step function. TensorBoard joins a tag's points by straight lines,
+so ``env/task_id``'s change points draw ramps between switches. Here each switch at step s also
+holds the previous id at s − 1, and the id in force is repeated at the logger's calls at most
+every ``task_every`` steps (``open_logger``: ``total_steps // 1000``, so about 1000 points a run,
+TensorBoard's own sampling) and at the last logged step. The line is flat on every task and
+vertical at every switch; TensorBoard's smoothing (0.6 by default), an average over points,
+catches up within a few points, well under 1 % of the run. Written by
+:class:`TensorBoardLogger` whenever ``env/task_id`` is logged; reports never read it."""
+
+TASK_POINTS = 1000
+"""About how many :data:`TASK_STEP_TAG` points a run gets (``task_every = total_steps // 1000``)."""
+
+_LAYERS, _WHOLE, _KINDS = "every layer", "whole network", "each parameter kind"
+PLASTICITY_FAMILIES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "plasticity/dormant",
+        (("dormant_persistent", "every τ and layer"), ("dormant_reactivated", "every τ and layer")),
+    ),
+    ("plasticity/features", (("effective_rank", "every head"), ("feature_norm", _WHOLE))),
+    ("plasticity/isometry", (("jacobian_sv2_var", _LAYERS),)),
+    (
+        "plasticity/weights",
+        tuple((f, _LAYERS) for f in ("weight_norm", "weight_dist_init", "weight_sv_max", "weight_sv_min"))
+        + (("stable_rank", _LAYERS),),
+    ),
+    (
+        "plasticity/optimizer",
+        (("grad_norm", _WHOLE), ("param_rms", _WHOLE))
+        + tuple((f, _KINDS) for f in ("sqrt_v_mean", "sqrt_v_max", "sqrt_v_min")),
+    ),
+    (
+        "plasticity/ntk",
+        tuple(
+            (f, _WHOLE) for f in ("ntk_condition_number", "ntk_rank", "ntk_effective_rank", "ntk_lambda_max")
+        ),
+    ),
+)
+"""Custom-scalars category → the ``plasticity/<family>`` tag families charted in it, each with what
+its lines are (one chart per family: its total and every layer / τ / parameter kind as lines).
+The per-τ dormant charts, the isometry gaps, the Jacobian σ² means and the feature ranks come
+from the probe's own layout (:func:`plasticrl.plasticity.metrics.custom_scalars_layout`), which
+these complete."""
 
 _FINAL_EPISODES = 20
 _NEVER_DIFFERING = ("logging.", "checkpoint.", "device", "torch_threads")
@@ -167,6 +226,9 @@ class WandbTracker:
         run_id = stored or _new_run_id()
         if not stored:
             id_path.write_text(run_id + "\n")  # before init: a crash during it keeps the id
+        wandb_dir = os.environ.get("WANDB_DIR") or str(run_dir)
+        _after_existing_wandb_runs(Path(wandb_dir), run_id)
+        self._wandb: Any = wandb
         self.run = wandb.init(
             project=settings.project,
             entity=settings.entity,
@@ -176,7 +238,7 @@ class WandbTracker:
             name=run_dir.name,
             id=run_id,
             resume="allow",
-            dir=os.environ.get("WANDB_DIR") or str(run_dir),
+            dir=wandb_dir,
             config=dict(config),
             allow_val_change=True,  # a resume may raise total_steps
             reinit="create_new",  # several runs in one process (tests, notebooks) stay apart
@@ -195,8 +257,40 @@ class WandbTracker:
             self.run.summary[key] = value
 
     def close(self) -> None:
-        """Finish the W&B run."""
+        """Finish the W&B run; when no other W&B run is active in this process, wait for its files.
+
+        ``run.finish()`` returns before W&B's service process has flushed and closed the run's
+        ``.wandb`` log (it is told to, not waited for). When this was the process's last active
+        W&B run, ``wandb.teardown()`` is called, which returns once the service has closed every
+        file and exited: after ``close`` the run's files are complete (a ``wandb sync`` or a
+        resume in this process reads all of it). A user's own concurrent W&B run is never
+        finished by it: the service is then left running.
+        """
         self.run.finish()
+        # ``most_recent_active_run``: a property of wandb.setup()'s object (a method in some
+        # versions); where it is missing, whether another run is active is unknown: leave the service.
+        active = getattr(self._wandb.setup(), "most_recent_active_run", self)
+        if callable(active):
+            active = active()
+        if active is None:
+            self._wandb.teardown()
+
+
+def _after_existing_wandb_runs(wandb_dir: Path, run_id: str) -> None:
+    """Wait, if needed, until the clock has left the second in which run ``run_id`` last started.
+
+    W&B names a run's local folder ``<mode>-<YYYYmmdd_HHMMSS>-<id>`` after its start second
+    (local time). A resume of the same id started within that second (a short run resumed at once
+    in one process) would get the same folder and overwrite the first part's ``.wandb`` log.
+    """
+    stamps = []
+    for sub in ("wandb", ".wandb"):
+        for path in (wandb_dir / sub).glob(f"*run-*-{run_id}"):
+            stamp = path.name.split("-")[-2]
+            if len(stamp) == 15 and stamp[8] == "_":
+                stamps.append(stamp)
+    while stamps and time.strftime("%Y%m%d_%H%M%S") <= max(stamps):
+        time.sleep(0.05)
 
 
 def _new_run_id() -> str:
@@ -226,6 +320,13 @@ class TensorBoardLogger:
         trackers: experiment trackers (W&B) that receive the same scalars; closed with the logger.
         hparams: the run's hyperparameters (:func:`hparam_values`); when given, :meth:`close`
             writes TensorBoard's HParams summary with :func:`final_metrics` into this event file.
+        write_default_layout: write :func:`default_layout` before the first scalars unless
+            :meth:`layout` came first (False on a resume: the run's first event file has it, and
+            TensorBoard reads a run's last layout).
+        last_task: on a resume, ``(step, id)`` of the last ``env/task_id`` point before it, so the
+            first switch after the resume is drawn as a step too (:data:`TASK_STEP_TAG`).
+        task_every: repeat the task id in force in :data:`TASK_STEP_TAG` at most every this many
+            steps (None: only around switches and at the end).
     """
 
     def __init__(
@@ -235,6 +336,9 @@ class TensorBoardLogger:
         *,
         trackers: Sequence[Tracker] = (),
         hparams: Mapping[str, float | int | str | bool] | None = None,
+        write_default_layout: bool = True,
+        last_task: tuple[int, float] | None = None,
+        task_every: int | None = None,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -244,9 +348,33 @@ class TensorBoardLogger:
         self.trackers = list(trackers)
         self.hparams = None if hparams is None else dict(hparams)
         self._closed = False
+        self._layout_pending = write_default_layout
+        self._task = last_task  # (step, id) of the last task-step point written
+        self.task_every = task_every
+        self._last_step = -1  # the largest step logged by this process
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:
-        """Write every scalar at ``step``, to the event file and to each tracker."""
+        """Write every scalar at ``step``, to the event file and to each tracker.
+
+        ``env/task_id`` also writes :data:`TASK_STEP_TAG`: the previous id at ``step − 1``
+        (when another task was in force before) and the new id at ``step``; other calls repeat
+        the id in force when ``task_every`` steps have passed since its last point.
+        """
+        if self._layout_pending:
+            self.layout({})
+        if TASK_TAG in scalars:
+            task = float(scalars[TASK_TAG])
+            if self._task is not None and self._task[1] != task and step - 1 > self._task[0]:
+                self._write({TASK_STEP_TAG: self._task[1]}, step - 1)
+            scalars = {**scalars, TASK_STEP_TAG: task}
+            self._task = (step, task)
+        elif self._task is not None and self.task_every and step - self._task[0] >= self.task_every:
+            self._task = (step, self._task[1])
+            self.writer.add_scalar(TASK_STEP_TAG, self._task[1], step)  # TensorBoard only
+        self._write(scalars, step)
+        self._last_step = max(self._last_step, step)
+
+    def _write(self, scalars: Mapping[str, float], step: int) -> None:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, float(value), step)
         for tracker in self.trackers:
@@ -257,8 +385,19 @@ class TensorBoardLogger:
         self.writer.add_text(tag, text, step)
 
     def layout(self, layout: Mapping[str, Any]) -> None:
-        """Write a custom-scalars layout (e.g. every layer's dormant curve in one chart)."""
-        self.writer.add_custom_scalars(dict(layout))
+        """Write the run's custom-scalars layout: ``layout`` merged with the logger's own charts.
+
+        The result is ``layout`` (e.g. the probe's: every layer's dormant curve in one chart per
+        τ), completed by :func:`plasticity_layout` when ``layout`` has ``plasticity/``
+        categories, then :func:`default_layout` (the task id as a step, per-task returns,
+        interventions). TensorBoard shows a run's last layout, so a run writes one, once: a
+        later call replaces it.
+        """
+        self._layout_pending = False
+        parts = [dict(layout)]
+        if any(str(category).startswith("plasticity/") for category in layout):
+            parts.append(plasticity_layout())
+        self.writer.add_custom_scalars(merge_layouts(*parts, default_layout()))
 
     def write_hparams(
         self, hparams: Mapping[str, float | int | str | bool], metrics: Mapping[str, float], step: int
@@ -300,6 +439,8 @@ class TensorBoardLogger:
         if self._closed:
             return
         self._closed = True
+        if self._task is not None and self._last_step > self._task[0]:  # the last task runs to the end
+            self._write({TASK_STEP_TAG: self._task[1]}, self._last_step)
         try:
             if self.hparams is not None:
                 self.writer.flush()
@@ -501,10 +642,89 @@ def open_logger(
         purge_step=start_step + 1 if resumed else None,
         trackers=trackers,
         hparams=hparam_values(config),
+        write_default_layout=not resumed,
+        last_task=_last_task(Path(run_dir), start_step) if resumed else None,
+        task_every=max(1, int(config.get("total_steps", 0)) // TASK_POINTS),
     )
     if not resumed:
         logger.text("hyperparameters", config_markdown(dict(flatten_config(config))))
     return logger
+
+
+def _last_task(run_dir: Path, start_step: int) -> tuple[int, float] | None:
+    """``(step, id)`` of the last ``env/task_id`` point at or before ``start_step`` in ``run_dir``."""
+    from plasticrl.trainers.experiments.plot import read_scalars
+
+    steps, ids = read_scalars(run_dir).get(TASK_TAG, ([], []))
+    kept = [(s, v) for s, v in zip(steps, ids, strict=True) if s <= start_step]
+    return (int(kept[-1][0]), float(kept[-1][1])) if kept else None
+
+
+Layout = dict[str, dict[str, list[Any]]]
+"""A custom-scalars layout: ``{category: {chart title: ["Multiline", [tag regex, ...]]}}``."""
+
+
+def merge_layouts(*layouts: Mapping[str, Mapping[str, list[Any]]]) -> Layout:
+    """Custom-scalars layouts merged: categories in first-seen order, a category's charts joined.
+
+    A chart title already in a category keeps its first definition; a category without charts
+    is left out (TensorBoard would show it empty).
+
+    Example:
+        >>> merge_layouts({"a": {"x": ["Multiline", ["^x$"]]}}, {"b": {}, "a": {"y": ["Multiline", ["^y$"]]}})
+        {'a': {'x': ['Multiline', ['^x$']], 'y': ['Multiline', ['^y$']]}}
+    """
+    out: Layout = {}
+    for layout in layouts:
+        for category, charts in layout.items():
+            merged = out.setdefault(category, {})
+            for title, spec in charts.items():
+                merged.setdefault(title, list(spec))
+    return {category: charts for category, charts in out.items() if charts}
+
+
+def default_layout() -> Layout:
+    """The custom-scalars charts every run gets, whatever it measures.
+
+    ``env/task``: the task id as a step function (:data:`TASK_STEP_TAG`) and the return of each
+    task's episodes (``charts/episodic_return/task_<i>``), one line per task; ``interventions``:
+    every ``interventions/*`` tag (ReDo, Shrink & Perturb, CBP counts). A chart whose tags a run
+    never logs shows no data.
+    """
+    return {
+        "env/task": {
+            "Task id (a step at every task switch)": ["Multiline", [f"^{re.escape(TASK_STEP_TAG)}$"]],
+            "Episodic return of each task (one line per task)": [
+                "Multiline",
+                [r"^charts/episodic_return/task_\d+$"],
+            ],
+        },
+        "interventions": {"Interventions (every counter)": ["Multiline", [r"^interventions/.+$"]]},
+    }
+
+
+def plasticity_layout() -> Layout:
+    """One custom-scalars chart per ``plasticity/*`` family of :data:`PLASTICITY_FAMILIES`.
+
+    Each chart holds the family's total and every layer (or τ, or parameter kind) as its lines,
+    titled in words with the quantity's unit, so every plasticity tag is in a named category of
+    the Custom Scalars tab (the Scalars tab puts all of them in one ``plasticity`` group).
+
+    Example:
+        >>> layout = plasticity_layout()
+        >>> layout["plasticity/weights"]["Weight norm — every layer [‖W‖_F]"]
+        ['Multiline', ['^plasticity/weight_norm(/.*)?$']]
+    """
+    from plasticrl.trainers.experiments.plot import axis_label, tag_title
+
+    out: Layout = {}
+    for category, families in PLASTICITY_FAMILIES:
+        charts: dict[str, list[Any]] = {}
+        for family, lines in families:
+            tag = f"plasticity/{family}"
+            charts[f"{tag_title(tag)} — {lines} [{axis_label(tag)}]"] = ["Multiline", [f"^{tag}(/.*)?$"]]
+        out[category] = charts
+    return out
 
 
 def config_markdown(flat: Mapping[str, object]) -> str:

@@ -83,7 +83,8 @@ def test_cartpole_preset_values() -> None:
     assert cfg.env.id == "CartPole-v1"
     assert cfg.network.hidden_sizes == (256, 256)
     assert cfg.optimizer.lr == pytest.approx(5e-4)  # written 5.0e-4: a float, not YAML's string
-    assert cfg.agent.double_dqn is True and cfg.agent.loss == "huber"
+    assert cfg.agent.double_dqn is True and cfg.agent.loss == "mse"
+    assert cfg.optimizer.lr_schedule == "linear"
     assert cfg.agent.tau == pytest.approx(0.005) and cfg.agent.target_update_every == 1
 
 

@@ -98,12 +98,24 @@ def test_metrics_run_logs_plasticity_tags_and_layout(make_tiny_config: MakeConfi
     assert load_checkpoint(run_dir / CHECKPOINT_NAME)["probe"]["measurements"] == len(MEASURE_STEPS)
 
     layout = custom_scalars_layout(run_dir)
+    # the probe's categories first; trainers/logging.py completes them and adds its own, with
+    # charts titled "<quantity> — <lines> [<unit>]"
     assert [c.title for c in layout.category] == [
         "plasticity/dormant",
         "plasticity/isometry",
         "plasticity/features",
+        "plasticity/weights",
+        "plasticity/optimizer",
+        "plasticity/ntk",
+        "env/task",
+        "interventions",
     ]
-    charts = {chart.title: list(chart.multiline.tag) for c in layout.category for chart in c.chart}
+    charts = {
+        chart.title: list(chart.multiline.tag)
+        for c in layout.category[:3]
+        for chart in c.chart
+        if " — " not in chart.title
+    }
     assert set(charts) >= {"dormant fraction, tau_0", "isometry gap", "feature rank"}
     # every regex of every chart finds a logged tag, and the dormant chart of τ = 0 finds exactly
     # the total and the per-layer curves

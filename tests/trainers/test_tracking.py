@@ -2,9 +2,10 @@
 
 Loggers are driven directly with known scalars, so every metric of the HParams tab has a
 hand-computed value; the W&B tests run offline (``WANDB_MODE=offline``, ``WANDB_DIR`` in
-``tmp_path``) and are skipped where ``wandb`` is not installed. The tests through
-``plasticrl train`` need the session to open its logger with :func:`open_logger` (and the
-config to have ``logging.wandb``); they say so when it does not yet.
+``tmp_path``) and are skipped where ``wandb`` is not installed. They read W&B's files once, right
+after the tracker closed: ``WandbTracker.close`` waits for them, so nothing here polls or sleeps.
+The tests through ``plasticrl train`` need the session to open its logger with
+:func:`open_logger` (and the config to have ``logging.wandb``); they say so when it does not yet.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -174,18 +174,13 @@ def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def wandb_log(path: Path, last: bytes, timeout: float = 90.0) -> bytes:
-    """The bytes of an offline run's ``.wandb`` log once they hold ``last``.
+def wandb_log(folder: Path, run_id: str) -> bytes:
+    """The bytes of an offline run's ``.wandb`` log, read as soon as its tracker has closed.
 
-    W&B's service process writes the log; under load it can still be writing when ``finish()``
-    has returned, so wait for the run's last record (bounded) rather than read a half file.
+    ``WandbTracker.close`` returns only once W&B's service has closed the file (it tears the
+    service down when no other run is active), so the file is read once, never polled.
     """
-    deadline = time.monotonic() + timeout
-    data = path.read_bytes()
-    while last not in data and time.monotonic() < deadline:
-        time.sleep(0.25)
-        data = path.read_bytes()
-    return data
+    return (folder / f"run-{run_id}.wandb").read_bytes()
 
 
 def offline_runs(folder: Path) -> list[Path]:
@@ -209,7 +204,7 @@ def test_an_offline_wandb_run_gets_every_scalar_and_a_resume_reuses_its_id(
     assert run_id == tracker.id and len(run_id) == 8
     (first,) = offline_runs(offline_wandb)
     assert first.name.endswith(f"-{run_id}")
-    log = wandb_log(first / f"run-{run_id}.wandb", b"hparams/final_return")  # the summary: near the end
+    log = wandb_log(first, run_id)
     for text in (
         "charts/episodic_return",
         "env/task_id",
@@ -220,12 +215,41 @@ def test_an_offline_wandb_run_gets_every_scalar_and_a_resume_reuses_its_id(
         assert text.encode() in log, text  # the same tags as TensorBoard, the folder's name
     assert b"0.0007" in log and b"plasticrl-tests" in log  # the resolved config, the project
 
+    # Resumed at once, usually within the second the first part started in: W&B would give it
+    # the same folder and overwrite the first part's log, unless the tracker waits for the next second.
     resumed = WandbTracker(run, config, settings)
     resumed.log({"charts/episodic_return": 1.0}, 310)
     resumed.close()
     assert resumed.id == run_id
     runs = offline_runs(offline_wandb)
     assert len(runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in runs)
+    assert wandb_log(first, run_id) == log  # the first part's log is intact
+    assert b"global_step" in wandb_log(runs[1], run_id)
+
+
+def test_a_closed_tracker_leaves_a_complete_log_and_spares_another_active_run(
+    tmp_path: Path, offline_wandb: Path
+) -> None:
+    import wandb
+
+    config = config_to_dict(load_config(PRESET))
+    settings = WandbConfig(project="plasticrl-tests", mode="offline")
+    for k in range(3):  # finish() alone returns before the service has flushed the log, often
+        run = tmp_path / f"r{k}"
+        run.mkdir()
+        tracker = WandbTracker(run, config, settings)
+        tracker.log({"charts/episodic_return": float(k)}, 1)
+        tracker.summary({"hparams/final_return": 123.5})
+        tracker.close()
+        (folder,) = [p for p in offline_runs(offline_wandb) if p.name.endswith(f"-{tracker.id}")]
+        assert b"hparams/final_return" in wandb_log(folder, tracker.id), k  # the summary: the last record
+    own = wandb.init(project="mine", mode="offline", reinit="create_new")  # the user's own run
+    run = tmp_path / "beside"
+    run.mkdir()
+    tracker = WandbTracker(run, config, settings)
+    tracker.close()
+    own.log({"still": 1.0})  # the service is still up (after a teardown this raises): the run goes on
+    own.finish()
 
 
 # ----------------------------------------------------------------------------- through plasticrl train

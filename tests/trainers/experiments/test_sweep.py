@@ -211,6 +211,10 @@ def test_shipped_sweep_files_plan_every_run(path: Path, tmp_path: Path) -> None:
     assert len(runs) == len(spec.methods) * len(spec.seeds or (0,)) * len(expand_grid(spec.grid))
     if path.name.startswith("continual_minatar_ppo"):  # the AdamO protocol: seven arms, seeds from 26
         assert len(spec.methods) == 7 and spec.seeds and spec.seeds[0] == 26
+    elif path.name == "plasticity_loss_adam.yaml":  # the continual run and a fresh control per task k > 0
+        starts = sorted(r.config.nonstationary.start_task for r in runs)
+        assert starts == sorted([0, *range(1, 8)] * len(spec.seeds or (0,)))
+        assert {r.config.total_steps for r in runs if r.config.nonstationary.start_task} == {2097152}
     elif path.parent.name == "studies":  # nine methods x five seeds, each one preset or one change away
         assert len(spec.methods) == 9 and spec.seeds == (0, 1, 2, 3, 4)
         assert len({r.config.nonstationary.kind for r in runs}) == 1
