@@ -59,7 +59,13 @@ class CBPOptions:
             "decay": 0.0 <= self.decay < 1.0,
             "batch_size": self.batch_size >= 1,
         }
-        check_values(checks, self)
+        valid = {
+            "replacement_rate": "in [0, 1]",
+            "maturity": ">= 0",
+            "decay": "in [0, 1)",
+            "batch_size": ">= 1",
+        }
+        check_values(checks, self, valid)
 
 
 class ContinualBackprop(UnitIntervention):

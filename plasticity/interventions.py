@@ -193,11 +193,13 @@ def parse_options(cls: type, name: str, options: Mapping[str, Any]) -> Any:
     return build_options(cls, options, f"interventions[{name}]", f"intervention {name!r}")
 
 
-def check_values(checks: Mapping[str, bool], values: Any) -> None:
-    """Raise ``invalid <key>: <value>`` for the first failed check."""
+def check_values(checks: Mapping[str, bool], values: Any, valid: Mapping[str, str] | None = None) -> None:
+    """Raise ``invalid <key>: <value> (<key> must be <valid[key]>)`` for the first failed check."""
     for key, ok in checks.items():
         if not ok:
-            raise ValueError(f"invalid {key}: {getattr(values, key)!r}")
+            hint = (valid or {}).get(key)
+            suffix = f" ({key} must be {hint})" if hint else ""
+            raise ValueError(f"invalid {key}: {getattr(values, key)!r}{suffix}")
 
 
 # ----------------------------------------------------------------------------- shared machinery

@@ -209,6 +209,10 @@ class MetricsConfig:
             "iso_target": math.isfinite(self.iso_target) and self.iso_target >= 0,
         }
         hints = {
+            "every": ">= 0",
+            "probe_size": ">= 1",
+            "jacobian_samples": ">= 1",
+            "iso_target": "finite and >= 0",
             "taus": "finite, >= 0 and distinct",
             "srank_delta": "in [0, 1)",
             "ntk_every": ">= 0 and a multiple of metrics.every",

@@ -55,7 +55,7 @@ class ReDoOptions:
             "every": self.every >= 1,
             "batch_size": self.batch_size >= 1,
         }
-        check_values(checks, self)
+        check_values(checks, self, {"tau": "finite and >= 0", "every": ">= 1", "batch_size": ">= 1"})
 
 
 class ReDo(UnitIntervention):

@@ -54,7 +54,7 @@ class ShrinkPerturbOptions:
             "sigma": math.isfinite(self.sigma) and self.sigma >= 0.0,
             "every": self.every >= 0,
         }
-        check_values(checks, self)
+        check_values(checks, self, {"p": "in [0, 1]", "sigma": "finite and >= 0", "every": ">= 0"})
         if self.every == 0 and not self.on_task_switch:
             raise ValueError("every=0 without on_task_switch=true would never apply")
 
