@@ -9,7 +9,7 @@ Contains:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -116,7 +116,7 @@ class Rollout:
         """Store what acting returned and what the env step returned for step t."""
         self.actions[t] = actions
         self.log_probs[t] = log_probs
-        env_outputs = self._env_numpy if self._env_numpy is not None else self._env_outputs
+        env_outputs: Any = self._env_numpy if self._env_numpy is not None else self._env_outputs
         env_outputs[0, t] = rewards
         env_outputs[1, t] = terminations
         env_outputs[2, t] = truncations

@@ -132,7 +132,7 @@ def task_state(envs: gym.vector.VectorEnv) -> dict[str, Any]:
         if clock is not None:
             return clock.get_state()
         layer = layer.env
-    return envs.unwrapped.call("get_state")[0]
+    return envs.unwrapped.call("get_state")[0]  # type: ignore[attr-defined]
 
 
 def host_episodes(infos: dict[str, Any]) -> dict[str, Any]:

@@ -84,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("config", nargs="?", help="YAML preset")
     config.add_argument("overrides", nargs="*", metavar="key=value")
-    _add_plot_parser(sub)
-    _add_sweep_parser(sub)
-    _add_report_parser(sub)
-    _add_eval_parser(sub)
+    subparsers: typing.Any = sub  # (of _Parser, which the subcommands' builders take as ArgumentParser)
+    _add_plot_parser(subparsers)
+    _add_sweep_parser(subparsers)
+    _add_report_parser(subparsers)
+    _add_eval_parser(subparsers)
     return parser
 
 

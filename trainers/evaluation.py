@@ -139,7 +139,8 @@ class Evaluator:
             self._envs = [make_batched_vector_env(env_cfg, cfg.seed, cfg.nonstationary, tensors=False)]
         envs = self._envs[0]
         clock = getattr(envs.env, "clock", None)
-        if frozen is not None:
+        if frozen is not None:  # (a kind, so the batched env has a clock)
+            assert clock is not None
             clock.set_state(frozen)
         obs, _ = envs.reset(seed=int(rng.integers(0, 2**31 - 1)))
         returns = np.zeros(ev.episodes)

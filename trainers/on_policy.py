@@ -201,6 +201,7 @@ def train_on_policy(
         state = OnPolicyState(obs=envs.reset(seed=cfg.seed)[0])
     else:
         state = OnPolicyState.from_state(resume_state)
+        assert resumed_obs is not None
         state.obs = resumed_obs
         agent.load_state_dict(resume_state["agent"])
         companions.load_state_dict(resume_state)
@@ -216,7 +217,7 @@ def train_on_policy(
 
     tensor_envs = rollout.tensor_envs  # a batched MinAtar on the agent's device (Note [Env device])
 
-    def as_tensor(array: np.ndarray) -> Tensor:
+    def as_tensor(array: np.ndarray | Tensor) -> Tensor:
         return torch.as_tensor(array, dtype=torch.float32, device=device)  # no copy for float32 on CPU
 
     reset_on_switch = cfg.optimizer.reset_on_task_switch

@@ -12,6 +12,7 @@ Contains:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -163,12 +164,12 @@ def check_names(cfg: ExperimentConfig) -> None:
             check_signature("optimizer factory", "optimizer.name", cfg.optimizer.name, optimizer, call, 2)
     for i, reg in enumerate(cfg.regularizers):
         key = f"regularizers[{i}].name"
-        _keyed(key, lambda reg=reg: REGULARIZERS.check(reg.name))
+        _keyed(key, functools.partial(REGULARIZERS.check, reg.name))
         if ":" in reg.name:
             call = "(model, param_groups, cfg) -> regularizer"
             check_signature("regularizer factory", key, reg.name, REGULARIZERS.get(reg.name), call, 3)
     for i, intervention in enumerate(cfg.interventions):
-        _keyed(f"interventions[{i}]", lambda intervention=intervention: check_intervention(intervention))
+        _keyed(f"interventions[{i}]", functools.partial(check_intervention, intervention))
     _keyed("logging.wandb", lambda: check_tracking(cfg))
     _keyed("callbacks", lambda: check_callbacks(cfg.callbacks))
     for i, entry in enumerate(cfg.callbacks):

@@ -41,7 +41,9 @@ def make_batched_vector_env(
     clock = None
     if nonstationary is not None and getattr(nonstationary, "kind", None) is not None:
         clock = make_task_clock(cfg, seed, nonstationary)
-        kwargs.setdefault("channels", clock.observation_space.shape[0])
+        shape = clock.observation_space.shape
+        assert shape is not None  # (a Box of MinAtar frames)
+        kwargs.setdefault("channels", shape[0])
     env_id = ENV_ALIASES.get(cfg.id, cfg.id)
     limit = cfg.max_episode_steps or MINATAR_TIME_LIMIT
     envs: gym.vector.VectorEnv = BatchedMinAtar(

@@ -51,7 +51,7 @@ class ClockTask(gym.Env[np.ndarray, int]):
     def __init__(self, game: str, actions: int = 6) -> None:
         channels = GAMES[game_name(game)].num_channels
         self.observation_space = gym.spaces.Box(0.0, 1.0, (channels, GRID, GRID), np.float32)
-        self.action_space = gym.spaces.Discrete(actions)
+        self.action_space = gym.spaces.Discrete(actions)  # type: ignore[assignment]
         self._zeros = np.zeros(self.observation_space.shape, np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:  # noqa: D102
@@ -121,7 +121,7 @@ class BatchedNonStationary(gym.vector.VectorWrapper):
             raise ValueError(
                 f"the batched env's observations {env.single_observation_space.shape} do not match the "
                 f"tasks' {clock.observation_space.shape}; set nonstationary.pad_to to "
-                f"{list(env.single_observation_space.shape)} or env.kwargs.channels to the tasks' channels"
+                f"{list(env.single_observation_space.shape or ())} or env.kwargs.channels to the tasks'"
             )
         self.clock = clock
         self.base = env
