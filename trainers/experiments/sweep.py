@@ -519,7 +519,35 @@ def _decide(run_dir: Path, cfg: ExperimentConfig, name: str) -> tuple[Action, in
             )
         step = int(state["global_step"])
         return ("skip" if step >= cfg.total_steps else "resume"), step, False
+    committed = _committed_step(run_dir, cfg)
+    if committed is not None:  # Note [Committed results]
+        return "skip", committed, False
     return "start", 0, run_dir.exists()
+
+
+def _committed_step(run_dir: Path, cfg: ExperimentConfig) -> int | None:
+    """The step of a complete run whose results were kept without its checkpoint, else None.
+
+    Note [Committed results]
+        A study commits each finished run's ``config.yaml``, event files and the checkpoint's small
+        JSON sidecar (``checkpoint.json``), never the checkpoint itself. A folder holding event
+        files and a sidecar that records this config (up to what may differ on resume) at or past
+        ``total_steps`` is a finished run: the sweep skips it, so nothing finished is run twice
+        across sessions. A sidecar short of ``total_steps`` without its checkpoint cannot be
+        resumed, and the run starts over (its folder is set aside, as any stale folder).
+    """
+    sidecar = (run_dir / CHECKPOINT_NAME).with_suffix(".json")
+    if not sidecar.is_file() or not any(run_dir.glob("events.out.tfevents.*")):
+        return None
+    try:
+        recorded = json.loads(sidecar.read_text())
+        step = int(recorded["global_step"])
+        stored = _comparable(applicable_only(recorded.get("config", {})))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if stored != _comparable(config_to_dict(cfg)) or step < cfg.total_steps:
+        return None
+    return step
 
 
 def plan_sweep(spec: SweepSpec) -> list[SweepRun]:

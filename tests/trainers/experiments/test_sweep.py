@@ -411,3 +411,22 @@ def test_stopping_the_sweep_checkpoints_the_running_runs_for_a_resume(
         assert 0 < load_checkpoint(run_dir / CHECKPOINT_NAME)["global_step"] < 10_000_000
     actions = [r.action for r in plan_sweep(load_sweep(path))]
     assert actions == ["resume", "resume"]
+
+
+def test_committed_results_without_checkpoint_count_as_done(tmp_path: Path, base_file: Path) -> None:
+    """Note [Committed results]: config, events and sidecar kept, checkpoint dropped -> skipped."""
+    import io
+
+    from plasticrl.trainers.experiments.sweep import execute_sweep
+
+    path = write_sweep(tmp_path, seeds=[0, 1])
+    runs = plan_sweep(load_sweep(path))
+    assert [r.action for r in runs] == ["start", "start"]
+    out = io.StringIO()
+    execute_sweep(runs, workers=1, out=out, progress=False)
+    for run in runs:  # what a study commits: everything but the checkpoint
+        (run.run_dir / "checkpoint.pt").unlink()
+    replanned = plan_sweep(load_sweep(path))
+    assert [(r.action, r.checkpoint_step) for r in replanned] == [("skip", 200), ("skip", 200)]
+    longer = plan_sweep(load_sweep(write_sweep(tmp_path, seeds=[0], overrides=["total_steps=400"])))
+    assert [r.action for r in longer] == ["start"]  # short of total_steps and no checkpoint: start over
