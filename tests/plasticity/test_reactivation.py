@@ -50,9 +50,11 @@ def test_loops_mark_task_switches(preset: str, tmp_path: Path) -> None:
         overrides |= {"agent__learning_starts": 100}
     result = plasticrl.train(str(config), logging__dir=str(tmp_path), checkpoint__every=0, **overrides)
     tags = read_scalars(result.run_dir)
-    assert any(t.startswith("plasticity/dormant_reactivated/tau_") for t in tags) or all(
-        v == 0.0 for v in tags["plasticity/dormant_fraction/tau_0"][1]
-    )  # reported after the first switch, unless no unit was ever dormant
+    reactivated = any(t.startswith("plasticity/dormant_reactivated/tau_") for t in tags)
+    if preset.startswith("cartpole/dqn"):  # its ReLU net has dormant units at the switches
+        assert reactivated and min(tags["plasticity/dormant_fraction/tau_0"][1]) > 0
+    else:  # PPO's tanh net has none, so nothing is reported (0/0 is left out)
+        assert not reactivated and all(v == 0.0 for v in tags["plasticity/dormant_fraction/tau_0"][1])
     first = min(tags["env/task_id"][0][1:], default=None)
     reported = [
         s for t, (steps, _) in tags.items() if t.startswith("plasticity/dormant_reactivated/") for s in steps
