@@ -2,7 +2,8 @@
 
 The reference per-tensor sums and norms were computed with commit 5e1d1ff (the last one with bare
 top-level packages); on that machine the new code's parameters had the same SHA-256 digests. Here
-they are compared to 1e-6 relative so that another CPU's last-bit differences do not fail CI.
+they are compared to 5e-5 relative (norms) and within a Cauchy-Schwarz bound (sums) so that another
+CPU's last-bit differences, grown over the run, do not fail CI.
 """
 
 from __future__ import annotations
@@ -80,5 +81,10 @@ def test_parameters_equal_those_before_the_move(case: str, tmp_path: Path) -> No
     assert sorted(state) == sorted(REFERENCE[case])
     for key, (total, norm) in REFERENCE[case].items():
         tensor = state[key].double()
-        assert float(tensor.norm()) == pytest.approx(norm, rel=1e-6, abs=1e-9), key
-        assert float(tensor.sum()) == pytest.approx(total, rel=1e-6, abs=1e-6 * max(norm, 1.0)), key
+        assert float(tensor.norm()) == pytest.approx(norm, rel=5e-5, abs=1e-9), key
+        # Cauchy-Schwarz: |Δ sum| ≤ √n ‖Δ‖. Another CPU's last-bit differences grow over a few
+        # hundred gradient steps of the MinAtar conv net (seen on one Xeon: norms within 6.6e-6
+        # relative, sums within 1.9e-6 √n ‖W‖; the CartPole runs within 3e-7); a behaviour change
+        # moves them by 1e-3 or more.
+        bound = 1e-5 * tensor.numel() ** 0.5 * max(norm, 1.0)
+        assert float(tensor.sum()) == pytest.approx(total, rel=1e-6, abs=bound), key

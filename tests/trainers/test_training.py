@@ -466,7 +466,12 @@ def test_loop_stores_real_final_observations(make_tiny_config: MakeConfig) -> No
             if terminated[2 * k + i]:
                 expected.append((2 * (k + 1), running[i]))
                 running[i] = 0.0
-    assert episodic_returns(result.run_dir) == expected
+    # episodes ending at one vector step are one point, their mean (Note [One point per step])
+    per_step: dict[int, list[float]] = {}
+    for step, ret in expected:
+        per_step.setdefault(step, []).append(ret)
+    assert any(len(rets) == 2 for rets in per_step.values())  # the case the mean is for occurs
+    assert episodic_returns(result.run_dir) == [(step, sum(r) / len(r)) for step, r in per_step.items()]
 
 
 def test_progress_prints_milestones_on_a_pipe() -> None:
