@@ -175,7 +175,7 @@ class EpisodeStats:
     meaning, so its steps are the task boundaries (``plasticrl plot`` draws them).
 
     With a game switch (``games``: the switch's task names), the game announced beside the task
-    (``infos["game"]``) adds ``charts/episodic_return/game_<name>`` per finished episode and
+    (``infos["game"]``) adds ``charts/episodic_return/game_<name>`` (per step, as above) and
     ``env/game`` (its index) where sub-env 0's game changes, so curves group by game across
     cycles even when ``task_id`` counts every (game, permutation) as a new task.
 
