@@ -180,6 +180,9 @@ class MetricsConfig:
     """Gradient updates between measurements; 0 turns the metrics off."""
     probe_size: int = 256
     """Observations in the probe batch (dormancy, feature rank, closed-form Jacobians)."""
+    probe_chunk: int = 64
+    """Observations per hooked probe forward; the batch runs in chunks, so the probe's memory is
+    that of this many samples (Note [Probe chunks]); 0 = the whole batch in one forward. [ours]"""
     taus: tuple[float, ...] = (0.0, 0.025, 0.1)
     """Dormancy thresholds τ on the ReDo score (0 = exactly zero activity)."""
     srank_delta: float = 0.01
@@ -199,6 +202,7 @@ class MetricsConfig:
         checks = {
             "every": self.every >= 0,
             "probe_size": self.probe_size >= 1,
+            "probe_chunk": self.probe_chunk >= 0,
             "taus": all(math.isfinite(t) and t >= 0 for t in self.taus)
             and len({tau_tag(t) for t in self.taus}) == len(self.taus),
             "srank_delta": 0.0 <= self.srank_delta < 1.0,
@@ -211,6 +215,7 @@ class MetricsConfig:
         hints = {
             "every": ">= 0",
             "probe_size": ">= 1",
+            "probe_chunk": ">= 0 (0 = one forward)",
             "jacobian_samples": ">= 1",
             "iso_target": "finite and >= 0",
             "taus": "finite, >= 0 and distinct",

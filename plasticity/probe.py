@@ -371,9 +371,8 @@ class PlasticityProbe:
         flags = {m: m.training for m in self.model.modules()}
         self.model.eval()
         try:
-            calls = self._probe_forward(obs)
+            activity, head_inputs, layer_moments = self._chunked_forward(obs, jacobian=cfg.jacobian)
             out: dict[str, float] = {}
-            activity = {site: call.activity for site, call in calls.units if call.activity is not None}
             masks = _masks_from_activity(activity, cfg.taus)
             out |= _fractions("dormant_fraction", masks)
             if self._previous:
@@ -381,9 +380,9 @@ class PlasticityProbe:
             if self._at_switch:
                 out |= reactivated_dormant(self._at_switch, masks)
             self._previous = masks
-            out |= self._feature_metrics(calls.head_inputs)
+            out |= self._feature_metrics(head_inputs)
             if cfg.jacobian:
-                out |= self._jacobian_metrics(calls)
+                out |= _pooled_jacobian_metrics(layer_moments)
             out |= weight_stats(self.model, self.groups, cfg.iso_target, self._init)
             out["param_rms"] = param_rms(self.model)
             norm = grad_norm_value if grad_norm_value is not None else grad_norm(self.model)
@@ -410,20 +409,67 @@ class PlasticityProbe:
         flags = {m: m.training for m in self.model.modules()}
         self.model.eval()
         try:
-            calls = self._probe_forward(obs)
+            activity, _, _ = self._chunked_forward(obs, jacobian=False)
         finally:
             for module, training in flags.items():
                 module.training = training
-        activity = {site: call.activity for site, call in calls.units if call.activity is not None}
         self._at_switch = _masks_from_activity(activity, self.cfg.taus)
 
-    def _probe_forward(self, obs: Tensor) -> _Calls:
+    def _chunked_forward(
+        self, obs: Tensor, *, jacobian: bool
+    ) -> tuple[dict[str, Tensor], list[tuple[str, Tensor]], dict[str, tuple[_Moments, int]]]:
+        """Hooked forwards over ``obs`` in chunks of ``metrics.probe_chunk`` (Note [Probe chunks]).
+
+        Returns every unit site's E|h_i| over the whole batch, the heads' inputs (concatenated
+        over chunks) and, with ``jacobian``, each layer's Jacobian moments with their sample count.
+
+        Note [Probe chunks]
+            A hooked forward keeps every hooked layer's output (and, for the Jacobians, a copy of
+            the pre-activation) of the whole batch alive until the metrics are computed: ~1 GB
+            for 256 84×84 frames through the IMPALA CNN. Every metric of the forward is a mean over
+            samples (E|h_i|, the σ² moments) or needs only the small head input of every sample
+            (the feature rank), so the batch is cut into chunks, each chunk's means are weighted
+            by its size, and only one chunk's tensors are alive at a time. The results equal those
+            of one forward up to the order of float summation; the torch.func Jacobians use the
+            first ``jacobian_samples`` samples, all in the first chunk when ``probe_chunk`` ≥
+            ``jacobian_samples`` (the default), else as many as the first chunk holds.
+        """
+        step = self.cfg.probe_chunk or obs.shape[0]
+        sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
+        heads: dict[str, list[Tensor]] = {}
+        moments: dict[str, tuple[_Moments, int]] = {}
+        for i, chunk in enumerate(obs.split(step)):
+            calls = self._probe_forward(chunk, jacobian=jacobian)
+            n = chunk.shape[0]
+            for site, call in calls.units:
+                if call.activity is not None:
+                    sums[site] = sums.get(site, 0) + call.activity * n
+                    counts[site] = counts.get(site, 0) + n
+            distinct: dict[str, Tensor] = {}
+            for name, x in calls.head_inputs:
+                if name not in distinct and all(x is not y for y in distinct.values()):
+                    distinct[name] = x
+            for name, x in distinct.items():
+                heads.setdefault(name, []).append(x)
+            if jacobian:
+                for site, (m, samples) in self._layer_moments(calls, sampled=i == 0).items():
+                    old, count = moments.get(site, (m, 0))
+                    total = count + samples
+                    sv2 = (old.sv2 * count + m.sv2 * samples) / total
+                    moments[site] = (_Moments(sv2, (old.sv4 * count + m.sv4 * samples) / total, m.k), total)
+            del calls
+        activity = {site: sums[site] / counts[site] for site in sums}
+        head_inputs = [(name, torch.cat(xs)) for name, xs in heads.items()]
+        return activity, head_inputs, moments
+
+    def _probe_forward(self, obs: Tensor, *, jacobian: bool) -> _Calls:
         """One hooked forward, recording the calls of unit, weight, norm and head modules."""
         raw_units: dict[str, list[_Call]] = {n: [] for n in self.unit_layers}
         raw_weights: dict[str, list[_Call]] = {n: [] for n in self._weight_modules}
         norm_calls: dict[int, _Call] = {}
         head_inputs: list[tuple[str, Tensor]] = []
-        keep = self.cfg.jacobian_samples if self.cfg.jacobian else 0
+        keep = self.cfg.jacobian_samples if jacobian else 0
 
         def unit_hook(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -485,7 +531,7 @@ class PlasticityProbe:
                 handles.append(consumer.register_forward_pre_hook(functional_hook(name, producer)))
             for name, module in self._weight_modules.items():
                 handles.append(module.register_forward_hook(weight_hook(name)))
-            if self.cfg.jacobian:
+            if jacobian:
                 for module in self._norm_modules.values():
                     handles.append(module.register_forward_hook(norm_hook))
             for name in self.heads:
@@ -513,11 +559,11 @@ class PlasticityProbe:
         return calls[-1].output if calls else None
 
     def _feature_metrics(self, head_inputs: Sequence[tuple[str, Tensor]]) -> dict[str, float]:
-        """Feature rank of the head's input; per head only when several heads see different features."""
-        distinct: dict[str, Tensor] = {}
-        for name, x in head_inputs:
-            if name not in distinct and all(x is not y for y in distinct.values()):
-                distinct[name] = x
+        """Feature rank of the head's input; per head only when several heads see different features.
+
+        ``head_inputs`` holds one entry per head fed features of its own (:meth:`_chunked_forward`).
+        """
+        distinct = dict(head_inputs)
         if len(distinct) == 1:
             return feature_rank(next(iter(distinct.values())), self.cfg.srank_delta)
         out: dict[str, float] = {}
@@ -525,8 +571,12 @@ class PlasticityProbe:
             out |= {f"{key}/{name}": v for key, v in feature_rank(x, self.cfg.srank_delta).items()}
         return out
 
-    def _jacobian_metrics(self, calls: _Calls) -> dict[str, float]:
-        """σ² moments of every hidden layer's Jacobian (Note [Layer Jacobian]) and their pooled total."""
+    def _layer_moments(self, calls: _Calls, *, sampled: bool) -> dict[str, tuple[_Moments, int]]:
+        """σ² moments of every hidden layer's Jacobian (Note [Layer Jacobian]) in one forward's calls.
+
+        Returns ``{site: (moments, samples they average over)}``; the torch.func layers (the first
+        ``jacobian_samples`` samples) only when ``sampled``, i.e. in the first chunk.
+        """
         weight_module_ids = {id(m) for m in self._weight_modules.values()}
         names = {id(m): n for n, m in self._unit_modules.items()}
         modules = dict(self.model.named_modules())
@@ -551,8 +601,7 @@ class PlasticityProbe:
             if pair is not None and pair[0] in weight_output and call.in_shape is not None:
                 site, wcall = weight_output[pair[0]]  # L → (norms, reshapes) → φ, from the trace
                 layers.append((site, wcall, [modules[n] for n in pair[1]], call.module, call.in_shape))
-        out: dict[str, float] = {}
-        total = _Moments(0.0, 0.0, 0)
+        out: dict[str, tuple[_Moments, int]] = {}
         for site, wcall, norms, act, shape in layers:
             if wcall.inputs is None or wcall.pre_activation is None or wcall.inputs.shape[0] == 0:
                 continue
@@ -577,20 +626,15 @@ class PlasticityProbe:
                     moments = _conv_diag_scaled_moments(module, tuple(wcall.inputs.shape[1:]), derivative)
                 else:
                     moments = _diag_scaled_moments(_transfer_matrix(module, wcall.inputs[:1]), derivative)
-            else:  # the first jacobian_samples samples, as many as fit _MAX_JACOBIAN_BYTES
+                out[site] = (moments, z.shape[0])
+            elif sampled:  # the first jacobian_samples samples, as many as fit _MAX_JACOBIAN_BYTES
                 m, n = z[0].numel(), wcall.inputs[0].numel()
                 fit = _MAX_JACOBIAN_BYTES // (4 * m * n)
                 if fit < 1:
                     continue  # one sample's Jacobian alone would exceed the budget: not measured
                 fn = _chain(module, norms, act, shape)
-                moments = _jacobian_moments(layer_jacobian(fn, wcall.inputs[:fit]))
-            out |= {f"{key}/{site}": v for key, v in _moment_dict(moments).items()}
-            k = total.k + moments.k
-            if k:  # pool: each layer weighs by its number of singular values per sample
-                sv2 = (total.sv2 * total.k + moments.sv2 * moments.k) / k
-                total = _Moments(sv2, (total.sv4 * total.k + moments.sv4 * moments.k) / k, k)
-        if total.k:
-            out |= _moment_dict(total)
+                samples = wcall.inputs[:fit]
+                out[site] = (_jacobian_moments(layer_jacobian(fn, samples)), samples.shape[0])
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -629,6 +673,21 @@ class PlasticityProbe:
             tau: {k: m.clone() for k, m in per.items()} for tau, per in state.get("switch_masks", {}).items()
         }
         self.measurements = int(state["measurements"])
+
+
+def _pooled_jacobian_metrics(layers: Mapping[str, tuple[_Moments, int]]) -> dict[str, float]:
+    """Every layer's σ² moment tags and their pool, each layer weighted by its k singular values."""
+    out: dict[str, float] = {}
+    total = _Moments(0.0, 0.0, 0)
+    for site, (moments, _) in layers.items():
+        out |= {f"{key}/{site}": v for key, v in _moment_dict(moments).items()}
+        k = total.k + moments.k
+        if k:
+            sv2 = (total.sv2 * total.k + moments.sv2 * moments.k) / k
+            total = _Moments(sv2, (total.sv4 * total.k + moments.sv4 * moments.k) / k, k)
+    if total.k:
+        out |= _moment_dict(total)
+    return out
 
 
 def _site(name: str, call: int, calls: int) -> str:

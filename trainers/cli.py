@@ -167,6 +167,9 @@ def _add_sweep_parser(
     parser.add_argument("--seeds", metavar="S,S,...", help="these seeds instead of the file's (e.g. 0,1,2)")
     parser.add_argument("--name", help="the sweep's folder name instead of the file's (keep variants apart)")
     parser.add_argument(
+        "--dir", metavar="DIR", help="the folder the sweep's folder goes in, instead of the file's 'dir'"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,

@@ -96,3 +96,22 @@ def test_probe_on_the_nature_cnn_measures_every_layer_in_bounded_memory() -> Non
     assert "plasticity/ntk_condition_number" in out
     # conv1's T alone is 12,800 x 28,224 floats (1.4 GB); the old path held 8 of them (11.6 GB)
     assert grown_gib < 1.0
+
+
+@pytest.mark.filterwarnings("ignore:PlasticityProbe on ImpalaCNN")
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+def test_chunked_probe_equals_one_forward(chunk: int) -> None:
+    """Note [Probe chunks]: chunks change only the float summation order, not the metrics."""
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, 255, (4, 12, 12), np.uint8)
+    net = make_network(space, gym.spaces.Discrete(3), NetworkConfig(name="impala_cnn", hidden_sizes=(16,)))
+    obs = torch.randint(0, 256, (11, 4, 12, 12)).float()
+    # jacobian_samples=1: the torch.func layers see the same first sample in every chunking
+    cfg = {"probe_size": 11, "ntk_probe_size": 2, "jacobian_samples": 1}
+    whole = PlasticityProbe(net, MetricsConfig(probe_chunk=0, **cfg))
+    chunked = PlasticityProbe(net, MetricsConfig(probe_chunk=chunk, **cfg))
+    want, got = whole(obs), chunked(obs)
+    assert got.keys() == want.keys()
+    assert any(k.startswith("plasticity/jacobian_sv2_mean/") for k in got)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key

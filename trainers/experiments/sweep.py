@@ -420,12 +420,20 @@ def _load_resources(path: Path, raw: Any) -> dict[str, float]:
 
 
 def with_changes(
-    spec: SweepSpec, *, seeds: str | None = None, overrides: Sequence[str] = (), name: str | None = None
+    spec: SweepSpec,
+    *,
+    seeds: str | None = None,
+    overrides: Sequence[str] = (),
+    name: str | None = None,
+    folder: str | None = None,
 ) -> SweepSpec:
-    """``spec`` with command-line changes: other seeds (``"0,1,2"``), more overrides, another name.
+    """``spec`` with command-line changes: other seeds, more overrides, another name or parent folder.
+
+    ``seeds`` is a list like ``"0,1,2"``; ``folder`` (``--dir``) replaces the file's ``dir``, e.g.
+    ``docs/results/<study>`` to keep a study's event files beside its report instead of under ``runs/``.
 
     Raises:
-        ConfigError: a bad seed list, override or name.
+        ConfigError: a bad seed list, override, name or folder.
     """
     where = "command line"
     changes: dict[str, Any] = {}
@@ -443,6 +451,10 @@ def with_changes(
         if not sanitize(name):
             raise ConfigError(f"--name: expected a non-empty folder name, got {name!r}")
         changes["name"] = sanitize(name)
+    if folder is not None:
+        if not folder.strip():
+            raise ConfigError(f"--dir: expected a folder path, got {folder!r}")
+        changes["dir"] = Path(folder)
     return dataclasses.replace(spec, **changes)
 
 
@@ -1021,7 +1033,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     spec = with_changes(
-        load_sweep(args.sweep), seeds=args.seeds, overrides=args.overrides or (), name=args.name
+        load_sweep(args.sweep),
+        seeds=args.seeds,
+        overrides=args.overrides or (),
+        name=args.name,
+        folder=args.dir,
     )
     runs = plan_sweep(spec)
     if args.dry_run:

@@ -197,6 +197,11 @@ def test_the_command_line_changes_seeds_name_and_adds_overrides(
             with_changes(spec, seeds=seeds)
     with pytest.raises(ConfigError, match="'seed' is set by the sweep"):
         with_changes(spec, overrides=["seed=3"])
+    moved = with_changes(spec, folder=str(tmp_path / "results"))  # --dir: another parent folder
+    assert moved.sweep_dir == tmp_path / "results" / "a-b"
+    assert plan_sweep(moved)[0].config.logging.dir == str(tmp_path / "results" / "a-b")
+    with pytest.raises(ConfigError, match="--dir"):
+        with_changes(spec, folder=" ")
 
 
 @pytest.mark.parametrize(
