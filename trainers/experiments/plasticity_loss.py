@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from plasticrl.trainers.experiments.plot import read_scalars
-from plasticrl.trainers.experiments.report import _relevant
+from plasticrl.trainers.experiments.report import config_key
 
 __all__ = ["fresh_task", "control_key", "task_evaluations", "LossRow", "plasticity_loss", "loss_table"]
 
@@ -66,12 +66,7 @@ def fresh_task(config: Mapping[str, object]) -> int | None:
 
 def control_key(config: Mapping[str, object]) -> str:
     """The config minus seed, logging, length and start task: equal for a continual run and its controls."""
-    flat = {
-        k: v
-        for k, v in _relevant(config).items()
-        if not any(k == i or k.startswith(i + ".") for i in _PAIRING_IGNORES)
-    }
-    return yaml.safe_dump(flat, sort_keys=True, default_flow_style=True).strip()
+    return config_key(config, ignore=_PAIRING_IGNORES)
 
 
 def task_evaluations(

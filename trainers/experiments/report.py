@@ -202,24 +202,25 @@ def _flat(tree: object, prefix: str = "") -> dict[str, object]:
     return {prefix[:-1]: tree}
 
 
-def _relevant(config: Mapping[str, object]) -> dict[str, object]:
-    """The flattened config without :data:`IGNORED_CONFIG_KEYS` (keys and whole sections)."""
-    return {
-        k: v
-        for k, v in _flat(config).items()
-        if not any(k == i or k.startswith(i + ".") for i in IGNORED_CONFIG_KEYS)
-    }
+def _relevant(config: Mapping[str, object], ignore: Sequence[str] = ()) -> dict[str, object]:
+    """The flattened config without :data:`IGNORED_CONFIG_KEYS` and ``ignore`` (keys and whole sections)."""
+    dropped = (*IGNORED_CONFIG_KEYS, *ignore)
+    flat = _flat(config).items()
+    return {k: v for k, v in flat if not any(k == i or k.startswith(i + ".") for i in dropped)}
 
 
-def config_key(config: Mapping[str, object]) -> str:
+def config_key(config: Mapping[str, object], ignore: Sequence[str] = ()) -> str:
     """A canonical text of a run's config minus :data:`IGNORED_CONFIG_KEYS`: equal iff same experiment.
+
+    ``ignore`` drops more keys or sections (the fresh-agent control ignores the run's length and
+    start task: :func:`plasticrl.trainers.experiments.plasticity_loss.control_key`).
 
     Example:
         >>> a = config_key({"seed": 0, "optimizer": {"lr": 0.1}})
         >>> a == config_key({"optimizer": {"lr": 0.1}, "seed": 4}), a
         (True, '{optimizer.lr: 0.1}')
     """
-    return yaml.safe_dump(_relevant(config), sort_keys=True, default_flow_style=True).strip()
+    return yaml.safe_dump(_relevant(config, ignore), sort_keys=True, default_flow_style=True).strip()
 
 
 def _short(value: object) -> str:
