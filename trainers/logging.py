@@ -50,6 +50,8 @@ __all__ = [
     "TensorBoardLogger",
     "WANDB_ID_NAME",
     "HPARAM_METRICS",
+    "RETURN_TAG",
+    "UNCLIPPED_RETURN_TAG",
     "EVAL_RETURN_TAG",
     "hparam_values",
     "sibling_differences",
@@ -69,6 +71,13 @@ __all__ = [
 
 WANDB_ID_NAME = "wandb_run_id"
 """File in the run folder holding the W&B run id (one line), so ``--resume`` continues that run."""
+
+RETURN_TAG = "charts/episodic_return"
+"""Return of each finished training episode, in the rewards the agent learns from."""
+
+UNCLIPPED_RETURN_TAG = "charts/episodic_return_unclipped"
+"""Return of each finished training episode in the env's own rewards, logged when a wrapper
+(``ClipTrainingReward``, reward normalisation under it) changes the rewards the agent sees."""
 
 EVAL_RETURN_TAG = "eval/episodic_return"
 """The greedy-evaluation return tag; the HParams tab shows its last value when a run logs it."""
@@ -547,7 +556,7 @@ def final_metrics(run_dir: str | Path) -> tuple[dict[str, float], int]:
         (tag → value, the last step logged), the step being where the metric scalars are written.
     """
     from plasticrl.trainers.experiments.plot import TASK_TAG, read_scalars
-    from plasticrl.trainers.experiments.report import RETURN_TAG, Segment, segment_scores, task_segments
+    from plasticrl.trainers.experiments.report import Segment, segment_scores, task_segments
 
     scalars = read_scalars(run_dir)
     steps = [s for series_steps, _ in scalars.values() for s in series_steps]

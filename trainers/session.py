@@ -51,7 +51,7 @@ from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, checkpoint_identity, 
 from plasticrl.trainers.config import ExperimentConfig, config_to_dict
 from plasticrl.trainers.evaluation import Evaluator
 from plasticrl.trainers.interrupt import GracefulInterrupt
-from plasticrl.trainers.logging import open_logger
+from plasticrl.trainers.logging import RETURN_TAG, UNCLIPPED_RETURN_TAG, open_logger
 from plasticrl.trainers.progress import Progress
 from plasticrl.trainers.runlock import lock_run_dir, unlock_run_dir
 from plasticrl.trainers.seeding import rng_state, seed_everything, set_rng_state, stream
@@ -221,16 +221,16 @@ class EpisodeStats:
             for i in np.flatnonzero(infos["_episode"]):
                 ret = float(episode["r"][i])
                 self.recent.append(ret)
-                add("charts/episodic_return", ret)
+                add(RETURN_TAG, ret)
                 add("charts/episodic_length", float(episode["l"][i]))
                 if self.tasks is not None and self.tasks[i] >= 0:
-                    add(f"charts/episodic_return/task_{int(self.tasks[i])}", ret)
+                    add(f"{RETURN_TAG}/task_{int(self.tasks[i])}", ret)
                 if self.games is not None and 0 <= self.games[i] < len(self.game_names):
-                    add(f"charts/episodic_return/game_{self.game_names[int(self.games[i])]}", ret)
+                    add(f"{RETURN_TAG}/game_{self.game_names[int(self.games[i])]}", ret)
         final = infos.get("final_info", {})
         if "unclipped_episode" in final:  # ClipTrainingReward (Atari): the game's own rewards
             for i in np.flatnonzero(final["_unclipped_episode"]):
-                add("charts/episodic_return_unclipped", float(final["unclipped_episode"]["r"][i]))
+                add(UNCLIPPED_RETURN_TAG, float(final["unclipped_episode"]["r"][i]))
         if sums:
             out.append({tag: total / count for tag, (total, count) in sums.items()})
         self._track(infos)  # resets (autoreset ones included) and first steps

@@ -91,7 +91,8 @@ def test_bad_eval_values_name_the_key() -> None:
 
 
 def test_the_report_scores_evaluation_episodes_when_a_run_has_them(runs_dir: Path) -> None:
-    from plasticrl.trainers.experiments.report import EVAL_RETURN_TAG, RETURN_TAG, load_run
+    from plasticrl.trainers.experiments.report import load_run
+    from plasticrl.trainers.logging import EVAL_RETURN_TAG, RETURN_TAG
 
     with_eval = _dqn(runs_dir / "e", "eval.every=200", "eval.episodes=2")
     without = _dqn(runs_dir / "n")

@@ -56,10 +56,10 @@ import numpy as np
 import yaml
 from plasticrl.trainers.experiments.plot import TASK_TAG, Series, read_scalars, task_boundaries
 from plasticrl.trainers.experiments.stats import Interval, bootstrap_mean_ci, iqm, stratified_bootstrap_ci
+from plasticrl.trainers.logging import EVAL_RETURN_TAG, RETURN_TAG, UNCLIPPED_RETURN_TAG
 
 __all__ = [
-    "RETURN_TAG",
-    "EVAL_RETURN_TAG",
+    "RETURN_TAGS",
     "CURVE_TAGS",
     "RunData",
     "Segment",
@@ -83,11 +83,13 @@ __all__ = [
     "run_report_command",
 ]
 
-RETURN_TAG = "charts/episodic_return"
-EVAL_RETURN_TAG = "eval/episodic_return"
-"""Evaluation returns (``eval.every``): the report scores them instead of training episodes when a
-run logged them (evaluation plays the current task apart from training, so it is the cleaner
-measure; a run without evaluation is scored on its training episodes)."""
+RETURN_TAGS: tuple[str, ...] = (EVAL_RETURN_TAG, UNCLIPPED_RETURN_TAG, RETURN_TAG)
+"""The return tags the report scores, in order of preference: the first one a run logged is used.
+
+Evaluation returns (``eval.every``) first: evaluation plays the current task apart from training,
+so it is the cleaner measure. Then the env's own returns of training episodes where a wrapper
+clips or normalises the rewards (Atari's clipping, MuJoCo's normalisation: papers report the
+game's score, not the agent's training signal). Else the training episodes' returns."""
 """The per-episode return series the report is built on."""
 
 CURVE_TAGS: Mapping[str, str] = {
@@ -145,7 +147,7 @@ class RunData:
     curves: Mapping[str, Series] = field(default_factory=dict)
     config: Mapping[str, object] = field(default_factory=dict)
     returns_tag: str = RETURN_TAG
-    """Which episodes ``returns`` holds: ``eval/episodic_return`` or ``charts/episodic_return``."""
+    """Which of :data:`RETURN_TAGS` ``returns`` holds (the first one the run logged)."""
 
 
 def method_of(run_dir: Path) -> str:
@@ -306,6 +308,13 @@ def _config_value(config: Mapping[str, object], key: str) -> object:
     return node
 
 
+_RETURN_KINDS = {
+    EVAL_RETURN_TAG: "evaluation episodes",
+    UNCLIPPED_RETURN_TAG: "training episodes, the env's own rewards",
+    RETURN_TAG: "training episodes",
+}
+
+
 def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
     """Read one run folder (event files and ``config.yaml``).
 
@@ -323,8 +332,8 @@ def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
     if not config_path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no config.yaml (not a plasticrl run folder)")
     config = yaml.safe_load(config_path.read_text()) or {}
-    returns_tag = EVAL_RETURN_TAG if scalars.get(EVAL_RETURN_TAG, ([], []))[0] else RETURN_TAG
-    if returns_tag not in scalars or not scalars[returns_tag][0]:
+    returns_tag = next((tag for tag in RETURN_TAGS if scalars.get(tag, ([], []))[0]), None)
+    if returns_tag is None:
         raise ValueError(f"run {str(run_dir)!r} logged no {RETURN_TAG} (no episode finished)")
     method = method_of(run_dir)
     if group_by is not None:
@@ -690,7 +699,7 @@ def write_report(
         "",
         "Returns: "
         + "; ".join(
-            f"{n} run(s) on {'evaluation' if tag == EVAL_RETURN_TAG else 'training'} episodes (`{tag}`)"
+            f"{n} run(s) on {_RETURN_KINDS[tag]} (`{tag}`)"
             for tag, n in sorted(collections.Counter(r.returns_tag for r in runs).items())
         )
         + ".",

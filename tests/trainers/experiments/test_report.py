@@ -94,6 +94,21 @@ def test_segment_scores_hand_values(tmp_path: Path) -> None:
     assert [f for f, _ in segment_scores(sparse, binned_curve(*sparse.returns, 20, 200), 20)] == [5.0, 7.0]
 
 
+def test_returns_tag_prefers_evaluation_then_the_envs_own_rewards(tmp_path: Path) -> None:
+    training = episodes(0.0, 1.0)
+    unclipped = [(s, 10.0 * r) for s, r in training]
+    evaluation = [(100, 3.0), (200, 4.0)]
+    plain = load_run(synthetic_run(tmp_path / "plain", 0, training))
+    assert plain.returns_tag == "charts/episodic_return" and plain.returns[1][-1] == 99.0
+    clipped = load_run(
+        synthetic_run(tmp_path / "clip", 0, training, extra={"charts/episodic_return_unclipped": unclipped})
+    )
+    assert clipped.returns_tag == "charts/episodic_return_unclipped" and clipped.returns[1][-1] == 990.0
+    both = {"charts/episodic_return_unclipped": unclipped, "eval/episodic_return": evaluation}
+    evaluated = load_run(synthetic_run(tmp_path / "eval", 0, training, extra=both))
+    assert evaluated.returns_tag == "eval/episodic_return" and evaluated.returns[1] == [3.0, 4.0]
+
+
 def test_method_labels() -> None:
     assert method_of(Path("runs/s/adamo__s12")) == "adamo"
     assert method_of(Path("runs/s/s3")) == "s3"  # a sweep without methods or grid: the seed is all
