@@ -58,6 +58,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_summary",
+    "recorded_summary",
     "checkpoint_identity",
 ]
 
@@ -75,6 +76,30 @@ def _fingerprint(path: Path) -> dict[str, int]:
     """What tells this file apart from any earlier file at ``path`` (Note [Checkpoint and sidecar])."""
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def recorded_summary(path: str | Path) -> dict[str, Any] | None:
+    """The :data:`SUMMARY_KEYS` of the checkpoint at ``path``, or of the one that was there.
+
+    With the checkpoint present this is :func:`load_summary`. Without it, the sidecar alone
+    answers: a study commits its finished runs' folders without their checkpoints but with the
+    sidecars (Note [Committed results] in ``trainers/experiments/sweep.py``), and readers that only
+    need a run's step and config (the sweep's planner, the report) must work on such a folder.
+    Returns None when neither file is there or the sidecar cannot be read.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`load_checkpoint`, for a checkpoint that is there.
+    """
+    path = Path(path)
+    if path.is_file():
+        return load_summary(path)
+    try:
+        recorded = json.loads(_sidecar(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    return {k: recorded[k] for k in SUMMARY_KEYS if k in recorded}
 
 
 def checkpoint_identity(state: dict[str, Any]) -> dict[str, Any] | None:

@@ -344,10 +344,11 @@ def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
     last = max(max(steps) for steps, _ in scalars.values() if steps)
     total = int(config.get("total_steps", 0)) or last
     last = min(last, total)
-    if (run_dir / "checkpoint.json").is_file() or (run_dir / "checkpoint.pt").is_file():
-        from plasticrl.trainers.checkpoint import load_summary
+    from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, recorded_summary
 
-        last = max(last, min(total, int(load_summary(run_dir / "checkpoint.pt").get("global_step", 0))))
+    summary = recorded_summary(run_dir / CHECKPOINT_NAME)  # a committed run keeps only the sidecar
+    if summary is not None:
+        last = max(last, min(total, int(summary.get("global_step", 0))))
     task = scalars.get(TASK_TAG, ([], []))
     patterns = [re.compile(p) for p in CURVE_TAGS.values()]
     curves = {t: s for t, s in scalars.items() if any(p.fullmatch(t) for p in patterns)}

@@ -76,7 +76,7 @@ from types import FrameType
 from typing import IO, Any, Literal
 
 import yaml
-from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_summary
+from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_summary, recorded_summary
 from plasticrl.trainers.config import (
     ConfigError,
     ExperimentConfig,
@@ -548,14 +548,15 @@ def _committed_step(run_dir: Path, cfg: ExperimentConfig) -> int | None:
         across sessions. A sidecar short of ``total_steps`` without its checkpoint cannot be
         resumed, and the run starts over (its folder is set aside, as any stale folder).
     """
-    sidecar = (run_dir / CHECKPOINT_NAME).with_suffix(".json")
-    if not sidecar.is_file() or not any(run_dir.glob("events.out.tfevents.*")):
+    if not any(run_dir.glob("events.out.tfevents.*")):
+        return None
+    recorded = recorded_summary(run_dir / CHECKPOINT_NAME)
+    if recorded is None:
         return None
     try:
-        recorded = json.loads(sidecar.read_text())
         step = int(recorded["global_step"])
         stored = _comparable(applicable_only(recorded.get("config", {})))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
     if stored != _comparable(config_to_dict(cfg)) or step < cfg.total_steps:
         return None

@@ -6,6 +6,7 @@ episode's step and return (and so every score) is known exactly.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,15 @@ def test_returns_tag_prefers_evaluation_then_the_envs_own_rewards(tmp_path: Path
     both = {"charts/episodic_return_unclipped": unclipped, "eval/episodic_return": evaluation}
     evaluated = load_run(synthetic_run(tmp_path / "eval", 0, training, extra=both))
     assert evaluated.returns_tag == "eval/episodic_return" and evaluated.returns[1] == [3.0, 4.0]
+
+
+def test_a_committed_run_without_its_checkpoint_ends_where_its_sidecar_says(tmp_path: Path) -> None:
+    # Events end at step 200 of 400; the run got to 300 (its last episodes were still running).
+    run_dir = synthetic_run(tmp_path / "m__s0", 0, episodes(0.0, 1.0), total=400)
+    assert load_run(run_dir).last_step == 200
+    (run_dir / "checkpoint.json").write_text(json.dumps({"global_step": 300, "config": {}}))
+    run = load_run(run_dir)  # no checkpoint.pt: a study commits only the sidecar
+    assert run.last_step == 300 and run.segments[-1] == Segment(100, 300, 1)
 
 
 def test_method_labels() -> None:
