@@ -212,6 +212,12 @@ def _add_report_parser(
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (log files are skipped)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--group-by", metavar="KEY", help="group runs by this config key's value")
+    parser.add_argument(
+        "--pool-over",
+        action="append",
+        metavar="KEY",
+        help="config key (or section) runs may differ on and still be seeds of one method (repeatable)",
+    )
     parser.add_argument("--bin", type=int, metavar="STEPS", help="learning-curve bin (default total/100)")
     parser.add_argument(
         "--final-fraction", type=float, default=0.2, help="tail of a segment for final return"

@@ -230,13 +230,14 @@ def _short(value: object) -> str:
     return text.removesuffix("\n...").strip()
 
 
-def split_by_config(runs: Sequence[RunData]) -> list[RunData]:
+def split_by_config(runs: Sequence[RunData], ignore: Sequence[str] = ()) -> list[RunData]:
     """Keep runs of different configs apart even when they share a method label.
 
     A label whose runs have one config (minus :data:`IGNORED_CONFIG_KEYS`) is left as it is. A
     label holding several configs becomes one group per config, each labelled with the keys on
     which that label's configs differ: ``dqn [optimizer.lr=0.001]``, ``dqn [optimizer.lr=0.0001]``.
-    (Two seed-0 runs of different learning rates are never reported as "2 seeds".)
+    (Two seed-0 runs of different learning rates are never reported as "2 seeds".) ``ignore``
+    names keys (or sections) the researcher declares immaterial (``plasticrl report --pool-over``).
 
     Example:
         >>> runs = [RunData(Path(f"r{i}"), "dqn", 0, 1, 1, ([], []), (), config={"optimizer": {"lr": lr}})
@@ -246,7 +247,7 @@ def split_by_config(runs: Sequence[RunData]) -> list[RunData]:
     """
     configs: dict[str, dict[str, dict[str, object]]] = {}
     for run in runs:
-        configs.setdefault(run.method, {})[config_key(run.config)] = _relevant(run.config)
+        configs.setdefault(run.method, {})[config_key(run.config, ignore)] = _relevant(run.config, ignore)
     out = []
     for run in runs:
         variants = configs[run.method]
@@ -257,24 +258,25 @@ def split_by_config(runs: Sequence[RunData]) -> list[RunData]:
         differing = [
             k for k in keys if len({_short(flat.get(k, "<unset>")) for flat in variants.values()}) > 1
         ]
-        mine = variants[config_key(run.config)]
+        mine = variants[config_key(run.config, ignore)]
         detail = ", ".join(f"{k}={_short(mine.get(k, '<unset>'))}" for k in differing)
         out.append(dataclasses.replace(run, method=f"{run.method} [{detail}]"))
     return out
 
 
-def grouping_lines(runs: Sequence[RunData]) -> list[str]:
+def grouping_lines(runs: Sequence[RunData], ignore: Sequence[str] = ()) -> list[str]:
     """What the report grouped: one line per method (runs, seeds, folder, keys that set it apart).
 
     A method is the runs that share a label and a config minus :data:`IGNORED_CONFIG_KEYS`; the
     line names the config keys whose values differ between methods (the comparison the report
     makes), says when two labels hold the same config (two sweeps, say: kept apart, never
-    pooled across names), and warns when a seed occurs twice in one method.
+    pooled across names), and warns when a seed occurs twice in one method. ``ignore``: as in
+    :func:`split_by_config`.
     """
     grouped: dict[str, list[RunData]] = {}
     for run in runs:
         grouped.setdefault(run.method, []).append(run)
-    flats = {m: _relevant(members[0].config) for m, members in grouped.items()}
+    flats = {m: _relevant(members[0].config, ignore) for m, members in grouped.items()}
     keys = sorted({k for flat in flats.values() for k in flat})
     differing = [k for k in keys if len({_short(flat.get(k, "<unset>")) for flat in flats.values()}) > 1]
     lines = []
@@ -288,7 +290,8 @@ def grouping_lines(runs: Sequence[RunData]) -> list[str]:
         twins = [
             m
             for m in grouped
-            if m != method and config_key(grouped[m][0].config) == config_key(members[0].config)
+            if m != method
+            and config_key(grouped[m][0].config, ignore) == config_key(members[0].config, ignore)
         ]
         if twins:
             text += f" (same config as {', '.join(f'`{m}`' for m in twins)}: kept apart by name)"
@@ -658,11 +661,15 @@ def write_report(
     reps: int = 50_000,
     command: str | None = None,
     groups_out: TextIO | None = None,
+    pool_over: Sequence[str] = (),
 ) -> list[Path]:
     """Read the runs and write ``report.md``, ``scores.csv`` and the figures into ``out_dir``.
 
     ``groups_out`` (the command's stderr) also gets :func:`grouping_lines`, so the terminal says
-    which runs were pooled before anyone opens the report.
+    which runs were pooled before anyone opens the report. ``pool_over`` names config keys (or
+    sections) on which runs may differ and still be seeds of one method, beyond
+    :data:`IGNORED_CONFIG_KEYS`: a key added to the framework after older runs were made, say,
+    which they lack and newer ones hold at its default. ``report.md`` lists them.
 
     Returns:
         The written paths (report.md first).
@@ -679,9 +686,9 @@ def write_report(
     runs = [load_run(d, group_by=group_by) for d in run_dirs]
     if group_by is None:
         runs = qualify_methods(runs)
-    runs = split_by_config(runs)
+    runs = split_by_config(runs, pool_over)
     if groups_out is not None:
-        lines = grouping_lines(runs)
+        lines = grouping_lines(runs, pool_over)
         print(f"report: {len(runs)} runs in {len(lines)} method(s):", file=groups_out)
         for line in lines:
             print("  " + line.removeprefix("- ").replace("`", "").replace("**", ""), file=groups_out)
@@ -710,11 +717,12 @@ def write_report(
         "## Groups",
         "",
         "Runs are pooled as seeds of one method only when their resolved configs agree on every key "
-        f"but {', '.join(f'`{k}`' for k in IGNORED_CONFIG_KEYS)}"
+        f"but {', '.join(f'`{k}`' for k in (*IGNORED_CONFIG_KEYS, *pool_over))}"
+        + (f" (`{'`, `'.join(pool_over)}` by `--pool-over`)" if pool_over else "")
         + (f" (labelled by `{group_by}`)" if group_by else " (labelled by folder name without seed)")
         + "; the keys that differ between methods follow each:",
         "",
-        *grouping_lines(runs),
+        *grouping_lines(runs, pool_over),
     ]
     unfinished = [r for r in runs if r.last_step < r.total_steps]
     if unfinished:
@@ -768,6 +776,7 @@ def run_report_command(args: argparse.Namespace) -> int:
         reps=args.reps,
         command=command,
         groups_out=sys.stderr,
+        pool_over=tuple(args.pool_over or ()),
     ):
         print(path)
     return 0

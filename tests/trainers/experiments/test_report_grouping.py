@@ -113,3 +113,28 @@ def test_a_repeated_seed_is_flagged(tmp_path: Path) -> None:
     (line,) = grouping_lines(split_by_config(runs))
     assert "2 runs, seeds [0, 0]" in line and "seed 0 repeated" in line
     write_report(paths, tmp_path / "out", reps=100)  # still writes, flagged in report.md
+
+
+def test_pool_over_pools_runs_that_differ_only_in_the_named_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An older run lacks a key newer runs hold at its default; a third differs in a real setting.
+    old = run_folder(tmp_path / "sw" / "ppo__s0", 0)
+    new = [run_folder(tmp_path / "sw" / f"ppo__s{s}", s, metrics={"probe_chunk": 64}) for s in (1, 2)]
+    other = run_folder(
+        tmp_path / "sw" / "ppo__s3", 3, metrics={"probe_chunk": 64}, optimizer={"name": "adam", "lr": 1.0}
+    )
+    runs = [load_run(p) for p in (old, *new, other)]
+    assert len({r.method for r in split_by_config(runs)}) == 3  # <unset>, 64, and the other lr
+    pooled = split_by_config(runs, ignore=("metrics.probe_chunk",))
+    assert [r.method for r in pooled][:3] == ["ppo [optimizer.lr=0.001]"] * 3
+    assert pooled[3].method == "ppo [optimizer.lr=1.0]"
+    lines = grouping_lines(pooled, ("metrics.probe_chunk",))
+    assert len(lines) == 2 and "seeds [0, 1, 2]" in lines[0] and "probe_chunk" not in lines[0]
+    out = tmp_path / "out"
+    paths = [str(p) for p in (old, *new)]
+    assert (
+        main(["report", *paths, "--out", str(out), "--reps", "10", "--pool-over", "metrics.probe_chunk"]) == 0
+    )
+    text = (out / "report.md").read_text()
+    assert "3 runs, 1 methods" in text and "`metrics.probe_chunk` by `--pool-over`" in text
