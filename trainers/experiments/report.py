@@ -59,7 +59,7 @@ from plasticrl.trainers.experiments.stats import Interval, bootstrap_mean_ci, iq
 from plasticrl.trainers.logging import EVAL_RETURN_TAG, RETURN_TAG, UNCLIPPED_RETURN_TAG
 
 __all__ = [
-    "RETURN_TAGS",
+    "RETURN_KINDS",
     "CURVE_TAGS",
     "RunData",
     "Segment",
@@ -83,14 +83,18 @@ __all__ = [
     "run_report_command",
 ]
 
-RETURN_TAGS: tuple[str, ...] = (EVAL_RETURN_TAG, UNCLIPPED_RETURN_TAG, RETURN_TAG)
-"""The return tags the report scores, in order of preference: the first one a run logged is used.
+RETURN_KINDS: Mapping[str, str] = {
+    EVAL_RETURN_TAG: "evaluation episodes",
+    UNCLIPPED_RETURN_TAG: "training episodes, the env's own rewards",
+    RETURN_TAG: "training episodes",
+}
+"""The return tags the report scores, in order of preference (the first one a run logged is
+used), each with the words ``report.md`` names it by.
 
 Evaluation returns (``eval.every``) first: evaluation plays the current task apart from training,
 so it is the cleaner measure. Then the env's own returns of training episodes where a wrapper
 clips or normalises the rewards (Atari's clipping, MuJoCo's normalisation: papers report the
 game's score, not the agent's training signal). Else the training episodes' returns."""
-"""The per-episode return series the report is built on."""
 
 CURVE_TAGS: Mapping[str, str] = {
     "dormant_fraction": r"plasticity/dormant_fraction/tau_[^/]+",
@@ -147,7 +151,7 @@ class RunData:
     curves: Mapping[str, Series] = field(default_factory=dict)
     config: Mapping[str, object] = field(default_factory=dict)
     returns_tag: str = RETURN_TAG
-    """Which of :data:`RETURN_TAGS` ``returns`` holds (the first one the run logged)."""
+    """Which of :data:`RETURN_KINDS` ``returns`` holds (the first one the run logged)."""
 
 
 def method_of(run_dir: Path) -> str:
@@ -311,13 +315,6 @@ def _config_value(config: Mapping[str, object], key: str) -> object:
     return node
 
 
-_RETURN_KINDS = {
-    EVAL_RETURN_TAG: "evaluation episodes",
-    UNCLIPPED_RETURN_TAG: "training episodes, the env's own rewards",
-    RETURN_TAG: "training episodes",
-}
-
-
 def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
     """Read one run folder (event files and ``config.yaml``).
 
@@ -335,7 +332,7 @@ def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
     if not config_path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no config.yaml (not a plasticrl run folder)")
     config = yaml.safe_load(config_path.read_text()) or {}
-    returns_tag = next((tag for tag in RETURN_TAGS if scalars.get(tag, ([], []))[0]), None)
+    returns_tag = next((tag for tag in RETURN_KINDS if scalars.get(tag, ([], []))[0]), None)
     if returns_tag is None:
         raise ValueError(f"run {str(run_dir)!r} logged no {RETURN_TAG} (no episode finished)")
     method = method_of(run_dir)
@@ -707,7 +704,7 @@ def write_report(
         "",
         "Returns: "
         + "; ".join(
-            f"{n} run(s) on {_RETURN_KINDS[tag]} (`{tag}`)"
+            f"{n} run(s) on {RETURN_KINDS[tag]} (`{tag}`)"
             for tag, n in sorted(collections.Counter(r.returns_tag for r in runs).items())
         )
         + ".",

@@ -115,9 +115,7 @@ def test_a_repeated_seed_is_flagged(tmp_path: Path) -> None:
     write_report(paths, tmp_path / "out", reps=100)  # still writes, flagged in report.md
 
 
-def test_pool_over_pools_runs_that_differ_only_in_the_named_keys(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_pool_over_pools_runs_that_differ_only_in_the_named_keys(tmp_path: Path) -> None:
     # An older run lacks a key newer runs hold at its default; a third differs in a real setting.
     old = run_folder(tmp_path / "sw" / "ppo__s0", 0)
     new = [run_folder(tmp_path / "sw" / f"ppo__s{s}", s, metrics={"probe_chunk": 64}) for s in (1, 2)]
