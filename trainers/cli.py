@@ -9,6 +9,8 @@ Commands:
     plasticrl plot RUN_DIR [RUN_DIR ...] [--out DIR]   PNGs of returns and plasticity curves
     plasticrl sweep SWEEP.yaml [--workers N] [--dry-run]   base config x grid x seeds, in parallel
     plasticrl report RUN_DIR [RUN_DIR ...] --out DIR   aggregate runs (never pooling different configs)
+    plasticrl compare RUN_DIR [RUN_DIR ...] --out DIR  arms of a game sequence: per-game IQM,
+                                        P(improvement), mechanisms per task
     plasticrl eval RUN_DIR [--episodes N] [--policy greedy|sample] [--video [--out DIR]]
                                         play a trained policy (mean return, videos)
 
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 
 import gymnasium as gym
 from plasticrl.trainers.evaluation import run_eval_command
+from plasticrl.trainers.experiments.comparison import add_compare_parser, run_compare_command
 from plasticrl.trainers.experiments.plot import DEFAULT_TAGS, run_plot_command
 from plasticrl.trainers.experiments.report import run_report_command
 from plasticrl.trainers.experiments.sweep import EXIT_TAKEN, run_sweep_command
@@ -88,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot_parser(subparsers)
     _add_sweep_parser(subparsers)
     _add_report_parser(subparsers)
+    add_compare_parser(subparsers)
     _add_eval_parser(subparsers)
     return parser
 
@@ -334,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plot": run_plot_command,
         "sweep": run_sweep_command,
         "report": run_report_command,
+        "compare": run_compare_command,
         "eval": run_eval_command,
     }
     try:

@@ -67,3 +67,44 @@ def test_every_arm_of_the_study_trains_a_few_hundred_steps(study: str, runs_dir:
             t.startswith("eval/episodic_return/game_") for t in scalars
         )
         assert any(t.startswith("plasticity/") for t in scalars), method
+
+
+def test_the_arms_study_and_its_lambda_sweep_plan_the_papers_arms_on_the_study_setting(
+    runs_dir: Path,
+) -> None:
+    """protocol_arms.yaml: every arm but Adam (its runs are plasticity_loss_adam's), same setting;
+    the two arms no other study trains (the coupled ablation, the isometric MLP) train on the
+    batched games."""
+    setting = load_sweep(STUDIES / "plasticity_loss_adam.yaml").overrides
+    arms = load_sweep(STUDIES / "protocol_arms.yaml")
+    assert arms.seeds == tuple(range(26, 34)) and arms.overrides == setting
+    firsts = {}
+    for run in plan_sweep(arms):
+        firsts.setdefault(run.method, run)
+    assert list(firsts) == [
+        "adamo",
+        "adamo_relu",
+        "adam_iso_coupled",
+        "nap",
+        "l2_init",
+        "spectral",
+        "isometric",
+    ]
+    lam = load_sweep(STUDIES / "adamo_lambda_protocol.yaml")
+    assert lam.seeds == (0, 1, 2) and not set(lam.seeds) & set(arms.seeds)
+    assert [o for o in lam.overrides if not o.startswith("optimizer.") and not o.startswith("network.")] == [
+        "total_steps=8388608" if o.startswith("total_steps") else o for o in setting
+    ]
+    for method in ("adam_iso_coupled", "isometric"):
+        run = firsts[method]
+        overrides = [o for o in run.overrides if not o.startswith("logging.")]
+        cfg = load_config(
+            run.preset,
+            [*overrides, *TINY, "agent.compile=false", f"logging.dir={runs_dir}", f"logging.name={method}"],
+        )
+        result = train(cfg, quiet=True)
+        assert result.status == "finished" and result.global_step == 320, method
+        scalars = read_scalars(result.run_dir)
+        assert "eval/episodic_return" in scalars and any(
+            t.startswith("plasticity/isometry_gap/") for t in scalars
+        )

@@ -6,7 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
-from plasticrl.trainers.experiments.stats import bootstrap_mean_ci, iqm, stratified_bootstrap_ci, trimmed_mean
+from plasticrl.trainers.experiments.stats import (
+    bootstrap_mean_ci,
+    iqm,
+    probability_of_improvement,
+    stratified_bootstrap_ci,
+    trimmed_mean,
+)
 
 
 @pytest.mark.parametrize(
@@ -88,3 +94,18 @@ def test_bootstrap_mean_ci_of_curves() -> None:
         bootstrap_mean_ci(np.ones(3))
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_mean_ci(np.ones((2, 2)), confidence=1.0)
+
+
+def test_probability_of_improvement_by_hand_per_task_then_averaged() -> None:
+    x = np.array([[2.0, 0.0], [3.0, 1.0]])
+    y = np.array([[1.0, 5.0], [2.0, 5.0], [2.5, 5.0]])
+    # task 0: x {2, 3} vs y {1, 2, 2.5}: 2 beats 1, ties 2, loses to 2.5; 3 beats all -> 4.5 / 6
+    # task 1: x {0, 1} never beats 5 -> 0
+    result = probability_of_improvement(x, y, reps=2_000, seed=3)
+    assert result.point == pytest.approx((4.5 / 6 + 0.0) / 2)
+    assert result.low <= result.point <= result.high and result.high <= 0.5
+    same = probability_of_improvement(y, y, reps=500)
+    assert same.point == pytest.approx(0.5)
+    assert probability_of_improvement(x + 10, x, reps=200)[1:] == (1.0, 1.0)  # every resample wins
+    with pytest.raises(ValueError, match="same tasks"):
+        probability_of_improvement(x, y[:, :1])

@@ -1,0 +1,578 @@
+"""The AdamO paper's method comparison, read from the continual runs of a game sequence.
+
+Contains:
+    ArmRun / load_arm_run: one run read back: arm, seed, the game and evaluations of every task,
+        and the mechanism series.
+    game_scores: per arm, the (seeds x games) matrix of a score (final or AUC, each game's tasks
+        averaged over the cycles that met it).
+    fresh_reference: per game, the mean score of the fresh-agent controls (the normaliser).
+    task_means: per arm, the (seeds x tasks) matrix of a mechanism's mean inside each task.
+    MECHANISMS: the mechanism curves the comparison draws, each a way to read it from a run.
+    comparison_markdown / write_comparison: the tables and figures into ``--out``.
+    add_compare_parser / run_compare_command: ``plasticrl compare RUN_DIR... --out DIR``.
+
+Note [Scores per game]
+    The paper's sequence cycles through games (each (game, cycle) a task of ``nonstationary.every``
+    env steps, with its own observation permutation); the order is shuffled per seed, so the k-th
+    task is a different game in different seeds and tasks are compared by game, not by position.
+    A task's evaluations are placed by their env step (``eval/episodic_return/game_<game>``
+    names the game), the one at offset 0 (zero-shot, right after the switch) left out. A run's
+    **final** score on a game is the mean over the game's tasks of the last evaluation inside the
+    task; its **AUC** is the mean over those tasks of the mean evaluation inside the task.
+
+    Games differ in scale, so the scores pooled over games are **fresh-normalised** [ours]: each
+    divided by the fresh-agent controls' mean score on that game (the controls of
+    :mod:`plasticrl.trainers.experiments.plasticity_loss`: freshly initialised Adam agents trained
+    on one task alone for the same budget). 1.0 is what a fresh agent reaches; below it is
+    plasticity lost. The IQM and its 95 % stratified-bootstrap interval (games as strata, seeds
+    resampled within each) pool the (seeds x games) normalised scores
+    (:func:`plasticrl.trainers.experiments.stats.stratified_bootstrap_ci`); the probability of
+    improvement over the reference arm is computed on the raw per-game scores
+    (:func:`plasticrl.trainers.experiments.stats.probability_of_improvement`), which no
+    normaliser changes.
+
+Note [Mechanisms per task]
+    A mechanism's value on task k is the mean of its measurements inside the task (env steps in
+    ``(k·every, (k+1)·every]``: the measurement at the boundary closes the task it ends). Some are
+    read from one tag, others averaged over layers: the isometry gap over the hidden layers (every
+    ``plasticity/isometry_gap/<net>.<i>`` but each network's last, its output layer), srank over
+    the layers it is measured at. Reactivation is ``plasticity/dormant_reactivated/tau_0``: of the
+    units dormant at the last task switch, the fraction that fire again (τ = 0: no activation on the
+    whole probe batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import yaml
+from plasticrl.trainers.experiments.plot import (
+    STEP_LABEL,
+    Series,
+    fit_legend,
+    palette,
+    read_scalars,
+    save_figure,
+)
+from plasticrl.trainers.experiments.stats import (
+    Interval,
+    bootstrap_mean_ci,
+    iqm,
+    probability_of_improvement,
+    stratified_bootstrap_ci,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = [
+    "ArmRun",
+    "load_arm_run",
+    "game_scores",
+    "fresh_reference",
+    "task_means",
+    "MECHANISMS",
+    "comparison_markdown",
+    "write_comparison",
+    "add_compare_parser",
+    "run_compare_command",
+]
+
+GAME_EVAL = re.compile(r"eval/episodic_return/game_(.+)")
+Which = Literal["final", "auc"]
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """One run of the comparison, read back (Note [Scores per game]).
+
+    Attributes:
+        run_dir: the run folder.
+        arm: its method label (the folder name without ``__s<seed>``, or as renamed).
+        seed: its seed.
+        every: env steps per task (``nonstationary.every``).
+        fresh_task: the task a fresh-agent control trained on alone, or None (a continual run).
+        tasks: task index → (game, {env steps into the task: evaluation return}).
+        scalars: every scalar series of the run (the mechanisms read theirs from it).
+    """
+
+    run_dir: Path
+    arm: str
+    seed: int
+    every: int
+    fresh_task: int | None
+    tasks: Mapping[int, tuple[str, Mapping[int, float]]]
+    scalars: Mapping[str, Series] = field(default_factory=dict)
+
+    def task_score(self, task: int, which: Which) -> float:
+        """The last evaluation inside ``task`` (``final``) or their mean (``auc``); NaN if none."""
+        inside = sorted((o, v) for o, v in self.tasks[task][1].items() if o > 0)
+        if not inside:
+            return math.nan
+        return inside[-1][1] if which == "final" else float(np.mean([v for _, v in inside]))
+
+
+def load_arm_run(run_dir: str | Path, arm: str | None = None) -> ArmRun:
+    """Read a run folder of a task sequence (``nonstationary.every`` tasks, per-game evaluations).
+
+    Raises:
+        ValueError: no ``config.yaml``, no ``nonstationary.every``, or no per-game evaluation.
+    """
+    from plasticrl.trainers.experiments.plasticity_loss import fresh_task
+    from plasticrl.trainers.experiments.report import method_of
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"{str(run_dir)!r} has no config.yaml (not a plasticrl run folder)")
+    config = yaml.safe_load(path.read_text()) or {}
+    ns = config.get("nonstationary") or {}
+    if not ns.get("every"):
+        raise ValueError(f"run {str(run_dir)!r} has no nonstationary.every (not a task sequence)")
+    every, first = int(ns["every"]), int(ns.get("start_task", 0) or 0)
+    end = first + math.ceil(int(config.get("total_steps", 0)) / every)  # the evaluation at the
+    scalars = read_scalars(run_dir)  # run's last step opens a task it never trained on: left out
+    tasks: dict[int, tuple[str, dict[int, float]]] = {}
+    for tag, (steps, values) in scalars.items():
+        match = GAME_EVAL.fullmatch(tag)
+        if match:
+            for step, value in zip(steps, values, strict=True):
+                if (task := first + step // every) < end:
+                    tasks.setdefault(task, (match.group(1), {}))[1][step % every] = value
+    if not tasks:
+        raise ValueError(
+            f"run {str(run_dir)!r} logged no eval/episodic_return/game_* (no per-game evaluation)"
+        )
+    return ArmRun(
+        run_dir,
+        arm or method_of(run_dir),
+        int(config.get("seed", 0)),
+        every,
+        fresh_task(config),
+        tasks,
+        scalars,
+    )
+
+
+def _games(runs: Sequence[ArmRun]) -> list[str]:
+    return sorted({game for r in runs for game, _ in r.tasks.values()})
+
+
+def _by_arm(runs: Sequence[ArmRun]) -> dict[str, list[ArmRun]]:
+    out: dict[str, list[ArmRun]] = {}
+    for run in sorted(runs, key=lambda r: r.seed):
+        out.setdefault(run.arm, []).append(run)
+    return out
+
+
+def _game_score(run: ArmRun, game: str, which: Which) -> float:
+    values = [run.task_score(k, which) for k, (g, _) in run.tasks.items() if g == game]
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def game_scores(runs: Sequence[ArmRun], which: Which) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The games (sorted) and, per arm, its (seeds x games) scores; NaN where a seed lacks a game."""
+    games = _games(runs)
+    return games, {
+        arm: np.array([[_game_score(r, g, which) for g in games] for r in members])
+        for arm, members in _by_arm(runs).items()
+    }
+
+
+def fresh_reference(controls: Sequence[ArmRun], which: Which) -> dict[str, float]:
+    """Game → the mean score of the fresh-agent controls that trained on it (Note [Scores per game])."""
+    pooled: dict[str, list[float]] = {}
+    for run in controls:
+        for k, (game, _) in run.tasks.items():
+            if k == run.fresh_task and math.isfinite(score := run.task_score(k, which)):
+                pooled.setdefault(game, []).append(score)
+    return {game: float(np.mean(v)) for game, v in sorted(pooled.items())}
+
+
+# ----------------------------------------------------------------------------- mechanisms
+
+
+def _layer_mean(prefix: str, *, hidden_only: bool) -> Callable[[Mapping[str, Series]], Series]:
+    """A series averaging ``<prefix>/<net>.<i>`` over layers (without each net's last if asked)."""
+    pattern = re.compile(re.escape(prefix) + r"/(.+)\.(\d+)")
+
+    def read(scalars: Mapping[str, Series]) -> Series:
+        layers: dict[str, list[tuple[int, str]]] = {}
+        for tag in scalars:
+            if m := pattern.fullmatch(tag):
+                layers.setdefault(m.group(1), []).append((int(m.group(2)), tag))
+        tags = [t for ls in layers.values() for _, t in (sorted(ls)[:-1] if hidden_only else ls)]
+        if not tags:
+            return [], []
+        steps = sorted(set.intersection(*(set(scalars[t][0]) for t in tags)))
+        values = {t: dict(zip(*scalars[t], strict=True)) for t in tags}
+        return steps, [float(np.mean([values[t][s] for t in tags])) for s in steps]
+
+    return read
+
+
+def _tag(tag: str) -> Callable[[Mapping[str, Series]], Series]:
+    return lambda scalars: scalars.get(tag, ([], []))
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """One mechanism curve: its title, y label, how a run's series is read, and its scale."""
+
+    title: str
+    ylabel: str
+    read: Callable[[Mapping[str, Series]], Series]
+    log: bool = False
+
+
+MECHANISMS: Mapping[str, Mechanism] = {
+    "isometry_gap": Mechanism(
+        "Isometry gap, hidden layers",
+        "mean over hidden layers\nof ‖WWᵀ − I‖_F / √dim",
+        _layer_mean("plasticity/isometry_gap", hidden_only=True),
+    ),
+    "jacobian_sv2_mean": Mechanism(
+        "Layer-Jacobian σ², mean", "mean σ² of the layer Jacobians", _tag("plasticity/jacobian_sv2_mean")
+    ),
+    "jacobian_sv2_var": Mechanism(
+        "Layer-Jacobian σ², variance", "variance of σ²", _tag("plasticity/jacobian_sv2_var"), log=True
+    ),
+    "ntk_condition_number": Mechanism(
+        "Empirical-NTK condition number", "λ_max / λ_min", _tag("plasticity/ntk_condition_number"), log=True
+    ),
+    "dormant_fraction": Mechanism(
+        "Dormant units (τ = 0)", "fraction of hidden units dormant", _tag("plasticity/dormant_fraction/tau_0")
+    ),
+    "dormant_reactivated": Mechanism(
+        "Dormant units reactivated (τ = 0)",
+        "fraction of the units dormant at\nthe last switch that fire again",
+        _tag("plasticity/dormant_reactivated/tau_0"),
+    ),
+    "srank": Mechanism(
+        "Feature rank (srank)",
+        "srank of the features\n(mean over networks)",
+        _layer_mean("plasticity/srank", hidden_only=False),
+    ),
+}
+"""The mechanism curves (Note [Mechanisms per task]), in the order they are drawn."""
+
+
+def _task_mean(series: Series, every: int, n_tasks: int) -> np.ndarray:
+    out = np.full(n_tasks, np.nan)
+    steps, values = np.asarray(series[0]), np.asarray(series[1], dtype=float)
+    for k in range(n_tasks):
+        inside = values[(steps > k * every) & (steps <= (k + 1) * every) & np.isfinite(values)]
+        if inside.size:
+            out[k] = inside.mean()
+    return out
+
+
+def task_means(runs: Sequence[ArmRun], mechanism: Mechanism) -> dict[str, np.ndarray]:
+    """Per arm, the (seeds x tasks) mean of a mechanism inside each task (Note [Mechanisms per task])."""
+    n_tasks = max(max(r.tasks) for r in runs) + 1
+    return {
+        arm: np.stack([_task_mean(mechanism.read(r.scalars), r.every, n_tasks) for r in members])
+        for arm, members in _by_arm(runs).items()
+    }
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "—"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.3g}".replace("e+0", "e").replace("e+", "e")
+
+
+def _ci(interval: Interval | None) -> str:
+    return (
+        "—" if interval is None else f"{_fmt(interval.point)} [{_fmt(interval.low)}, {_fmt(interval.high)}]"
+    )
+
+
+def _complete(matrix: np.ndarray) -> np.ndarray:
+    """The seeds (rows) with a score on every game."""
+    return matrix[np.all(np.isfinite(matrix), axis=1)]
+
+
+def comparison_markdown(
+    runs: Sequence[ArmRun], controls: Sequence[ArmRun], reference: str, *, reps: int = 50_000
+) -> str:
+    """The comparison's tables: normalised IQM, probability of improvement, per-game means, mechanisms."""
+    lines: list[str] = []
+    arms = list(_by_arm(runs))
+    headings: tuple[tuple[Which, str], ...] = (
+        ("final", "Final: last evaluation of each task"),
+        ("auc", "AUC: mean evaluation in each task"),
+    )
+    for which, words in headings:
+        games, scores = game_scores(runs, which)
+        ref = fresh_reference(controls, which)
+        norm_games = [g for g in games if ref.get(g, 0.0) > 0]
+        lines += [
+            f"### {words}",
+            "",
+            f"Fresh-normalised: each game's score divided by its fresh controls' mean "
+            f"({', '.join(f'{g} {ref[g]:.3g}' for g in norm_games) or 'no controls'}); "
+            f"IQM over seeds x games ({len(norm_games)} games), 95 % stratified-bootstrap CI, "
+            f"{reps} replicates. "
+            f"P(> {reference}): probability that a run of the arm scores higher than one of {reference} "
+            "on a game, averaged over games (raw scores), with its 95 % CI.",
+            "",
+            f"| arm | seeds | IQM, fresh-normalised | P(> {reference}) | "
+            + " | ".join(f"{g} (mean)" for g in games)
+            + " |",
+            "|---|---:|---|---|" + "---|" * len(games),
+        ]
+        for arm in arms:
+            matrix = _complete(scores[arm])
+            cols = [games.index(g) for g in norm_games]
+            norm = matrix[:, cols] / np.array([ref[g] for g in norm_games]) if cols else matrix[:, :0]
+            iqm_ci = stratified_bootstrap_ci(norm, iqm, reps=reps) if norm.size else None
+            poi = (
+                probability_of_improvement(matrix, _complete(scores[reference]), reps=reps)
+                if arm != reference
+                and reference in scores
+                and matrix.size
+                and _complete(scores[reference]).size
+                else None
+            )
+            means = [_fmt(float(np.nanmean(scores[arm][:, j]))) for j in range(len(games))]
+            lines.append(
+                f"| {arm} | {matrix.shape[0]} | {_ci(iqm_ci)} | {_ci(poi)} | " + " | ".join(means) + " |"
+            )
+        lines.append("")
+    n_tasks = max(max(r.tasks) for r in runs) + 1
+    lines += [
+        "### Mechanisms per task (mean over seeds of the mean inside the task; first, middle and last task)",
+        "",
+        "| mechanism | arm | " + " | ".join(f"task {k}" for k in (0, n_tasks // 2, n_tasks - 1)) + " |",
+        "|---|---|" + "---:|" * 3,
+    ]
+    for name, mech in MECHANISMS.items():
+        for arm, matrix in task_means(runs, mech).items():
+            if not np.isfinite(matrix).any():
+                continue
+            with np.errstate(all="ignore"):
+                cells = [_fmt(float(np.nanmean(matrix[:, k]))) for k in (0, n_tasks // 2, n_tasks - 1)]
+            lines.append(f"| {name} | {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure(panels: int, ncols: int) -> tuple[Any, list[Axes]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    nrows = math.ceil(panels / ncols)
+    fig = Figure(figsize=(4.8 * ncols, 3.4 * nrows + 1.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[:panels]
+
+
+def _band(ax: Axes, x: np.ndarray, data: np.ndarray, colour: Any, label: str, *, markers: bool) -> None:
+    mean, low, high = bootstrap_mean_ci(data, seed=0)
+    ax.plot(x, mean, color=colour, label=label, marker="o" if markers else None, markersize=3, linewidth=1.4)
+    if data.shape[0] > 1:
+        ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
+
+
+def _finish(fig: Any, axes: Sequence[Axes], title: str, path: Path, seeds: Sequence[int]) -> list[Path]:
+    handles, labels = axes[0].get_legend_handles_labels()
+    fit_legend(fig, handles, labels, ncols=4)
+    span = f"{min(seeds)}" if min(seeds) == max(seeds) else f"{min(seeds)}-{max(seeds)}"
+    caption = f"line: mean over seeds ({span} seeds per arm); shaded: 95 % bootstrap CI of the mean"
+    fig.suptitle(f"{title}\n{caption}", fontsize=10)
+    return save_figure(fig, path)
+
+
+def _label(arm: str, n: int) -> str:
+    return f"{arm} (n = {n} seed{'s' if n != 1 else ''})"
+
+
+def _per_game_curves(runs: Sequence[ArmRun], out: Path) -> list[Path]:
+    """Per game: evaluation return against env steps spent on that game, cycles laid end to end."""
+    games, arms = _games(runs), _by_arm(runs)
+    every = runs[0].every
+    fig, axes = _figure(len(games), min(len(games), 2))
+    colours = palette(len(arms))
+    cycles = 1
+    for ax, game in zip(axes, games, strict=True):
+        for (arm, members), colour in zip(arms.items(), colours, strict=True):
+            per_run = []
+            for r in members:
+                tasks = sorted(k for k, (g, _) in r.tasks.items() if g == game)
+                cycles = max(cycles, len(tasks))
+                per_run.append(
+                    {c * every + o: v for c, k in enumerate(tasks) for o, v in r.tasks[k][1].items()}
+                )
+            xs = sorted({x for points in per_run for x in points})
+            if not xs:
+                continue
+            data = np.array([[points.get(x, np.nan) for x in xs] for points in per_run])
+            _band(ax, np.array(xs) / 1e6, data, colour, _label(arm, len(members)), markers=True)
+        for c in range(1, cycles):
+            ax.axvline(c * every / 1e6, color="grey", linestyle="--", linewidth=0.7, alpha=0.6)
+        ax.set_title(game.replace("_", " ").title(), fontsize=10)
+        ax.set_xlabel(
+            f"millions of {STEP_LABEL} on this game\n(its cycles end to end; dashed: the next cycle)"
+        )
+        ax.set_ylabel("evaluation return per episode")
+        ax.grid(alpha=0.3)
+    return _finish(
+        fig,
+        axes,
+        "Evaluation return per game across cycles",
+        out / "per_game_returns.png",
+        [len(m) for m in arms.values()],
+    )
+
+
+def _mechanism_figure(runs: Sequence[ArmRun], out: Path) -> list[Path]:
+    drawn = [(name, mech, task_means(runs, mech)) for name, mech in MECHANISMS.items()]
+    drawn = [(n, m, t) for n, m, t in drawn if any(np.isfinite(v).any() for v in t.values())]
+    if not drawn:
+        return []
+    fig, axes = _figure(len(drawn), min(len(drawn), 3))
+    arms = _by_arm(runs)
+    colours = palette(len(arms))
+    for ax, (_, mech, per_arm) in zip(axes, drawn, strict=True):
+        for (arm, matrix), colour in zip(per_arm.items(), colours, strict=True):
+            _band(ax, np.arange(matrix.shape[1]), matrix, colour, _label(arm, matrix.shape[0]), markers=True)
+        ax.set_title(mech.title, fontsize=10)
+        ax.set_xlabel("task (k-th task of the sequence)")
+        ax.set_ylabel(mech.ylabel)
+        if mech.log:
+            ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]
+        ax.grid(alpha=0.3)
+    return _finish(
+        fig,
+        axes,
+        "Mechanisms per task (mean of each task's measurements)",
+        out / "mechanisms_per_task.png",
+        [len(m) for m in arms.values()],
+    )
+
+
+def write_comparison(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    reference: str,
+    rename: Mapping[str, str] | None = None,
+    reps: int = 50_000,
+    command: str | None = None,
+) -> list[Path]:
+    """Read the runs, split continual runs from fresh controls, write ``comparison.md`` and figures.
+
+    Args:
+        run_dirs: continual runs of every arm, and the fresh-agent controls (told apart by config).
+        out_dir: where ``comparison.md``, ``per_game_returns.png`` and ``mechanisms_per_task.png``
+            (each with its PDF) go.
+        reference: the arm the probability of improvement is against (Adam).
+        rename: folder label → arm name (``continual`` → ``adam``).
+        reps: bootstrap replicates.
+        command: the command line, written into ``comparison.md`` to reproduce it.
+
+    Raises:
+        ValueError: a run folder cannot be read, there is no continual run, or ``reference`` is
+            not one of the arms.
+    """
+    from plasticrl.trainers.experiments.report import method_of
+
+    rename = rename or {}
+    loaded = [load_arm_run(d, rename.get(method_of(Path(d)), None)) for d in run_dirs]
+    runs = [r for r in loaded if r.fresh_task is None]
+    controls = [r for r in loaded if r.fresh_task is not None]
+    if not runs:
+        raise ValueError("no continual run among the run folders (all are fresh-agent controls)")
+    arms = list(_by_arm(runs))
+    if reference not in arms:
+        raise ValueError(f"--reference {reference!r} is not an arm; the arms are {', '.join(arms)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = [
+        "# Method comparison",
+        "",
+        f"{len(runs)} continual runs of {len(arms)} arms, {len(controls)} fresh-agent controls. "
+        "Definitions: `plasticrl.trainers.experiments.comparison` "
+        "(Notes [Scores per game], [Mechanisms per task]).",
+        "",
+        *(f"- `{arm}`: seeds {[r.seed for r in members]}" for arm, members in _by_arm(runs).items()),
+        "",
+    ]
+    if command:
+        text += ["Reproduce:", "", "```", command, "```", ""]
+    md = out / "comparison.md"
+    md.write_text("\n".join(text) + comparison_markdown(runs, controls, reference, reps=reps))
+    return [md, *_per_game_curves(runs, out), *_mechanism_figure(runs, out)]
+
+
+def add_compare_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add ``compare RUN_DIR... --out DIR [options]`` to ``plasticrl``'s subparsers."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="the paper's method comparison of game-sequence runs: per-game IQM, P(improvement), mechanisms",
+        description="Read continual runs of every arm and the fresh-agent controls among RUN_DIRs,\n"
+        "score each arm per game (fresh-normalised IQM over seeds x games, probability of\n"
+        "improvement over --reference) and write comparison.md, per-game curves across cycles\n"
+        "and the mechanisms per task into --out.",
+        epilog="example:\n"
+        "  plasticrl compare docs/results/plasticity_loss_adam/runs/*__s*[0-9] \\\n"
+        "      docs/results/protocol_arms/runs/*__s*[0-9] --rename continual=adam --out cmp",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="continual runs and fresh controls"
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--reference", default="adam", help="the arm P(improvement) is over (default adam)")
+    parser.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="LABEL=ARM",
+        help="name the runs of folder label LABEL as ARM (e.g. continual=adam); repeatable",
+    )
+    parser.add_argument("--reps", type=int, default=50_000, help="bootstrap replicates (default 50000)")
+    return parser
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    """Run ``plasticrl compare``: write the comparison and print its files.
+
+    Raises:
+        ValueError: a ``--rename`` that is not ``LABEL=ARM``, or what :func:`write_comparison` raises.
+    """
+    rename = {}
+    for item in args.rename:
+        label, sep, arm = item.partition("=")
+        if not sep or not label or not arm:
+            raise ValueError(f"--rename {item!r} is not LABEL=ARM")
+        rename[label] = arm
+    if args.reps < 1:
+        raise ValueError(f"--reps {args.reps} must be >= 1")
+    command = " ".join(
+        ["plasticrl compare", *map(str, args.run_dirs), "--out", str(args.out), "--reference", args.reference]
+        + [f"--rename {r}" for r in args.rename]
+    )
+    paths = write_comparison(
+        args.run_dirs, args.out, reference=args.reference, rename=rename, reps=args.reps, command=command
+    )
+    for path in paths:
+        print(path)
+    return 0
