@@ -60,6 +60,9 @@ class Rollout:
         previous upload). With tensor envs (a batched MinAtar with ``tensors: true`` on the
         agent's device) everything stays on the device: nothing crosses to the host but the
         episode statistics. :meth:`batch` moves everything to the device.
+
+    ``obs`` is float32, or ``obs_dtype`` where the network rounds its input to a lower precision
+    anyway (:func:`plasticrl.agents.precision.observation_dtype`).
     """
 
     def __init__(
@@ -71,13 +74,14 @@ class Rollout:
         device: torch.device | str = "cpu",
         *,
         tensor_envs: bool = False,
+        obs_dtype: torch.dtype = torch.float32,
     ) -> None:
         shape = (num_steps, num_envs)
         self.device = torch.device(device)
         self.tensor_envs = tensor_envs
         action_dtype = torch.int64 if isinstance(action_space, gym.spaces.Discrete) else torch.float32
         obs_shape, action_shape = observation_space.shape or (), action_space.shape or ()
-        self.obs = torch.zeros((*shape, *obs_shape), device=self.device)
+        self.obs = torch.zeros((*shape, *obs_shape), dtype=obs_dtype, device=self.device)
         self.actions = torch.zeros((*shape, *action_shape), dtype=action_dtype, device=self.device)
         self.log_probs = torch.zeros(shape, device=self.device)
         # Env outputs and the other GAE inputs: where the env's outputs arrive (Note [Env device]).

@@ -1,7 +1,8 @@
 """Env steps/s of the AdamO paper's PPO protocol, beside its multiply-add bound measured in the same process.
 
     python benchmarks/throughput_ppo_protocol.py [--threads 2] [--iterations 3] [--device cpu|cuda]
-        [--cases breakout,protocol,protocol_package,protocol_eager] [--processes 2] [key=value ...]
+        [--cases breakout,protocol,protocol_package,protocol_eager,protocol_bf16,breakout_bf16]
+        [--processes 2] [key=value ...]
 
 The config is ``configs/minatar/ppo_protocol.yaml`` (2048 envs × 128 steps per rollout, 4 epochs ×
 128 minibatches of 2048, separate actor and critic MLPs of 4 × 64, Adam), trained by plasticrl's
@@ -15,6 +16,9 @@ only training is timed. The cases:
 * ``protocol_package``: the same on the real ``minatar`` package's envs (``env.vector=sync``,
   numpy observations): the reference env path.
 * ``protocol_eager``: ``protocol`` with ``agent.compile=false`` (what compiling the loss buys).
+* ``protocol_bf16`` / ``breakout_bf16``: ``protocol`` / ``breakout`` with
+  ``network.input_precision=bfloat16``, the first layer's products in bfloat16 (what it buys on
+  this machine; the bound stays the float32 one).
 
 Each case trains ``1 + iterations`` rollouts; the first (compile, allocation) is discarded and
 the others timed: an iteration is one rollout (acting, env steps, storage, values, GAE) and one
@@ -63,6 +67,14 @@ CASES: dict[str, tuple[str, ...]] = {
         "agent.compile=false",
     ),
     "protocol_eager": ("nonstationary.every=786432", "agent.compile=false"),
+    # the input layer's products in bfloat16 (Note [Input precision], plasticrl.agents.precision)
+    "protocol_bf16": ("nonstationary.every=786432", "network.input_precision=bfloat16"),
+    "breakout_bf16": (
+        "nonstationary.kind=null",
+        "optimizer.reset_on_task_switch=false",
+        "env.kwargs.channels=4",
+        "network.input_precision=bfloat16",
+    ),
 }
 PROTOCOL_STEPS = 1_200_000_000  # 15M env steps x 4 games x 20 cycles
 STUDY_RUNS = 56  # configs/studies/continual_minatar_ppo.yaml

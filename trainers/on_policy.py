@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from plasticrl.agents.actor_critic import make_actor_critic
 from plasticrl.agents.ppo import PPOAgent, PPOConfig, gae
+from plasticrl.agents.precision import observation_dtype
 from plasticrl.agents.rollout import Rollout, RolloutBatch
 from plasticrl.envs.vector import final_observations, host_episodes, make_vector_env
 from plasticrl.plasticity.interventions import Intervention
@@ -122,7 +123,13 @@ def build_ppo(cfg: ExperimentConfig, envs: gym.vector.VectorEnv) -> PPOSetup:
             f"but the agent runs on device={device}; set both to the same device"
         )
     rollout = Rollout(
-        agent_cfg.num_steps, cfg.env.num_envs, obs_space, act_space, device, tensor_envs=tensor_envs
+        agent_cfg.num_steps,
+        cfg.env.num_envs,
+        obs_space,
+        act_space,
+        device,
+        tensor_envs=tensor_envs,
+        obs_dtype=observation_dtype(model),  # bfloat16 with network.input_precision=bfloat16
     )
     # An impossible combination (e.g. ReDo on a constrained network) fails here, at start-up.
     interventions = build_interventions(model, learning.optimizer, cfg, obs_space, device)

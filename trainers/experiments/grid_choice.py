@@ -31,20 +31,12 @@ import numpy as np
 import yaml
 from plasticrl.trainers.experiments.plasticity_loss import task_evaluations
 from plasticrl.trainers.experiments.plot import read_scalars
+from plasticrl.trainers.experiments.report import config_value
 
 __all__ = ["grid_scores", "Choice", "rank_choice", "choice_table", "main"]
 
 Pair = tuple[int, int]
 """(seed, task)."""
-
-
-def _lookup(config: Mapping[str, object], key: str) -> object:
-    value: object = config
-    for part in key.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            raise KeyError(key)
-        value = value[part]
-    return value
 
 
 def grid_scores(run_dirs: Iterable[str | Path], key: str) -> dict[Pair, dict[str, float]]:
@@ -60,7 +52,7 @@ def grid_scores(run_dirs: Iterable[str | Path], key: str) -> dict[Pair, dict[str
     scores: dict[Pair, dict[str, float]] = {}
     for run_dir in map(Path, run_dirs):
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        value = str(_lookup(config, key))
+        value = str(config_value(config, key))
         seed = int(config.get("seed", 0))
         for task, evaluations in task_evaluations(config, read_scalars(run_dir)).items():
             inside = [v for offset, v in evaluations.items() if offset > 0]

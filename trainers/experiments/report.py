@@ -3,6 +3,7 @@
 Contains:
     RunData: one run's series read back: method, seed, returns, task segments, plasticity curves.
     load_run / method_of: read a run folder; its method label (folder name without ``__s<seed>``).
+    config_value: the value at a dotted key of a nested config.
     split_by_config: never pool runs of different configs under one label (pure).
     grouping_lines: what the report grouped, for ``report.md`` and the terminal (pure).
     task_segments: the (start, end, task id) of every task a run visited, from ``env/task_id`` (pure).
@@ -68,6 +69,7 @@ __all__ = [
     "qualify_methods",
     "split_by_config",
     "config_key",
+    "config_value",
     "grouping_lines",
     "IGNORED_CONFIG_KEYS",
     "load_run",
@@ -306,7 +308,8 @@ def grouping_lines(runs: Sequence[RunData], ignore: Sequence[str] = ()) -> list[
     return lines
 
 
-def _config_value(config: Mapping[str, object], key: str) -> object:
+def config_value(config: Mapping[str, object], key: str) -> object:
+    """The value at dotted ``key`` of a nested config (``optimizer.iso_coef``); KeyError if absent."""
     node: object = config
     for part in key.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -338,7 +341,7 @@ def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
     method = method_of(run_dir)
     if group_by is not None:
         try:
-            method = f"{group_by}={_config_value(config, group_by)}"
+            method = f"{group_by}={config_value(config, group_by)}"
         except KeyError:
             raise ValueError(f"--group-by {group_by!r}: no such key in {config_path}") from None
     last = max(max(steps) for steps, _ in scalars.values() if steps)
