@@ -67,6 +67,8 @@ __all__ = [
     "parse_override",
     "describe_config",
     "applicable_only",
+    "with_current_defaults",
+    "read_run_config",
     "check_run_name",
     "blame_source",
 ]
@@ -399,6 +401,44 @@ def applicable_only(data: Mapping[str, Any]) -> dict[str, Any]:
     key of a section (at its default where it did not apply); this reads them as today's schema.
     """
     return _prune(data, _names_set(data))
+
+
+def with_current_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config (a run's ``config.yaml``, a checkpoint's) as today's code resolves it.
+
+    Keys added to plasticrl after the run was made, which it lacks, take their defaults, and keys
+    that do not apply to its named sections are dropped (:func:`applicable_only`). A new key's
+    default is the behaviour from before it existed, so a run made before the key compares equal
+    to one made after it with the key at its default: the sweep still skips it as finished and
+    the analyses still pair and pool it.
+
+    Raises:
+        ConfigError: the stored config no longer builds (a key removed or renamed since).
+    """
+    return dict(config_to_dict(config_from_dict(applicable_only(data))))
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``config.yaml`` (YAML 1.2), as today's code resolves it where it still does.
+
+    What the analyses read (reports, pairings, comparisons): :func:`with_current_defaults` of the
+    file, or the file as written where it no longer builds (a key removed since).
+
+    Raises:
+        OSError: no ``config.yaml`` in ``run_dir``.
+        ConfigError: the file is not YAML or not a mapping.
+    """
+    path = Path(run_dir) / "config.yaml"
+    try:
+        data = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {yaml_error_text(exc)}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return with_current_defaults(data)
+    except ConfigError:
+        return dict(data)
 
 
 def _build_agent(value: Any, key: str) -> AgentConfig:

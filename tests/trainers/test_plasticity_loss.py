@@ -82,3 +82,20 @@ def test_task_evaluations_place_the_boundary_evaluation_in_the_new_task() -> Non
     config = {"nonstationary": {"every": 100, "start_task": 2}}
     scalars = {"eval/episodic_return": ([50, 100, 150], [1.0, 2.0, 3.0])}
     assert task_evaluations(config, scalars) == {2: {50: 1.0}, 3: {0: 2.0, 50: 3.0}}
+
+
+def test_a_run_made_before_a_key_existed_still_pairs_with_its_controls(
+    runs: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """An older continual run's config.yaml lacks a key added since: it is read at its default."""
+    import shutil
+
+    import yaml
+
+    continual, fresh = runs
+    old = tmp_path / continual.name
+    shutil.copytree(continual, old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["network"]["input_precision"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    assert [r.task for r in plasticity_loss([old, *fresh], methods={old: "dqn"})] == [1, 2]

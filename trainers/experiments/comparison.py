@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import yaml
+from plasticrl.trainers.config import read_run_config
 from plasticrl.trainers.experiments.plot import (
     STEP_LABEL,
     Series,
@@ -132,7 +132,7 @@ def load_arm_run(run_dir: str | Path, arm: str | None = None) -> ArmRun:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no config.yaml (not a plasticrl run folder)")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_run_config(run_dir)
     ns = config.get("nonstationary") or {}
     if not ns.get("every"):
         raise ValueError(f"run {str(run_dir)!r} has no nonstationary.every (not a task sequence)")

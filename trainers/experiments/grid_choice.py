@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
+from plasticrl.trainers.config import read_run_config
 from plasticrl.trainers.experiments.plasticity_loss import task_evaluations
 from plasticrl.trainers.experiments.plot import read_scalars
 from plasticrl.trainers.experiments.report import config_value
@@ -51,7 +51,7 @@ def grid_scores(run_dirs: Iterable[str | Path], key: str) -> dict[Pair, dict[str
     """
     scores: dict[Pair, dict[str, float]] = {}
     for run_dir in map(Path, run_dirs):
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        config = read_run_config(run_dir)
         value = str(config_value(config, key))
         seed = int(config.get("seed", 0))
         for task, evaluations in task_evaluations(config, read_scalars(run_dir)).items():

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
+from plasticrl.trainers.config import read_run_config
 from plasticrl.trainers.experiments.plot import read_scalars
 from plasticrl.trainers.experiments.report import config_key
 
@@ -136,7 +136,7 @@ class LossRow:
 
 
 def _read(run_dir: Path) -> tuple[Mapping[str, object], dict[int, dict[int, float]]]:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    config = read_run_config(run_dir)
     return config, task_evaluations(config, read_scalars(run_dir))
 
 

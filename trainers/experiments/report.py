@@ -55,6 +55,7 @@ from typing import Literal, TextIO
 
 import numpy as np
 import yaml
+from plasticrl.trainers.config import read_run_config
 from plasticrl.trainers.experiments.plot import TASK_TAG, Series, read_scalars, task_boundaries
 from plasticrl.trainers.experiments.stats import Interval, bootstrap_mean_ci, iqm, stratified_bootstrap_ci
 from plasticrl.trainers.logging import EVAL_RETURN_TAG, RETURN_TAG, UNCLIPPED_RETURN_TAG
@@ -334,7 +335,7 @@ def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no config.yaml (not a plasticrl run folder)")
-    config = yaml.safe_load(config_path.read_text()) or {}
+    config = read_run_config(run_dir)
     returns_tag = next((tag for tag in RETURN_KINDS if scalars.get(tag, ([], []))[0]), None)
     if returns_tag is None:
         raise ValueError(f"run {str(run_dir)!r} logged no {RETURN_TAG} (no episode finished)")

@@ -84,6 +84,7 @@ from plasticrl.trainers.config import (
     config_to_dict,
     load_config,
     parse_override,
+    with_current_defaults,
     yaml_error_text,
     yaml_load,
 )
@@ -516,12 +517,24 @@ def _comparable(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg_dict.items() if k not in ("total_steps", *_IGNORED_ON_RESUME)}
 
 
+def _stored(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recorded config as today's code resolves it, for comparison.
+
+    Keys added since are at their defaults (:func:`plasticrl.trainers.config.with_current_defaults`);
+    where it no longer resolves it is taken as recorded, so that it differs.
+    """
+    try:
+        return _comparable(with_current_defaults(config))
+    except ConfigError:
+        return _comparable(applicable_only(config))
+
+
 def _decide(run_dir: Path, cfg: ExperimentConfig, name: str) -> tuple[Action, int, bool]:
     """(action, checkpoint step, stale folder) of a run from what its folder holds."""
     checkpoint = run_dir / CHECKPOINT_NAME
     if checkpoint.is_file():
         state = load_summary(checkpoint)
-        stored = _comparable(applicable_only(state.get("config", {})))
+        stored = _stored(state.get("config", {}))
         wanted = _comparable(config_to_dict(cfg))
         if stored != wanted:
             differing = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
@@ -545,7 +558,9 @@ def _committed_step(run_dir: Path, cfg: ExperimentConfig) -> int | None:
         JSON sidecar (``checkpoint.json``), never the checkpoint itself. A folder holding event
         files and a sidecar that records this config (up to what may differ on resume) at or past
         ``total_steps`` is a finished run: the sweep skips it, so nothing finished is run twice
-        across sessions. A sidecar short of ``total_steps`` without its checkpoint cannot be
+        across sessions. The recorded config is read as today's code resolves it, so a key added
+        to plasticrl since, which it lacks, is at its default (``with_current_defaults``). A
+        sidecar short of ``total_steps`` without its checkpoint cannot be
         resumed, and the run starts over (its folder is set aside, as any stale folder).
     """
     if not any(run_dir.glob("events.out.tfevents.*")):
@@ -555,7 +570,7 @@ def _committed_step(run_dir: Path, cfg: ExperimentConfig) -> int | None:
         return None
     try:
         step = int(recorded["global_step"])
-        stored = _comparable(applicable_only(recorded.get("config", {})))
+        stored = _stored(recorded.get("config", {}))
     except (ValueError, KeyError, TypeError):
         return None
     if stored != _comparable(config_to_dict(cfg)) or step < cfg.total_steps:

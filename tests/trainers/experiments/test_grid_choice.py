@@ -37,7 +37,7 @@ def _run(root: Path, name: str, coef: float, seed: int, evals: dict[int, float])
 
     run_dir = root / name
     run_dir.mkdir()
-    config = {"seed": seed, "optimizer": {"iso_coef": coef}, "nonstationary": {"every": 100}}
+    config = {"seed": seed, "optimizer": {"name": "adamo", "iso_coef": coef}, "nonstationary": {"every": 100}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     writer = SummaryWriter(str(run_dir))
     for step, value in evals.items():

@@ -80,7 +80,7 @@ def test_group_by_labels_but_still_never_pools_other_configs(tmp_path: Path) -> 
         run_folder(tmp_path / "c__s2", 2, network={"hidden_sizes": [8]}),
     ]
     assert methods(paths, group_by="optimizer.name") == {
-        "optimizer.name=adam [network.hidden_sizes=<unset>]": [0, 1],
+        "optimizer.name=adam [network.hidden_sizes=[128, 128]]": [0, 1],  # unset: the default
         "optimizer.name=adam [network.hidden_sizes=[8]]": [2],
     }
 
@@ -116,21 +116,26 @@ def test_a_repeated_seed_is_flagged(tmp_path: Path) -> None:
 
 
 def test_pool_over_pools_runs_that_differ_only_in_the_named_keys(tmp_path: Path) -> None:
-    # An older run lacks a key newer runs hold at its default; a third differs in a real setting.
+    # An older run lacks a key newer runs hold at its default: read at its default, it pools with
+    # them by itself. Two runs differ in a key declared immaterial; a last differs in a real setting.
     old = run_folder(tmp_path / "sw" / "ppo__s0", 0)
-    new = [run_folder(tmp_path / "sw" / f"ppo__s{s}", s, metrics={"probe_chunk": 64}) for s in (1, 2)]
+    same = run_folder(tmp_path / "sw" / "ppo__s1", 1, metrics={"probe_chunk": 64})  # the default
+    new = run_folder(tmp_path / "sw" / "ppo__s2", 2, metrics={"probe_chunk": 32})
     other = run_folder(
         tmp_path / "sw" / "ppo__s3", 3, metrics={"probe_chunk": 64}, optimizer={"name": "adam", "lr": 1.0}
     )
-    runs = [load_run(p) for p in (old, *new, other)]
-    assert len({r.method for r in split_by_config(runs)}) == 3  # <unset>, 64, and the other lr
+    runs = [load_run(p) for p in (old, same, new, other)]
+    assert [r.method for r in split_by_config(runs)].count(
+        "ppo [metrics.probe_chunk=64, optimizer.lr=0.001]"
+    ) == 2
+    assert len({r.method for r in split_by_config(runs)}) == 3  # 64 (the old run too), 32, the other lr
     pooled = split_by_config(runs, ignore=("metrics.probe_chunk",))
     assert [r.method for r in pooled][:3] == ["ppo [optimizer.lr=0.001]"] * 3
     assert pooled[3].method == "ppo [optimizer.lr=1.0]"
     lines = grouping_lines(pooled, ("metrics.probe_chunk",))
     assert len(lines) == 2 and "seeds [0, 1, 2]" in lines[0] and "probe_chunk" not in lines[0]
     out = tmp_path / "out"
-    paths = [str(p) for p in (old, *new)]
+    paths = [str(p) for p in (old, same, new)]
     assert (
         main(["report", *paths, "--out", str(out), "--reps", "10", "--pool-over", "metrics.probe_chunk"]) == 0
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import signal
 import subprocess
@@ -220,6 +221,10 @@ def test_shipped_sweep_files_plan_every_run(path: Path, tmp_path: Path) -> None:
         starts = sorted(r.config.nonstationary.start_task for r in runs)
         assert starts == sorted([0, *range(1, 8)] * len(spec.seeds or (0,)))
         assert {r.config.total_steps for r in runs if r.config.nonstationary.start_task} == {2097152}
+    elif path.name == "adamo_lambda_protocol.yaml":  # AdamO's lambda, on seeds that are not evaluated
+        assert spec.seeds == (0, 1, 2) and {r.config.optimizer.name for r in runs} == {"adamo"}
+    elif path.name == "protocol_arms.yaml":  # the paper's arms but Adam (plasticity_loss_adam's runs)
+        assert len(spec.methods) == 7 and spec.seeds == tuple(range(26, 34))
     elif path.parent.name == "studies":  # nine methods x five seeds, each one preset or one change away
         assert len(spec.methods) == 9 and spec.seeds == (0, 1, 2, 3, 4)
         assert len({r.config.nonstationary.kind for r in runs}) == 1
@@ -433,5 +438,11 @@ def test_committed_results_without_checkpoint_count_as_done(tmp_path: Path, base
         (run.run_dir / "checkpoint.pt").unlink()
     replanned = plan_sweep(load_sweep(path))
     assert [(r.action, r.checkpoint_step) for r in replanned] == [("skip", 200), ("skip", 200)]
+    # A run made before a key existed (its sidecar lacks it) is the same run at the key's default.
+    sidecar = runs[0].run_dir / "checkpoint.json"
+    recorded = json.loads(sidecar.read_text())
+    del recorded["config"]["network"]["input_precision"]
+    sidecar.write_text(json.dumps(recorded))
+    assert plan_sweep(load_sweep(path))[0].action == "skip"
     longer = plan_sweep(load_sweep(write_sweep(tmp_path, seeds=[0], overrides=["total_steps=400"])))
     assert [r.action for r in longer] == ["start"]  # short of total_steps and no checkpoint: start over
