@@ -478,7 +478,8 @@ def write_comparison(
     """Read the runs, split continual runs from fresh controls, write ``comparison.md`` and figures.
 
     Args:
-        run_dirs: continual runs of every arm, and the fresh-agent controls (told apart by config).
+        run_dirs: continual runs of every arm, and the fresh-agent controls (told apart by config);
+            unfinished runs (checkpoint short of ``total_steps``) are left out and listed.
         out_dir: where ``comparison.md``, ``per_game_returns.png`` and ``mechanisms_per_task.png``
             (each with its PDF) go.
         reference: the arm the probability of improvement is against (Adam).
@@ -490,10 +491,11 @@ def write_comparison(
         ValueError: a run folder cannot be read, there is no continual run, or ``reference`` is
             not one of the arms.
     """
-    from plasticrl.trainers.experiments.report import method_of
+    from plasticrl.trainers.experiments.report import method_of, unfinished
 
     rename = rename or {}
-    loaded = [load_arm_run(d, rename.get(method_of(Path(d)), None)) for d in run_dirs]
+    short = unfinished(run_dirs)
+    loaded = [load_arm_run(d, rename.get(method_of(Path(d)), None)) for d in run_dirs if Path(d) not in short]
     runs = [r for r in loaded if r.fresh_task is None]
     controls = [r for r in loaded if r.fresh_task is not None]
     if not runs:
@@ -511,6 +513,7 @@ def write_comparison(
         "(Notes [Scores per game], [Mechanisms per task]).",
         "",
         *(f"- `{arm}`: seeds {[r.seed for r in members]}" for arm, members in _by_arm(runs).items()),
+        *([f"- left out, unfinished: {', '.join(f'`{Path(d).name}`' for d in short)}"] if short else []),
         "",
     ]
     if command:

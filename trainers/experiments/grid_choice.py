@@ -15,8 +15,9 @@ Note [Choosing by rank]
     of its evaluations inside the task (the area under the task's evaluation curve over its
     length, :func:`plasticrl.trainers.experiments.plasticity_loss.task_evaluations`), leaving out
     the evaluation at offset 0, which is zero-shot on a task just switched to. Only pairs where
-    every value has a score are ranked, so an unfinished run leaves its pairs out rather than
-    counting as last.
+    every value has a score are ranked; the command leaves unfinished runs out (their checkpoint
+    short of ``total_steps``), so a run still training neither counts as last nor shrinks the
+    ranked pairs to its few tasks.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from plasticrl.trainers.config import read_run_config
 from plasticrl.trainers.experiments.plasticity_loss import task_evaluations
 from plasticrl.trainers.experiments.plot import read_scalars
-from plasticrl.trainers.experiments.report import config_value
+from plasticrl.trainers.experiments.report import config_value, unfinished
 
 __all__ = ["grid_scores", "Choice", "rank_choice", "choice_table", "main"]
 
@@ -119,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not run_dirs:
         print(f"error: no run folders (*/config.yaml) under runs_dir {args.runs_dir}", file=sys.stderr)
         return 2
+    short = unfinished(run_dirs)
+    if short:
+        print(f"left out, unfinished: {', '.join(p.name for p in short)}\n")
+        run_dirs = [p for p in run_dirs if p not in short]
     try:
         scores = grid_scores(run_dirs, args.key)
     except KeyError:

@@ -4,6 +4,7 @@ Contains:
     RunData: one run's series read back: method, seed, returns, task segments, plasticity curves.
     load_run / method_of: read a run folder; its method label (folder name without ``__s<seed>``).
     config_value: the value at a dotted key of a nested config.
+    unfinished: the run folders whose checkpoint records fewer steps than their ``total_steps``.
     split_by_config: never pool runs of different configs under one label (pure).
     grouping_lines: what the report grouped, for ``report.md`` and the terminal (pure).
     task_segments: the (start, end, task id) of every task a run visited, from ``env/task_id`` (pure).
@@ -71,6 +72,7 @@ __all__ = [
     "split_by_config",
     "config_key",
     "config_value",
+    "unfinished",
     "grouping_lines",
     "IGNORED_CONFIG_KEYS",
     "load_run",
@@ -317,6 +319,26 @@ def config_value(config: Mapping[str, object], key: str) -> object:
             raise KeyError(key)
         node = node[part]
     return node
+
+
+def unfinished(run_dirs: Sequence[str | Path]) -> list[Path]:
+    """The folders whose checkpoint (or its committed sidecar) records fewer steps than ``total_steps``.
+
+    Runs still training or interrupted: analyses that compare whole runs (a grid's ranking, the
+    method comparison) leave them out rather than score their missing tasks. A folder with no
+    checkpoint record at all is not counted (nothing says it is short).
+    """
+    from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, recorded_summary
+
+    out = []
+    for run_dir in map(Path, run_dirs):
+        summary = recorded_summary(run_dir / CHECKPOINT_NAME)
+        if summary is None:
+            continue
+        total = int(read_run_config(run_dir).get("total_steps", 0))
+        if int(summary.get("global_step", 0)) < total:
+            out.append(run_dir)
+    return out
 
 
 def load_run(run_dir: str | Path, *, group_by: str | None = None) -> RunData:

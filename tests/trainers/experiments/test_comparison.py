@@ -123,10 +123,13 @@ def test_isometry_gap_is_the_hidden_layers_mean_inside_each_task(study: Path) ->
 def test_the_comparison_writes_its_tables_and_figures_and_rejects_bad_input(
     study: Path, tmp_path: Path, capsys
 ) -> None:
-    dirs = [str(p) for p in sorted(study.iterdir())]
+    running = _run(tmp_path, "spectral__s0", 0, {50: ("pong", 50.0)})  # still training: left out
+    (running / "checkpoint.json").write_text('{"global_step": 50}')
+    dirs = [str(p) for p in sorted(study.iterdir())] + [str(running)]
     out = tmp_path / "out"
     assert main(["compare", *dirs, "--out", str(out), "--rename", "continual=adam", "--reps", "200"]) == 0
     text = (out / "comparison.md").read_text()
+    assert "left out, unfinished: `spectral__s0`" in text and "| spectral |" not in text
     assert "ms 5" in text and "| adamo | 2 |" in text and "| isometry_gap | adamo | 3 | 7 | 7 |" in text
     assert {p.name for p in out.iterdir()} >= {"per_game_returns.png", "mechanisms_per_task.pdf"}
     capsys.readouterr()

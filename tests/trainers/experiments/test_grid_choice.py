@@ -52,8 +52,15 @@ def test_scores_are_task_means_without_the_zero_shot_evaluation(tmp_path: Path, 
     _run(tmp_path, "hi", 1.0, 0, {50: 3.0, 100: -50.0, 150: 1.0, 175: 1.0})
     scores = grid_scores(sorted(tmp_path.iterdir()), "optimizer.iso_coef")
     assert scores == {(0, 0): {"1.0": 3.0, "0.1": 2.0}, (0, 1): {"1.0": 1.0, "0.1": 5.0}}
+    # A run still training (its checkpoint short of total_steps) is left out, not ranked on task 0.
+    running = _run(tmp_path, "running", 3.0, 0, {50: 99.0})
+    (running / "config.yaml").write_text(
+        yaml.safe_dump({**yaml.safe_load((running / "config.yaml").read_text()), "total_steps": 200})
+    )
+    (running / "checkpoint.json").write_text('{"global_step": 50}')
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "left out, unfinished: running" in out
     assert "| 0.1 | 1.50 | 1 | 2 |" in out and "| 1.0 | 1.50 | 1 | 2 |" in out
     assert main([str(tmp_path), "--key", "optimizer.nope"]) == 2
     assert "--key optimizer.nope" in capsys.readouterr().err
