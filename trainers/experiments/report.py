@@ -325,18 +325,18 @@ def unfinished(run_dirs: Sequence[str | Path]) -> list[Path]:
     """The folders whose checkpoint (or its committed sidecar) records fewer steps than ``total_steps``.
 
     Runs still training or interrupted: analyses that compare whole runs (a grid's ranking, the
-    method comparison) leave them out rather than score their missing tasks. A folder with no
-    checkpoint record at all is not counted (nothing says it is short).
+    method comparison) leave them out rather than score their missing tasks. A folder without any
+    checkpoint record counts as unfinished too: every run writes one at its end
+    (``checkpoint.every`` or not), so it is a run still in its first checkpoint period, or one that
+    crashed before it.
     """
     from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, recorded_summary
 
     out = []
     for run_dir in map(Path, run_dirs):
-        summary = recorded_summary(run_dir / CHECKPOINT_NAME)
-        if summary is None:
-            continue
+        summary = recorded_summary(run_dir / CHECKPOINT_NAME) or {}
         total = int(read_run_config(run_dir).get("total_steps", 0))
-        if int(summary.get("global_step", 0)) < total:
+        if int(summary.get("global_step", -1)) < total:
             out.append(run_dir)
     return out
 

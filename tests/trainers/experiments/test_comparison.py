@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,9 @@ def _run(
         ns["start_task"] = start_task
     config = {"seed": seed, "total_steps": total, "nonstationary": ns, "eval": {"every": 50}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "checkpoint.json").write_text(
+        json.dumps({"global_step": config.get("total_steps", 0)})
+    )  # finished
     writer = SummaryWriter(str(run_dir))
     for step, (game, value) in evals.items():
         writer.add_scalar(f"eval/episodic_return/game_{game}", value, step)

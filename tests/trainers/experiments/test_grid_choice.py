@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,16 @@ def _run(root: Path, name: str, coef: float, seed: int, evals: dict[int, float])
 
     run_dir = root / name
     run_dir.mkdir()
-    config = {"seed": seed, "optimizer": {"name": "adamo", "iso_coef": coef}, "nonstationary": {"every": 100}}
+    config = {
+        "seed": seed,
+        "total_steps": 200,
+        "optimizer": {"name": "adamo", "iso_coef": coef},
+        "nonstationary": {"every": 100},
+    }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "checkpoint.json").write_text(
+        json.dumps({"global_step": config.get("total_steps", 0)})
+    )  # finished
     writer = SummaryWriter(str(run_dir))
     for step, value in evals.items():
         writer.add_scalar("eval/episodic_return", value, step)
@@ -54,13 +63,12 @@ def test_scores_are_task_means_without_the_zero_shot_evaluation(tmp_path: Path, 
     assert scores == {(0, 0): {"1.0": 3.0, "0.1": 2.0}, (0, 1): {"1.0": 1.0, "0.1": 5.0}}
     # A run still training (its checkpoint short of total_steps) is left out, not ranked on task 0.
     running = _run(tmp_path, "running", 3.0, 0, {50: 99.0})
-    (running / "config.yaml").write_text(
-        yaml.safe_dump({**yaml.safe_load((running / "config.yaml").read_text()), "total_steps": 200})
-    )
     (running / "checkpoint.json").write_text('{"global_step": 50}')
+    first = _run(tmp_path, "first_period", 5.0, 0, {50: 99.0})  # no checkpoint written yet
+    (first / "checkpoint.json").unlink()
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "left out, unfinished: running" in out
+    assert "left out, unfinished: first_period, running" in out
     assert "| 0.1 | 1.50 | 1 | 2 |" in out and "| 1.0 | 1.50 | 1 | 2 |" in out
     assert main([str(tmp_path), "--key", "optimizer.nope"]) == 2
     assert "--key optimizer.nope" in capsys.readouterr().err
