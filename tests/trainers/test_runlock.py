@@ -139,8 +139,12 @@ def test_resume_refuses_a_folder_in_use_and_a_finished_run_releases_its_lock(tmp
     assert run_dir_holder(run_dir) is None
 
 
-def test_generated_names_never_share_a_folder(tmp_path: Path) -> None:
+def test_generated_names_never_share_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
     cfg = load_config(None, [*TINY, f"logging.dir={tmp_path}"])
+    stamp = time.strftime("%Y%m%d-%H%M%S")  # both in the same second, even on a loaded machine
+    monkeypatch.setattr("plasticrl.trainers.runfolder.time.strftime", lambda fmt: stamp)
     first, second = make_run_dir(cfg), make_run_dir(cfg)  # the same second: a suffix
     assert first != second and second.name.startswith(first.name)
     assert run_dir_holder(first) == run_dir_holder(second) == "this process"

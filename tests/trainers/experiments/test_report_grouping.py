@@ -92,11 +92,16 @@ def test_the_report_says_what_it_grouped(tmp_path: Path, capsys: pytest.CaptureF
         run_folder(tmp_path / "sw2" / "y__s0_again", 0, optimizer={"name": "adamo", "lr": 1e-3}),
     ]
     lines = grouping_lines(split_by_config(qualify_methods([load_run(p) for p in paths])))
-    assert lines[0] == f"- `x`: 1 run, seeds [0], in `{tmp_path / 'sw'}`; optimizer.name=adam"
+    # Configs are read as resolved (AdamO's own keys at their defaults), as plasticrl writes them.
+    keys = ("iso_coef", "iso_every", "iso_lr", "iso_prefetch", "iso_target")
+    unset = ", ".join(f"optimizer.{k}=<unset>" for k in keys)
+    adamo = "optimizer.iso_coef=0.01, optimizer.iso_every=1, optimizer.iso_lr=null, "
+    adamo += "optimizer.iso_prefetch=false, optimizer.iso_target=1.0"
+    assert lines[0] == f"- `x`: 1 run, seeds [0], in `{tmp_path / 'sw'}`; {unset}, optimizer.name=adam"
     assert lines[1:] == [
-        f"- `y`: 1 run, seeds [0], in `{tmp_path / 'sw2'}`; optimizer.name=adamo"
+        f"- `y`: 1 run, seeds [0], in `{tmp_path / 'sw2'}`; {adamo}, optimizer.name=adamo"
         " (same config as `y__s0_again`: kept apart by name)",
-        f"- `y__s0_again`: 1 run, seeds [0], in `{tmp_path / 'sw2'}`; optimizer.name=adamo"
+        f"- `y__s0_again`: 1 run, seeds [0], in `{tmp_path / 'sw2'}`; {adamo}, optimizer.name=adamo"
         " (same config as `y`: kept apart by name)",
     ]
     assert main(["report", *map(str, paths), "--out", str(tmp_path / "out"), "--reps", "100"]) == 0
