@@ -305,9 +305,19 @@ def _complete(matrix: np.ndarray) -> np.ndarray:
 
 
 def comparison_markdown(
-    runs: Sequence[ArmRun], controls: Sequence[ArmRun], reference: str, *, reps: int = 50_000
+    runs: Sequence[ArmRun],
+    controls: Sequence[ArmRun],
+    reference: str,
+    *,
+    reps: int = 50_000,
+    mechanism_means: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> str:
-    """The comparison's tables: normalised IQM, probability of improvement, per-game means, mechanisms."""
+    """The comparison's tables: normalised IQM, probability of improvement, per-game means, mechanisms.
+
+    ``mechanism_means``: :func:`task_means` of every mechanism, when the caller has them already.
+    """
+    if mechanism_means is None:
+        mechanism_means = {n: task_means(runs, m) for n, m in MECHANISMS.items()}
     lines: list[str] = []
     arms = list(_by_arm(runs))
     headings: tuple[tuple[Which, str], ...] = (
@@ -358,8 +368,8 @@ def comparison_markdown(
         "| mechanism | arm | " + " | ".join(f"task {k}" for k in (0, n_tasks // 2, n_tasks - 1)) + " |",
         "|---|---|" + "---:|" * 3,
     ]
-    for name, mech in MECHANISMS.items():
-        for arm, matrix in task_means(runs, mech).items():
+    for name in MECHANISMS:
+        for arm, matrix in mechanism_means[name].items():
             if not np.isfinite(matrix).any():
                 continue
             with np.errstate(all="ignore"):
@@ -439,8 +449,10 @@ def _per_game_curves(runs: Sequence[ArmRun], out: Path) -> list[Path]:
     )
 
 
-def _mechanism_figure(runs: Sequence[ArmRun], out: Path) -> list[Path]:
-    drawn = [(name, mech, task_means(runs, mech)) for name, mech in MECHANISMS.items()]
+def _mechanism_figure(
+    runs: Sequence[ArmRun], out: Path, means: Mapping[str, Mapping[str, np.ndarray]]
+) -> list[Path]:
+    drawn = [(name, mech, means[name]) for name, mech in MECHANISMS.items()]
     drawn = [(n, m, t) for n, m, t in drawn if any(np.isfinite(v).any() for v in t.values())]
     if not drawn:
         return []
@@ -519,8 +531,11 @@ def write_comparison(
     if command:
         text += ["Reproduce:", "", "```", command, "```", ""]
     md = out / "comparison.md"
-    md.write_text("\n".join(text) + comparison_markdown(runs, controls, reference, reps=reps))
-    return [md, *_per_game_curves(runs, out), *_mechanism_figure(runs, out)]
+    means = {name: task_means(runs, mech) for name, mech in MECHANISMS.items()}  # once for both
+    md.write_text(
+        "\n".join(text) + comparison_markdown(runs, controls, reference, reps=reps, mechanism_means=means)
+    )
+    return [md, *_per_game_curves(runs, out), *_mechanism_figure(runs, out, means)]
 
 
 def add_compare_parser(
