@@ -57,6 +57,7 @@ from plasticrl.trainers.experiments.plot import (
     STEP_LABEL,
     Series,
     fit_legend,
+    natural_key,
     palette,
     read_scalars,
     save_figure,
@@ -200,15 +201,25 @@ def fresh_reference(controls: Sequence[ArmRun], which: Which) -> dict[str, float
 # ----------------------------------------------------------------------------- mechanisms
 
 
+def _layer_order(layer: str) -> tuple[int, tuple[tuple[int, float | str], ...]]:
+    """Sort key of a layer's path inside its network: natural order, a ``head`` always last."""
+    return (1 if layer.split(".")[-1] == "head" else 0, natural_key(layer))
+
+
 def _layer_mean(prefix: str, *, hidden_only: bool) -> Callable[[Mapping[str, Series]], Series]:
-    """A series averaging ``<prefix>/<net>.<i>`` over layers (without each net's last if asked)."""
-    pattern = re.compile(re.escape(prefix) + r"/(.+)\.(\d+)")
+    """A series averaging ``<prefix>/<net>.<layer path>`` over layers (each net's output left out if asked).
+
+    A tag's network is the first part of its layer path (``actor`` of ``actor.hidden.2.0``); its
+    output layer is the one called ``head`` (the isometric MLP's) or else the last in natural
+    order (``actor.9`` of an ``nn.Sequential``'s ``actor.1`` ... ``actor.9``).
+    """
+    pattern = re.compile(re.escape(prefix) + r"/([^./]+)\.([^/]+)")
 
     def read(scalars: Mapping[str, Series]) -> Series:
-        layers: dict[str, list[tuple[int, str]]] = {}
+        layers: dict[str, list[tuple[tuple[int, tuple[tuple[int, float | str], ...]], str]]] = {}
         for tag in scalars:
             if m := pattern.fullmatch(tag):
-                layers.setdefault(m.group(1), []).append((int(m.group(2)), tag))
+                layers.setdefault(m.group(1), []).append((_layer_order(m.group(2)), tag))
         tags = [t for ls in layers.values() for _, t in (sorted(ls)[:-1] if hidden_only else ls)]
         if not tags:
             return [], []

@@ -124,6 +124,27 @@ def test_isometry_gap_is_the_hidden_layers_mean_inside_each_task(study: Path) ->
     assert np.isnan(task_means(runs, MECHANISMS["ntk_condition_number"])["adamo"]).all()
 
 
+def test_layer_means_know_the_output_layer_by_name_or_by_natural_order() -> None:
+    """The isometric MLP's layers (``hidden.k.0``, ``head``) and a Sequential's (``9`` before ``11``)."""
+    isometric = {
+        "plasticity/isometry_gap/actor.hidden.0.0": ([10], [1.0]),
+        "plasticity/isometry_gap/actor.hidden.1.0": ([10], [3.0]),
+        "plasticity/isometry_gap/actor.head": ([10], [50.0]),
+        "plasticity/isometry_gap/critic.hidden.0.0": ([10], [5.0]),
+        "plasticity/isometry_gap/critic.head": ([10], [70.0]),
+        "plasticity/srank/actor.head": ([10], [4.0]),
+        "plasticity/srank/critic.head": ([10], [6.0]),
+    }
+    assert MECHANISMS["isometry_gap"].read(isometric) == ([10], [3.0])  # (1 + 3 + 5) / 3
+    assert MECHANISMS["srank"].read(isometric) == ([10], [5.0])
+    sequential = {
+        "plasticity/isometry_gap/net.1": ([10], [2.0]),
+        "plasticity/isometry_gap/net.9": ([10], [4.0]),
+        "plasticity/isometry_gap/net.11": ([10], [90.0]),  # the output: 11 after 9, not before
+    }
+    assert MECHANISMS["isometry_gap"].read(sequential) == ([10], [3.0])
+
+
 def test_the_comparison_writes_its_tables_and_figures_and_rejects_bad_input(
     study: Path, tmp_path: Path, capsys
 ) -> None:
