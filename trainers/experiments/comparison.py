@@ -216,11 +216,14 @@ def _layer_mean(prefix: str, *, hidden_only: bool) -> Callable[[Mapping[str, Ser
     pattern = re.compile(re.escape(prefix) + r"/([^./]+)\.([^/]+)")
 
     def read(scalars: Mapping[str, Series]) -> Series:
-        layers: dict[str, list[tuple[tuple[int, tuple[tuple[int, float | str], ...]], str]]] = {}
+        nets: dict[str, dict[str, str]] = {}  # net -> layer path -> tag
         for tag in scalars:
             if m := pattern.fullmatch(tag):
-                layers.setdefault(m.group(1), []).append((_layer_order(m.group(2)), tag))
-        tags = [t for ls in layers.values() for _, t in (sorted(ls)[:-1] if hidden_only else ls)]
+                nets.setdefault(m.group(1), {})[m.group(2)] = tag
+        tags = []
+        for layers in nets.values():
+            ordered = sorted(layers, key=_layer_order)
+            tags += [layers[path] for path in (ordered[:-1] if hidden_only else ordered)]
         if not tags:
             return [], []
         steps = sorted(set.intersection(*(set(scalars[t][0]) for t in tags)))
