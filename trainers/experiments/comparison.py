@@ -57,14 +57,17 @@ from plasticrl.trainers.experiments.plot import (
     STEP_LABEL,
     Series,
     fit_legend,
+    mean_band,
     natural_key,
     palette,
+    panel_figure,
     read_scalars,
     save_figure,
+    seed_label,
 )
 from plasticrl.trainers.experiments.stats import (
-    Interval,
-    bootstrap_mean_ci,
+    format_interval,
+    format_number,
     iqm,
     probability_of_improvement,
     stratified_bootstrap_ci,
@@ -301,18 +304,6 @@ def task_means(runs: Sequence[ArmRun], mechanism: Mechanism) -> dict[str, np.nda
 # ----------------------------------------------------------------------------- writing
 
 
-def _fmt(x: float) -> str:
-    if not math.isfinite(x):
-        return "—"
-    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.3g}".replace("e+0", "e").replace("e+", "e")
-
-
-def _ci(interval: Interval | None) -> str:
-    return (
-        "—" if interval is None else f"{_fmt(interval.point)} [{_fmt(interval.low)}, {_fmt(interval.high)}]"
-    )
-
-
 def _complete(matrix: np.ndarray) -> np.ndarray:
     """The seeds (rows) with a score on every game."""
     return matrix[np.all(np.isfinite(matrix), axis=1)]
@@ -370,9 +361,11 @@ def comparison_markdown(
                 and _complete(scores[reference]).size
                 else None
             )
-            means = [_fmt(float(np.nanmean(scores[arm][:, j]))) for j in range(len(games))]
+            means = [format_number(float(np.nanmean(scores[arm][:, j]))) for j in range(len(games))]
             lines.append(
-                f"| {arm} | {matrix.shape[0]} | {_ci(iqm_ci)} | {_ci(poi)} | " + " | ".join(means) + " |"
+                f"| {arm} | {matrix.shape[0]} | {format_interval(iqm_ci)} | {format_interval(poi)} | "
+                + " | ".join(means)
+                + " |"
             )
         lines.append("")
     n_tasks = max(max(r.tasks) for r in runs) + 1
@@ -387,29 +380,11 @@ def comparison_markdown(
             if not np.isfinite(matrix).any():
                 continue
             with np.errstate(all="ignore"):
-                cells = [_fmt(float(np.nanmean(matrix[:, k]))) for k in (0, n_tasks // 2, n_tasks - 1)]
+                cells = [
+                    format_number(float(np.nanmean(matrix[:, k]))) for k in (0, n_tasks // 2, n_tasks - 1)
+                ]
             lines.append(f"| {name} | {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _figure(panels: int, ncols: int) -> tuple[Any, list[Axes]]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    nrows = math.ceil(panels / ncols)
-    fig = Figure(figsize=(4.8 * ncols, 3.4 * nrows + 1.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    return fig, axes[:panels]
-
-
-def _band(ax: Axes, x: np.ndarray, data: np.ndarray, colour: Any, label: str, *, markers: bool) -> None:
-    mean, low, high = bootstrap_mean_ci(data, seed=0)
-    ax.plot(x, mean, color=colour, label=label, marker="o" if markers else None, markersize=3, linewidth=1.4)
-    if data.shape[0] > 1:
-        ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
 
 
 def _finish(fig: Any, axes: Sequence[Axes], title: str, path: Path, seeds: Sequence[int]) -> list[Path]:
@@ -421,15 +396,11 @@ def _finish(fig: Any, axes: Sequence[Axes], title: str, path: Path, seeds: Seque
     return save_figure(fig, path)
 
 
-def _label(arm: str, n: int) -> str:
-    return f"{arm} (n = {n} seed{'s' if n != 1 else ''})"
-
-
 def _per_game_curves(runs: Sequence[ArmRun], out: Path) -> list[Path]:
     """Per game: evaluation return against env steps spent on that game, cycles laid end to end."""
     games, arms = _games(runs), _by_arm(runs)
     every = runs[0].every
-    fig, axes = _figure(len(games), min(len(games), 2))
+    fig, axes, _ = panel_figure(len(games), ncols=2, size=(4.8, 3.4), extra_height=1.6)
     colours = palette(len(arms))
     cycles = 1
     for ax, game in zip(axes, games, strict=True):
@@ -445,7 +416,9 @@ def _per_game_curves(runs: Sequence[ArmRun], out: Path) -> list[Path]:
             if not xs:
                 continue
             data = np.array([[points.get(x, np.nan) for x in xs] for points in per_run])
-            _band(ax, np.array(xs) / 1e6, data, colour, _label(arm, len(members)), markers=True)
+            mean_band(
+                ax, np.array(xs) / 1e6, data, colour, seed_label(arm, len(members)), seed=0, markers=True
+            )
         for c in range(1, cycles):
             ax.axvline(c * every / 1e6, color="grey", linestyle="--", linewidth=0.7, alpha=0.6)
         ax.set_title(game.replace("_", " ").title(), fontsize=10)
@@ -470,12 +443,20 @@ def _mechanism_figure(
     drawn = [(n, m, t) for n, m, t in drawn if any(np.isfinite(v).any() for v in t.values())]
     if not drawn:
         return []
-    fig, axes = _figure(len(drawn), min(len(drawn), 3))
+    fig, axes, _ = panel_figure(len(drawn), size=(4.8, 3.4), extra_height=1.6)
     arms = _by_arm(runs)
     colours = palette(len(arms))
     for ax, (_, mech, per_arm) in zip(axes, drawn, strict=True):
         for (arm, matrix), colour in zip(per_arm.items(), colours, strict=True):
-            _band(ax, np.arange(matrix.shape[1]), matrix, colour, _label(arm, matrix.shape[0]), markers=True)
+            mean_band(
+                ax,
+                np.arange(matrix.shape[1]),
+                matrix,
+                colour,
+                seed_label(arm, matrix.shape[0]),
+                seed=0,
+                markers=True,
+            )
         ax.set_title(mech.title, fontsize=10)
         ax.set_xlabel("task (k-th task of the sequence)")
         ax.set_ylabel(mech.ylabel)

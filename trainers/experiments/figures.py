@@ -19,7 +19,6 @@ axes labelled with quantity and unit; titles in words):
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,9 +32,12 @@ from plasticrl.trainers.experiments.plot import (
     axis_label,
     draw_task_strip,
     fit_legend,
+    mean_band,
     natural_key,
     palette,
+    panel_figure,
     save_figure,
+    seed_label,
     tag_title,
 )
 from plasticrl.trainers.experiments.report import CURVE_TAGS, Scores
@@ -67,30 +69,9 @@ def sampled_curve(series: Series, bin_steps: int, n_bins: int, last_step: int | 
     return out.astype(np.float64)
 
 
-def _figure(panels: int, *, strip: bool = False) -> tuple[Figure, list[Axes], Axes | None]:
-    """A constrained-layout figure of ``panels`` panels (and a task strip under a lone panel)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ncols = min(panels, 3)
-    nrows = math.ceil(panels / ncols)
-    strip = strip and panels == 1
-    fig = Figure(figsize=(5.6 * ncols, 3.6 * nrows + 1.3 + (1.1 if strip else 0.0)), layout="constrained")
-    FigureCanvasAgg(fig)
-    if strip:
-        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3.6, 1.1])
-        return fig, [top], bottom
-    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    return fig, axes[:panels], None
-
-
-def _band(ax: Axes, x: np.ndarray, curves: np.ndarray, colour: Any, label: str | None, seed: int) -> None:
-    mean, low, high = bootstrap_mean_ci(curves, seed=seed)
-    ax.plot(x, mean, color=colour, linewidth=1.5, label=label)
-    if curves.shape[0] > 1:
-        ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+def _figure(panels: int, *, strip: float = 0.0) -> tuple[Figure, list[Axes], Axes | None]:
+    """A report figure's panels (5.6 x 3.6 in), with a task strip ``strip`` inches high under a lone one."""
+    return panel_figure(panels, size=(5.6, 3.6), extra_height=1.3, strip_height=strip)
 
 
 def _switches(scores: Scores) -> list[int]:
@@ -129,8 +110,7 @@ def band_caption(scores: Scores, what: str = "shaded") -> str:
 
 
 def _label(scores: Scores, method: str) -> str:
-    n = len(scores.runs[method])
-    return f"{method} (n = {n} seed{'s' if n != 1 else ''})"
+    return seed_label(method, len(scores.runs[method]))
 
 
 def _finish(
@@ -167,11 +147,11 @@ def _segment_strip(ax: Axes, scores: Scores, colours: Sequence[Any]) -> None:
 
 def _returns(scores: Scores, out: Path, colours: Sequence[Any]) -> list[Path]:
     switches = _switches(scores)
-    fig, (ax,), strip = _figure(1, strip=bool(switches))
+    fig, (ax,), strip = _figure(1, strip=1.1 if switches else 0.0)
     for m, colour in zip(scores.methods, colours, strict=True):
         curves = scores.curves[m]
         x = (np.arange(curves.shape[1]) + 1) * scores.bin_steps
-        _band(ax, x, curves, colour, _label(scores, m), seed=0)
+        mean_band(ax, x, curves, colour, _label(scores, m), seed=0)
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel(f"return per episode\n(mean per {scores.bin_steps:,}-step bin)")
     if strip is not None:
@@ -230,7 +210,7 @@ def _metric(scores: Scores, out: Path, colours: Sequence[Any], name: str, patter
                 curves = np.stack(
                     [sampled_curve(r.curves[tag], scores.bin_steps, n_bins, r.last_step) for r in runs]
                 )
-                _band(ax, x, curves, colour, _label(scores, m), seed=2)
+                mean_band(ax, x, curves, colour, _label(scores, m), seed=2)
         ax.set_title(tag_title(tag), fontsize=10)
         ax.set_xlabel(STEP_LABEL)
         ax.set_ylabel(axis_label(tag))

@@ -9,6 +9,8 @@ Contains:
     natural_key / palette: tag sort order with numbers as numbers; n colour-blind-safe colours.
     tag_title / axis_label / FIGURE_TITLES: what a figure says instead of a raw tag (pure).
     fit_legend / save_figure: a figure legend that never leaves the figure; PNG and PDF.
+    panel_figure / mean_band / seed_label: a grid of panels (and a task strip under a lone one);
+        a mean over seeds with its 95 % bootstrap band; a legend label with its seed count.
     plot_runs: the figures (returns, dormant fractions, srank, isometry gaps) of one or more runs.
     run_plot_command: the ``plot`` subcommand of :mod:`plasticrl.trainers.cli`.
 
@@ -35,7 +37,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "DEFAULT_TAGS",
@@ -54,6 +58,9 @@ __all__ = [
     "axis_label",
     "fit_legend",
     "save_figure",
+    "panel_figure",
+    "mean_band",
+    "seed_label",
     "plot_runs",
     "run_plot_command",
 ]
@@ -434,6 +441,73 @@ def save_figure(fig: Any, png: Path, *, dpi: int = 100) -> list[Path]:
     return [png, pdf]
 
 
+def panel_figure(
+    panels: int,
+    *,
+    ncols: int = 3,
+    size: tuple[float, float] = (5.0, 3.4),
+    extra_height: float = 0.8,
+    strip_height: float = 0.0,
+) -> tuple[Figure, list[Axes], Axes | None]:
+    """A constrained-layout figure of ``panels`` panels of ``size`` inches, ``ncols`` to a row.
+
+    ``extra_height`` inches are added for the title and the legend below. With ``strip_height``
+    and a lone panel, a strip of that height sits under it on the same x axis (the task id as a
+    step function) and is returned third; otherwise the third value is None. Unused cells of the
+    grid are hidden. The figure draws on the Agg canvas, whatever matplotlib's default backend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = max(1, min(panels, ncols))
+    nrows = math.ceil(panels / ncols)
+    strip = strip_height > 0 and panels == 1
+    width, height = size
+    fig = Figure(
+        figsize=(width * ncols, height * nrows + extra_height + strip_height * strip), layout="constrained"
+    )
+    FigureCanvasAgg(fig)
+    if strip:
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[height, strip_height])
+        return fig, [top], bottom
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[:panels], None
+
+
+def mean_band(
+    ax: Axes,
+    x: np.ndarray,
+    curves: np.ndarray,
+    colour: Any,
+    label: str | None,
+    *,
+    seed: int,
+    markers: bool = False,
+) -> None:
+    """The mean of ``curves`` (seeds x points) over seeds, shaded by its 95 % bootstrap CI.
+
+    One seed draws the line alone (no interval from one sample). ``seed`` seeds the bootstrap.
+    """
+    from plasticrl.trainers.experiments.stats import bootstrap_mean_ci
+
+    mean, low, high = bootstrap_mean_ci(curves, seed=seed)
+    ax.plot(x, mean, color=colour, label=label, linewidth=1.5, marker="o" if markers else None, markersize=3)
+    if curves.shape[0] > 1:
+        ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+
+
+def seed_label(name: str, seeds: int) -> str:
+    """A legend label that says how many seeds a curve is over.
+
+    Example:
+        >>> seed_label("adamo", 2), seed_label("adam", 1)
+        ('adamo (n = 2 seeds)', 'adam (n = 1 seed)')
+    """
+    return f"{name} (n = {seeds} seed{'s' if seeds != 1 else ''})"
+
+
 def _draw_series(ax: Axes, tag: str, series: Series, colour: Any, window: int) -> None:
     steps, values = _finite(series)
     if not steps:
@@ -480,22 +554,12 @@ def _write_figure(
     A single-panel figure of runs that logged ``env/task_id`` gets the task id as a step
     function in a strip below it, on the same x axis.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    ncols = min(len(panels), 3)
-    nrows = math.ceil(len(panels) / ncols)
     present = [i for i, run in enumerate(runs) if any(tag in run for tag in panels)]
     boundaries = {i: task_boundaries(*runs[i][TASK_TAG]) if TASK_TAG in runs[i] else [] for i in present}
     strip = len(panels) == 1 and any(TASK_TAG in runs[i] and runs[i][TASK_TAG][0] for i in present)
-    fig = Figure(figsize=(5.0 * ncols, 3.4 * nrows + 0.8 + (1.2 if strip else 0.0)), layout="constrained")
-    FigureCanvasAgg(fig)  # the Agg canvas: no display, whatever matplotlib's default backend
-    if strip:
-        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3.4, 1.2], squeeze=True)
-        axes = [top]
-    else:
-        axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    fig, axes, bottom = panel_figure(len(panels), strip_height=1.2 if strip else 0.0)
     smoothed = False
     for ax, tag in zip(axes, panels, strict=False):
         for i in present:
@@ -509,9 +573,7 @@ def _write_figure(
         ax.set_xlabel(STEP_LABEL)
         ax.set_ylabel(axis_label(tag))
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels) :]:
-        ax.set_visible(False)
-    if strip:
+    if bottom is not None:
         axes[0].set_xlabel("")
         last = {i: max(max(s) for s, _ in runs[i].values() if s) for i in present}
         draw_task_strip(

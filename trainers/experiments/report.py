@@ -58,7 +58,13 @@ import numpy as np
 import yaml
 from plasticrl.trainers.config import read_run_config
 from plasticrl.trainers.experiments.plot import TASK_TAG, Series, read_scalars, task_boundaries
-from plasticrl.trainers.experiments.stats import Interval, bootstrap_mean_ci, iqm, stratified_bootstrap_ci
+from plasticrl.trainers.experiments.stats import (
+    Interval,
+    bootstrap_mean_ci,
+    format_interval,
+    iqm,
+    stratified_bootstrap_ci,
+)
 from plasticrl.trainers.logging import EVAL_RETURN_TAG, RETURN_TAG, UNCLIPPED_RETURN_TAG
 
 __all__ = [
@@ -590,16 +596,6 @@ def iqm_interval(matrix: np.ndarray, *, reps: int, seed: int) -> Interval | None
 # ----------------------------------------------------------------------------- writing
 
 
-def _fmt(x: float) -> str:
-    return "—" if not math.isfinite(x) else f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
-
-
-def _ci(interval: Interval | None) -> str:
-    if interval is None:
-        return "—"
-    return f"{_fmt(interval.point)} [{_fmt(interval.low)}, {_fmt(interval.high)}]"
-
-
 def _mean_ci(column: np.ndarray, seed: int) -> Interval | None:
     values = column[np.isfinite(column)]
     if values.size == 0:
@@ -625,8 +621,8 @@ def markdown_tables(scores: Scores, *, normalize: Normalize = "none", reps: int 
     for m in scores.methods:
         later = iqm_interval(final_n[m][:, 1:], reps=reps, seed=0) if final_n[m].shape[1] > 1 else None
         lines.append(
-            f"| {m} | {len(scores.runs[m])} | {_ci(iqm_interval(final_n[m], reps=reps, seed=0))} "
-            f"| {_ci(iqm_interval(auc_n[m], reps=reps, seed=0))} | {_ci(later)} |"
+            f"| {m} | {len(scores.runs[m])} | {format_interval(iqm_interval(final_n[m], reps=reps, seed=0))} "
+            f"| {format_interval(iqm_interval(auc_n[m], reps=reps, seed=0))} | {format_interval(later)} |"
         )
     for title, table in (
         ("Final return per task segment (mean over seeds, 95 % bootstrap CI)", scores.final),
@@ -634,7 +630,10 @@ def markdown_tables(scores: Scores, *, normalize: Normalize = "none", reps: int 
     ):
         lines += ["", f"### {title}", "", f"| method | {seg_header} |", "|---|" + "---|" * n_seg]
         for m in scores.methods:
-            cells = [_ci(_mean_ci(table[m][:, k], k)) if k < table[m].shape[1] else "—" for k in range(n_seg)]
+            cells = [
+                format_interval(_mean_ci(table[m][:, k], k)) if k < table[m].shape[1] else "—"
+                for k in range(n_seg)
+            ]
             lines.append(f"| {m} | {' | '.join(cells)} |")
     if n_seg > 1:
         lines += [
@@ -646,7 +645,10 @@ def markdown_tables(scores: Scores, *, normalize: Normalize = "none", reps: int 
         ]
         for m in scores.methods:
             f = scores.final[m]
-            cells = [_ci(_mean_ci(f[:, k] - f[:, 0], k)) if k < f.shape[1] else "—" for k in range(1, n_seg)]
+            cells = [
+                format_interval(_mean_ci(f[:, k] - f[:, 0], k)) if k < f.shape[1] else "—"
+                for k in range(1, n_seg)
+            ]
             lines.append(f"| {m} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,7 @@ Contains:
     probability_of_improvement: P(X > Y) of two methods' (runs x tasks) scores, averaged over
         tasks, with a stratified-bootstrap interval (rliable's "probability of improvement").
     Interval: (point estimate, low, high).
+    format_number / format_interval: a score or interval as a table cell (``0.917 [0.862, 0.987]``).
 
 These follow rliable (Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS
 2021; docs/methods.md): IQM is scipy's ``trim_mean(x, 0.25)`` of the flattened (runs x tasks) matrix,
@@ -20,6 +21,7 @@ hand-computed values.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -33,6 +35,8 @@ __all__ = [
     "stratified_bootstrap_ci",
     "bootstrap_mean_ci",
     "probability_of_improvement",
+    "format_number",
+    "format_interval",
 ]
 
 
@@ -42,6 +46,35 @@ class Interval(NamedTuple):
     point: float
     low: float
     high: float
+
+
+def format_number(x: float) -> str:
+    """A table cell: three significant figures (four-digit numbers whole), ``—`` for no value.
+
+    Examples:
+        >>> [format_number(v) for v in (0.91749, 12.345, 999.6, 4321.6, 66_529.0, -2.5e-4, float("nan"))]
+        ['0.917', '12.3', '1000', '4322', '6.65e4', '-0.00025', '—']
+    """
+    if not math.isfinite(x):
+        return "—"
+    if abs(float(f"{x:.3g}")) < 1000:  # the rounded value: 999.6 is "1000", never "1e+03"
+        return f"{x:.3g}"
+    if abs(round(x)) < 10_000:
+        return f"{x:.0f}"
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def format_interval(interval: Interval | None) -> str:
+    """``point [low, high]`` in :func:`format_number`'s figures; ``—`` for no interval.
+
+    Example:
+        >>> format_interval(Interval(0.9174, 0.8619, 0.98712))
+        '0.917 [0.862, 0.987]'
+    """
+    if interval is None:
+        return "—"
+    return f"{format_number(interval.point)} [{format_number(interval.low)}, {format_number(interval.high)}]"
 
 
 def trimmed_mean(scores: np.ndarray, proportion: float) -> float:
