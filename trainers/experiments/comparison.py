@@ -242,12 +242,14 @@ def _tag(tag: str) -> Callable[[Mapping[str, Series]], Series]:
 
 @dataclass(frozen=True)
 class Mechanism:
-    """One mechanism curve: its title, y label, how a run's series is read, and its scale."""
+    """One mechanism curve: its title, y label, how a run's series is read, its scale, its column."""
 
     title: str
     ylabel: str
     read: Callable[[Mapping[str, Series]], Series]
     log: bool = False
+    column: str = ""
+    """Its heading in the mechanisms table (the title when empty)."""
 
 
 MECHANISMS: Mapping[str, Mechanism] = {
@@ -255,28 +257,45 @@ MECHANISMS: Mapping[str, Mechanism] = {
         "Isometry gap, hidden layers",
         "mean over hidden layers\nof ‖WWᵀ − I‖_F / √dim",
         _layer_mean("plasticity/isometry_gap", hidden_only=True),
+        column="isometry gap",
     ),
     "jacobian_sv2_mean": Mechanism(
-        "Layer-Jacobian σ², mean", "mean σ² of the layer Jacobians", _tag("plasticity/jacobian_sv2_mean")
+        "Layer-Jacobian σ², mean",
+        "mean σ² of the layer Jacobians",
+        _tag("plasticity/jacobian_sv2_mean"),
+        column="Jacobian σ² mean",
     ),
     "jacobian_sv2_var": Mechanism(
-        "Layer-Jacobian σ², variance", "variance of σ²", _tag("plasticity/jacobian_sv2_var"), log=True
+        "Layer-Jacobian σ², variance",
+        "variance of σ²",
+        _tag("plasticity/jacobian_sv2_var"),
+        log=True,
+        column="Jacobian σ² variance",
     ),
     "ntk_condition_number": Mechanism(
-        "Empirical-NTK condition number", "λ_max / λ_min", _tag("plasticity/ntk_condition_number"), log=True
+        "Empirical-NTK condition number",
+        "λ_max / λ_min",
+        _tag("plasticity/ntk_condition_number"),
+        log=True,
+        column="NTK condition number",
     ),
     "dormant_fraction": Mechanism(
-        "Dormant units (τ = 0)", "fraction of hidden units dormant", _tag("plasticity/dormant_fraction/tau_0")
+        "Dormant units (τ = 0)",
+        "fraction of hidden units dormant",
+        _tag("plasticity/dormant_fraction/tau_0"),
+        column="dormant fraction (τ = 0)",
     ),
     "dormant_reactivated": Mechanism(
         "Dormant units reactivated (τ = 0)",
         "fraction of the units dormant at\nthe last switch that fire again",
         _tag("plasticity/dormant_reactivated/tau_0"),
+        column="reactivated",
     ),
     "srank": Mechanism(
         "Feature rank (srank)",
         "srank of the features\n(mean over networks)",
         _layer_mean("plasticity/srank", hidden_only=False),
+        column="srank",
     ),
 }
 """The mechanism curves (Note [Mechanisms per task]), in the order they are drawn."""
@@ -369,21 +388,27 @@ def comparison_markdown(
             )
         lines.append("")
     n_tasks = max(max(r.tasks) for r in runs) + 1
+    shown = (0, n_tasks // 2, n_tasks - 1)
     lines += [
-        "### Mechanisms per task (mean over seeds of the mean inside the task; first, middle and last task)",
+        f"### Mechanisms per task: task {' → '.join(map(str, shown))} (first, middle, last)",
         "",
-        "| mechanism | arm | " + " | ".join(f"task {k}" for k in (0, n_tasks // 2, n_tasks - 1)) + " |",
-        "|---|---|" + "---:|" * 3,
+        "Each cell: the mean over seeds of the mechanism's mean inside the task; — where the arm "
+        "has no measurement (reactivated: no unit was dormant at a switch).",
+        "",
+        "| arm | " + " | ".join(m.column or m.title for m in MECHANISMS.values()) + " |",
+        "|---|" + "---|" * len(MECHANISMS),
     ]
-    for name in MECHANISMS:
-        for arm, matrix in mechanism_means[name].items():
-            if not np.isfinite(matrix).any():
-                continue
-            with np.errstate(all="ignore"):
-                cells = [
-                    format_number(float(np.nanmean(matrix[:, k]))) for k in (0, n_tasks // 2, n_tasks - 1)
-                ]
-            lines.append(f"| {name} | {arm} | " + " | ".join(cells) + " |")
+    for arm in arms:
+        cells = []
+        for name in MECHANISMS:
+            matrix = mechanism_means[name].get(arm)
+            columns = [matrix[:, k] for k in shown] if matrix is not None else []
+            values = [
+                float(np.mean(c[np.isfinite(c)])) if np.isfinite(c).any() else math.nan for c in columns
+            ]
+            finite = any(math.isfinite(v) for v in values)
+            cells.append(" → ".join(format_number(v) for v in values) if finite else "—")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

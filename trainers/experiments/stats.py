@@ -52,17 +52,23 @@ def format_number(x: float) -> str:
     """A table cell: three significant figures (four-digit numbers whole), ``—`` for no value.
 
     Examples:
-        >>> [format_number(v) for v in (0.91749, 12.345, 999.6, 4321.6, 66_529.0, -2.5e-4, float("nan"))]
-        ['0.917', '12.3', '1000', '4322', '6.65e4', '-0.00025', '—']
+        >>> [format_number(v) for v in (0.91749, 12.345, 999.6, 4321.6, 66_529.0, -2.5e-4, 3.63e-7)]
+        ['0.917', '12.3', '1000', '4322', '6.65e4', '-0.00025', '3.63e-7']
+        >>> format_number(float("nan"))
+        '—'
     """
     if not math.isfinite(x):
         return "—"
     if abs(float(f"{x:.3g}")) < 1000:  # the rounded value: 999.6 is "1000", never "1e+03"
-        return f"{x:.3g}"
-    if abs(round(x)) < 10_000:
+        text = f"{x:.3g}"  # in exponent form below 1e-4: 3.6e-07
+    elif abs(round(x)) < 10_000:
         return f"{x:.0f}"
-    mantissa, exponent = f"{x:.2e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+    else:
+        text = f"{x:.2e}"
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent)}"  # 3.6e-7, 4.54e5: no padded or signed exponent
 
 
 def format_interval(interval: Interval | None) -> str:

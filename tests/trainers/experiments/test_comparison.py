@@ -155,7 +155,7 @@ def test_the_comparison_writes_its_tables_and_figures_and_rejects_bad_input(
     assert main(["compare", *dirs, "--out", str(out), "--rename", "continual=adam", "--reps", "200"]) == 0
     text = (out / "comparison.md").read_text()
     assert "left out, unfinished: `spectral__s0`" in text and "| spectral |" not in text
-    assert "ms 5" in text and "| adamo | 2 |" in text and "| isometry_gap | adamo | 3 | 7 | 7 |" in text
+    assert "ms 5" in text and "| adamo | 2 |" in text and "| adamo | 3 → 7 → 7 |" in text
     assert {p.name for p in out.iterdir()} >= {"per_game_returns.png", "mechanisms_per_task.pdf"}
     capsys.readouterr()
     assert main(["compare", *dirs, "--out", str(tmp_path / "x"), "--reference", "sgd"]) == 2
