@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 import yaml
-from plasticrl.trainers.experiments.sweep import execute_sweep, load_sweep, plan_sweep
+from plasticrl.trainers.experiments.sweep import execute_sweep, plan_sweep
+from plasticrl.trainers.experiments.sweep_file import load_sweep
 
 DEFAULT_CONFIG = Path("configs/minatar/dqn_permuted_adam.yaml")
 OVERRIDES = ["agent.learning_starts=1000", "checkpoint.every=100000000"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from plasticrl.trainers.config import load_config
 from plasticrl.trainers.experiments.plot import read_scalars
-from plasticrl.trainers.experiments.sweep import load_sweep, plan_sweep
+from plasticrl.trainers.experiments.sweep import plan_sweep
+from plasticrl.trainers.experiments.sweep_file import load_sweep
 from plasticrl.trainers.run import train
 
 pytest.importorskip("minatar")

@@ -21,12 +21,12 @@ from plasticrl.trainers.experiments.sweep import (
     EXIT_TAKEN,
     SweepResult,
     execute_sweep,
-    load_sweep,
     plan_sweep,
     raise_on_sigterm,
     record_exit,
     restore_handlers,
 )
+from plasticrl.trainers.experiments.sweep_file import load_sweep
 from plasticrl.trainers.interrupt import GracefulInterrupt
 from plasticrl.trainers.run import resume, train
 

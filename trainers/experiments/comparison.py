@@ -401,8 +401,8 @@ def comparison_markdown(
     for arm in arms:
         cells = []
         for name in MECHANISMS:
-            matrix = mechanism_means[name].get(arm)
-            columns = [matrix[:, k] for k in shown] if matrix is not None else []
+            per_task = mechanism_means[name].get(arm)  # (seeds x tasks), or None
+            columns = [per_task[:, k] for k in shown] if per_task is not None else []
             values = [
                 float(np.mean(c[np.isfinite(c)])) if np.isfinite(c).any() else math.nan for c in columns
             ]

@@ -18,11 +18,11 @@ import yaml
 from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from plasticrl.trainers.cli import main
 from plasticrl.trainers.config import ConfigError, apply_overrides, parse_override
-from plasticrl.trainers.experiments.sweep import (
+from plasticrl.trainers.experiments.sweep import plan_sweep
+from plasticrl.trainers.experiments.sweep_file import (
     expand_grid,
     format_value,
     load_sweep,
-    plan_sweep,
     sanitize,
     with_changes,
 )

@@ -17,7 +17,8 @@ ray = pytest.importorskip("ray")
 # The sweep tests' fixtures: children run in the repo; the tiny CartPole preset as base_file.
 from plasticrl.trainers.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
 from plasticrl.trainers.cli import main  # noqa: E402
-from plasticrl.trainers.experiments.sweep import load_sweep, plan_sweep  # noqa: E402
+from plasticrl.trainers.experiments.sweep import plan_sweep  # noqa: E402
+from plasticrl.trainers.experiments.sweep_file import load_sweep  # noqa: E402
 
 from tests.trainers.experiments.test_sweep import _in_repo, base_file, summary, write_sweep  # noqa: E402, F401
 
