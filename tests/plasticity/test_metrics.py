@@ -459,7 +459,8 @@ def test_probe_on_user_modules_shared_activation_and_functional_fallback() -> No
     assert {"plasticity/jacobian_sv2_mean/fc1", "plasticity/jacobian_sv2_mean/fc2"} <= set(scalars)
     # Functional activations: the pre-activations of the non-head weight modules are reported.
     fnet = FunctionalNet()
-    fprobe = PlasticityProbe(fnet, MetricsConfig(probe_size=16, ntk_probe_size=2))
+    with pytest.warns(UserWarning, match="layer 'body': no activation module lies between it and 'head'"):
+        fprobe = PlasticityProbe(fnet, MetricsConfig(probe_size=16, ntk_probe_size=2))
     assert fprobe.unit_layers == ("body",)
     fscalars = fprobe(torch.randn(16, 5))
     assert "plasticity/dormant_fraction/tau_0/body" in fscalars
@@ -541,7 +542,9 @@ def test_features_per_head_when_heads_see_different_inputs() -> None:
         def forward(self, x: Tensor) -> Tensor:
             return torch.cat([self.actor(torch.relu(self.a(x))), self.critic(torch.tanh(self.c(x)))], 1)
 
-    scalars = PlasticityProbe(TwoTrunks(), MetricsConfig(probe_size=8, ntk_probe_size=2))(torch.randn(8, 3))
+    with pytest.warns(UserWarning, match="layer 'a': .* 'actor'.*; layer 'c': .* 'critic'"):
+        probe = PlasticityProbe(TwoTrunks(), MetricsConfig(probe_size=8, ntk_probe_size=2))
+    scalars = probe(torch.randn(8, 3))
     assert {"plasticity/srank/actor", "plasticity/srank/critic"} <= set(scalars)
     assert "plasticity/srank" not in scalars
 
