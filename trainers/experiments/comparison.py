@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ from plasticrl.trainers.config import read_run_config
 from plasticrl.trainers.experiments.plot import (
     STEP_LABEL,
     Series,
+    band_caption,
     fit_legend,
     mean_band,
     natural_key,
@@ -415,9 +417,8 @@ def comparison_markdown(
 def _finish(fig: Any, axes: Sequence[Axes], title: str, path: Path, seeds: Sequence[int]) -> list[Path]:
     handles, labels = axes[0].get_legend_handles_labels()
     fit_legend(fig, handles, labels, ncols=4)
-    span = f"{min(seeds)}" if min(seeds) == max(seeds) else f"{min(seeds)}-{max(seeds)}"
-    caption = f"line: mean over seeds ({span} seeds per arm); shaded: 95 % bootstrap CI of the mean"
-    fig.suptitle(f"{title}\n{caption}", fontsize=10)
+    width = int(fig.get_size_inches()[0] * 12)  # characters of a 10-pt caption per line
+    fig.suptitle("\n".join([title, *textwrap.wrap(band_caption(seeds, unit="arm"), width)]), fontsize=10)
     return save_figure(fig, path)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from plasticrl.trainers.experiments import plot
 from plasticrl.trainers.experiments.plot import (
     FIGURE_TITLES,
     STEP_LABEL,
@@ -86,9 +87,7 @@ def _switches(scores: Scores) -> list[int]:
 
 def seeds_text(scores: Scores) -> str:
     """How many seeds each method has, in words: ``3 seeds per method`` or ``2-5 seeds per method``."""
-    counts = sorted({len(r) for r in scores.runs.values()})
-    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    return f"{span} seed{'s' if counts[-1] != 1 else ''} per method"
+    return plot.seeds_text([len(r) for r in scores.runs.values()])
 
 
 def band_caption(scores: Scores, what: str = "shaded") -> str:
@@ -100,13 +99,7 @@ def band_caption(scores: Scores, what: str = "shaded") -> str:
         >>> band_caption(two)  # doctest: +ELLIPSIS
         'line: mean over seeds; shaded: 95 % bootstrap CI of the mean, 2 seeds per method (fewer than 5: ...)'
     """
-    counts = [len(r) for r in scores.runs.values()]
-    if max(counts) <= 1:
-        return f"one seed per method: no {what} interval"
-    text = f"line: mean over seeds; {what}: 95 % bootstrap CI of the mean, {seeds_text(scores)}"
-    if min(counts) < 5:
-        text += " (fewer than 5: the interval only shows how far these seeds are apart)"
-    return text
+    return plot.band_caption([len(r) for r in scores.runs.values()], what=what)
 
 
 def _label(scores: Scores, method: str) -> str:

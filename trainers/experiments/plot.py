@@ -9,8 +9,9 @@ Contains:
     natural_key / palette: tag sort order with numbers as numbers; n colour-blind-safe colours.
     tag_title / axis_label / FIGURE_TITLES: what a figure says instead of a raw tag (pure).
     fit_legend / save_figure: a figure legend that never leaves the figure; PNG and PDF.
-    panel_figure / mean_band / seed_label: a grid of panels (and a task strip under a lone one);
-        a mean over seeds with its 95 % bootstrap band; a legend label with its seed count.
+    panel_figure / mean_band / seed_label / band_caption: a grid of panels (and a task strip under
+        a lone one); a mean over seeds with its 95 % bootstrap band; a legend label with its seed
+        count; the caption saying what the band is and over how many seeds.
     plot_runs: the figures (returns, dormant fractions, srank, isometry gaps) of one or more runs.
     run_plot_command: the ``plot`` subcommand of :mod:`plasticrl.trainers.cli`.
 
@@ -61,6 +62,8 @@ __all__ = [
     "panel_figure",
     "mean_band",
     "seed_label",
+    "seeds_text",
+    "band_caption",
     "plot_runs",
     "run_plot_command",
 ]
@@ -506,6 +509,36 @@ def seed_label(name: str, seeds: int) -> str:
         ('adamo (n = 2 seeds)', 'adam (n = 1 seed)')
     """
     return f"{name} (n = {seeds} seed{'s' if seeds != 1 else ''})"
+
+
+def seeds_text(counts: Sequence[int], unit: str = "method") -> str:
+    """How many seeds each curve has, in words.
+
+    Example:
+        >>> seeds_text([3, 3]), seeds_text([8, 4, 4], "arm")
+        ('3 seeds per method', '4-8 seeds per arm')
+    """
+    low, high = min(counts), max(counts)
+    span = str(low) if low == high else f"{low}-{high}"
+    return f"{span} seed{'s' if high != 1 else ''} per {unit}"
+
+
+def band_caption(counts: Sequence[int], *, unit: str = "method", what: str = "shaded") -> str:
+    """What the bands (or error bars) of :func:`mean_band` are, with the seeds behind them.
+
+    ``counts``: the number of seeds of each curve. Under 5 seeds the caption says that the
+    interval only shows how far those seeds are apart.
+
+    Example:
+        >>> band_caption([2])  # doctest: +ELLIPSIS
+        'line: mean over seeds; shaded: 95 % bootstrap CI of the mean, 2 seeds per method (fewer than 5: ...)'
+    """
+    if max(counts) <= 1:
+        return f"one seed per {unit}: no {what} interval"
+    text = f"line: mean over seeds; {what}: 95 % bootstrap CI of the mean, {seeds_text(counts, unit)}"
+    if min(counts) < 5:
+        text += " (fewer than 5: the interval only shows how far these seeds are apart)"
+    return text
 
 
 def _draw_series(ax: Axes, tag: str, series: Series, colour: Any, window: int) -> None:
