@@ -36,6 +36,20 @@ TINY_MINATAR_OVERRIDES: tuple[str, ...] = (
 )
 """Added to TINY_DQN_OVERRIDES: MinAtar Breakout with a very small reference CNN."""
 
+PROTOCOL_PRESET = Path(__file__).resolve().parents[1] / "configs" / "minatar" / "ppo_protocol.yaml"
+SMALL_PROTOCOL: dict[str, Any] = {
+    "env__num_envs": 16,
+    "agent__num_steps": 16,
+    "agent__num_minibatches": 2,
+    "nonstationary__every": 256,
+    "eval__every": 0,
+    "metrics__every": 0,
+    "metrics__ntk_every": 0,
+    "quiet": True,
+}
+"""``plasticrl.train`` keywords: the protocol preset (PROTOCOL_PRESET) at toy size, 16 envs x 16
+steps, a task change every 256 steps, no evaluation or metrics."""
+
 
 @pytest.fixture(autouse=True)
 def _restore_global_state() -> Iterator[None]:

@@ -29,6 +29,9 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import PROTOCOL_PRESET as PROTOCOL
+from tests.conftest import SMALL_PROTOCOL, TINY_DQN_OVERRIDES
+
 DEVICE = torch.device(os.environ.get("PLASTICRL_TEST_DEVICE", "cuda"))
 
 
@@ -41,18 +44,6 @@ def _available(device: torch.device) -> bool:
 
 
 pytestmark = pytest.mark.skipif(not _available(DEVICE), reason=f"no {DEVICE} device here")
-
-PROTOCOL = Path(__file__).parents[1] / "configs" / "minatar" / "ppo_protocol.yaml"
-SMALL_PROTOCOL = {  # the protocol preset at toy size: 16 envs x 16 steps, a task change every 256 steps
-    "env__num_envs": 16,
-    "agent__num_steps": 16,
-    "agent__num_minibatches": 2,
-    "nonstationary__every": 256,
-    "eval__every": 0,
-    "metrics__every": 0,
-    "metrics__ntk_every": 0,
-    "quiet": True,
-}
 
 
 def _on_device(tensor: torch.Tensor) -> bool:
@@ -174,8 +165,6 @@ def test_adamo_on_the_device_equals_the_cpu() -> None:
 def test_dqn_trains_on_the_device(tmp_path: Path) -> None:
     from plasticrl.trainers.config import load_config
     from plasticrl.trainers.run import train
-
-    from tests.conftest import TINY_DQN_OVERRIDES
 
     cfg = load_config(None, [*TINY_DQN_OVERRIDES, f"logging.dir={tmp_path}", f"device={DEVICE}"])
     result = train(cfg, quiet=True)

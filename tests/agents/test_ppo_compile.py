@@ -71,23 +71,13 @@ def test_compiled_update_matches_the_eager_one() -> None:
 @pytest.mark.slow
 def test_compiled_run_resumes_bit_exactly(tmp_path) -> None:
     """The default compile mode builds the same kernels each time: resumed equals uninterrupted."""
-    from pathlib import Path
-
     import plasticrl
     from plasticrl.trainers.run import resume
 
-    preset = Path(__file__).parents[2] / "configs" / "minatar" / "ppo_protocol.yaml"
-    small = {
-        "env__num_envs": 16,
-        "agent__num_steps": 16,
-        "agent__num_minibatches": 2,
-        "nonstationary__every": 256,
-        "eval__every": 0,
-        "metrics__every": 0,
-        "metrics__ntk_every": 0,
-        "logging__dir": str(tmp_path),
-        "quiet": True,
-    }
+    from tests.conftest import PROTOCOL_PRESET, SMALL_PROTOCOL
+
+    preset = PROTOCOL_PRESET
+    small = {**SMALL_PROTOCOL, "logging__dir": str(tmp_path)}
     straight = plasticrl.train(str(preset), total_steps=1024, logging__name="straight", **small)
     half = plasticrl.train(str(preset), total_steps=512, logging__name="half", **small)
     resumed = resume(half.run_dir, ["total_steps=1024"], quiet=True)
