@@ -39,6 +39,11 @@ Note [Mechanisms per task]
     the layers it is measured at. Reactivation is ``plasticity/dormant_reactivated/tau_0``: of the
     units dormant at the last task switch, the fraction that fire again (τ = 0: no activation on the
     whole probe batch).
+
+    The two ratios drawn on a log scale, the empirical-NTK condition number and the variance of the
+    layer-Jacobian σ², span orders of magnitude between probes of one task, so their means are
+    **geometric** [ours]: inside a task, over seeds in the table, and the figure's line and band
+    (a bootstrap of the mean log). An arithmetic mean of such a quantity is its largest probe's.
 """
 
 from __future__ import annotations
@@ -250,6 +255,7 @@ class Mechanism:
     ylabel: str
     read: Callable[[Mapping[str, Series]], Series]
     log: bool = False
+    """Drawn on a log scale and averaged geometrically (Note [Mechanisms per task])."""
     column: str = ""
     """Its heading in the mechanisms table (the title when empty)."""
 
@@ -303,23 +309,37 @@ MECHANISMS: Mapping[str, Mechanism] = {
 """The mechanism curves (Note [Mechanisms per task]), in the order they are drawn."""
 
 
-def _task_mean(series: Series, every: int, n_tasks: int) -> np.ndarray:
+def mean_of(values: np.ndarray, *, geometric: bool) -> float:
+    """The mean of the finite ``values`` (NaN when there are none); geometric: of the positive ones.
+
+    Example:
+        >>> round(mean_of(np.array([1.0, 100.0, np.nan, -1.0]), geometric=True), 9)
+        10.0
+        >>> mean_of(np.array([1.0, 3.0, np.nan]), geometric=False)
+        2.0
+    """
+    kept = values[np.isfinite(values) & (values > 0)] if geometric else values[np.isfinite(values)]
+    if not kept.size:
+        return math.nan
+    return float(np.exp(np.log(kept).mean())) if geometric else float(kept.mean())
+
+
+def _task_mean(series: Series, every: int, n_tasks: int, *, geometric: bool) -> np.ndarray:
     out = np.full(n_tasks, np.nan)
     steps, values = np.asarray(series[0]), np.asarray(series[1], dtype=float)
     for k in range(n_tasks):
-        inside = values[(steps > k * every) & (steps <= (k + 1) * every) & np.isfinite(values)]
-        if inside.size:
-            out[k] = inside.mean()
+        out[k] = mean_of(values[(steps > k * every) & (steps <= (k + 1) * every)], geometric=geometric)
     return out
 
 
 def task_means(runs: Sequence[ArmRun], mechanism: Mechanism) -> dict[str, np.ndarray]:
     """Per arm, the (seeds x tasks) mean of a mechanism inside each task (Note [Mechanisms per task])."""
     n_tasks = max(max(r.tasks) for r in runs) + 1
-    return {
-        arm: np.stack([_task_mean(mechanism.read(r.scalars), r.every, n_tasks) for r in members])
-        for arm, members in _by_arm(runs).items()
-    }
+
+    def per_task(run: ArmRun) -> np.ndarray:
+        return _task_mean(mechanism.read(run.scalars), run.every, n_tasks, geometric=mechanism.log)
+
+    return {arm: np.stack([per_task(r) for r in members]) for arm, members in _by_arm(runs).items()}
 
 
 # ----------------------------------------------------------------------------- writing
@@ -394,20 +414,19 @@ def comparison_markdown(
     lines += [
         f"### Mechanisms per task: task {' → '.join(map(str, shown))} (first, middle, last)",
         "",
-        "Each cell: the mean over seeds of the mechanism's mean inside the task; — where the arm "
-        "has no measurement (reactivated: no unit was dormant at a switch).",
+        "Each cell: the mean over seeds of the mechanism's mean inside the task (geometric means "
+        "for the NTK condition number and the σ² variance); — where the arm has no measurement "
+        "(reactivated: no unit was dormant at a switch).",
         "",
         "| arm | " + " | ".join(m.column or m.title for m in MECHANISMS.values()) + " |",
         "|---|" + "---|" * len(MECHANISMS),
     ]
     for arm in arms:
         cells = []
-        for name in MECHANISMS:
+        for name, mechanism in MECHANISMS.items():
             per_task = mechanism_means[name].get(arm)  # (seeds x tasks), or None
             columns = [per_task[:, k] for k in shown] if per_task is not None else []
-            values = [
-                float(np.mean(c[np.isfinite(c)])) if np.isfinite(c).any() else math.nan for c in columns
-            ]
+            values = [mean_of(c, geometric=mechanism.log) for c in columns]
             finite = any(math.isfinite(v) for v in values)
             cells.append(" → ".join(format_number(v) for v in values) if finite else "—")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
@@ -482,6 +501,7 @@ def _mechanism_figure(
                 seed_label(arm, matrix.shape[0]),
                 seed=0,
                 markers=True,
+                geometric=mech.log,
             )
         ax.set_title(mech.title, fontsize=10)
         ax.set_xlabel("task (k-th task of the sequence)")
@@ -493,7 +513,7 @@ def _mechanism_figure(
     return _finish(
         fig,
         axes,
-        "Mechanisms per task (mean of each task's measurements)",
+        "Mechanisms per task (mean of each task's measurements; geometric on the log axes)",
         out / "mechanisms_per_task.png",
         [len(m) for m in arms.values()],
     )

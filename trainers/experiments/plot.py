@@ -488,14 +488,22 @@ def mean_band(
     *,
     seed: int,
     markers: bool = False,
+    geometric: bool = False,
 ) -> None:
     """The mean of ``curves`` (seeds x points) over seeds, shaded by its 95 % bootstrap CI.
 
     One seed draws the line alone (no interval from one sample). ``seed`` seeds the bootstrap.
+    ``geometric``: the geometric mean and its interval (the bootstrap of the mean log; values
+    that are not positive are left out), for a quantity drawn on a log scale.
     """
+    import numpy as np
     from plasticrl.trainers.experiments.stats import bootstrap_mean_ci
 
-    mean, low, high = bootstrap_mean_ci(curves, seed=seed)
+    if geometric:
+        logs = np.log(np.where(curves > 0, curves, np.nan))  # NaN: left out of every mean
+        mean, low, high = (np.exp(a) for a in bootstrap_mean_ci(logs, seed=seed))
+    else:
+        mean, low, high = bootstrap_mean_ci(curves, seed=seed)
     ax.plot(x, mean, color=colour, label=label, linewidth=1.5, marker="o" if markers else None, markersize=3)
     if curves.shape[0] > 1:
         ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)

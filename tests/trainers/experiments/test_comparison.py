@@ -124,6 +124,21 @@ def test_isometry_gap_is_the_hidden_layers_mean_inside_each_task(study: Path) ->
     assert np.isnan(task_means(runs, MECHANISMS["ntk_condition_number"])["adamo"]).all()
 
 
+def test_log_scale_mechanisms_are_averaged_geometrically(tmp_path: Path) -> None:
+    """Inside a task and over seeds: a condition number of 1e2 and 1e6 averages to 1e4, not ~5e5."""
+    ntk = "plasticity/ntk_condition_number"
+    evals = {50: ("pong", 1.0), 150: ("ms", 1.0)}  # two tasks
+    runs = [
+        load_arm_run(_run(tmp_path, f"adamo__s{seed}", seed, evals, scalars={ntk: points}))
+        for seed, points in enumerate([{50: 1e2, 100: 1e6, 150: 10.0}, {50: 1e4, 150: 1e3, 200: -1.0}])
+    ]
+    means = task_means(runs, MECHANISMS["ntk_condition_number"])["adamo"]
+    np.testing.assert_allclose(means, [[1e4, 10.0], [1e4, 1e3]])  # -1 (not positive) is left out
+    gaps = task_means(runs, MECHANISMS["dormant_fraction"])["adamo"]
+    assert np.isnan(gaps).all()  # nothing logged: no mean
+    assert MECHANISMS["ntk_condition_number"].log and not MECHANISMS["srank"].log
+
+
 def test_layer_means_know_the_output_layer_by_name_or_by_natural_order() -> None:
     """The isometric MLP's layers (``hidden.k.0``, ``head``) and a Sequential's (``9`` before ``11``)."""
     isometric = {
@@ -156,6 +171,8 @@ def test_the_comparison_writes_its_tables_and_figures_and_rejects_bad_input(
     text = (out / "comparison.md").read_text()
     assert "left out, unfinished: `spectral__s0`" in text and "| spectral |" not in text
     assert "ms 5" in text and "| adamo | 2 |" in text and "| adamo | 3 → 7 → 7 |" in text
+    # the study logs no NTK probe: its column is "—", and the table says its means are geometric
+    assert "geometric means for the NTK condition number" in text
     assert {p.name for p in out.iterdir()} >= {"per_game_returns.png", "mechanisms_per_task.pdf"}
     capsys.readouterr()
     assert main(["compare", *dirs, "--out", str(tmp_path / "x"), "--reference", "sgd"]) == 2
