@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from plasticrl.trainers.cli import main
 from plasticrl.trainers.experiments.plot import (
     DEFAULT_TAGS,
+    mean_band,
     moving_average,
     plot_runs,
     read_scalars,
@@ -152,6 +153,22 @@ def test_moving_average_hand_values() -> None:
     assert moving_average([1.0, 2.0], 10) == [1.0, 1.5]
     with pytest.raises(ValueError, match="window must be >= 1, got 0"):
         moving_average([1.0], 0)
+
+
+def test_mean_band_geometric_draws_the_mean_log_and_leaves_out_non_positive_values() -> None:
+    """Seeds (1, 100) mean 10 geometrically (50.5 arithmetically); a 0 or −1 is left out."""
+    import numpy as np
+
+    curves = np.array([[1.0, 4.0, 0.0], [100.0, 16.0, 9.0], [np.nan, -1.0, 1.0]])
+    fig = Figure()
+    ax = fig.add_subplot()
+    mean_band(ax, np.arange(3), curves, "C0", "geo", seed=0, geometric=True)
+    mean_band(ax, np.arange(2), curves[:2, :2], "C1", "arith", seed=0)
+    geo, arith = (line.get_ydata() for line in ax.get_lines())
+    np.testing.assert_allclose(geo, [10.0, 8.0, 3.0])
+    np.testing.assert_allclose(arith, [50.5, 10.0])
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]  # the CI: inside the data's range
+    assert band.min() >= 1.0 - 1e-9 and band.max() <= 100.0 + 1e-9
 
 
 @pytest.mark.parametrize(
