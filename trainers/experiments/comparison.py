@@ -6,6 +6,7 @@ Contains:
     game_scores: per arm, the (seeds x games) matrix of a score (final or AUC, each game's tasks
         averaged over the cycles that met it).
     fresh_reference: per game, the mean score of the fresh-agent controls (the normaliser).
+    meeting_scores: per arm, the (seeds x games x meetings) score of each meeting of a game.
     task_means: per arm, the (seeds x tasks) matrix of a mechanism's mean inside each task.
     MECHANISMS: the mechanism curves the comparison draws, each a way to read it from a run.
     comparison_markdown / write_comparison: the tables and figures into ``--out``.
@@ -19,6 +20,8 @@ Note [Scores per game]
     names the game), the one at offset 0 (zero-shot, right after the switch) left out. A run's
     **final** score on a game is the mean over the game's tasks of the last evaluation inside the
     task; its **AUC** is the mean over those tasks of the mean evaluation inside the task.
+    Apart, the same scores per **meeting** (the game's first task, its second, ...) show whether
+    an arm learns a game worse when it meets it again, under a new permutation.
 
     Games differ in scale, so the scores pooled over games are **fresh-normalised** [ours]: each
     divided by the fresh-agent controls' mean score on that game (the controls of
@@ -196,6 +199,30 @@ def game_scores(runs: Sequence[ArmRun], which: Which) -> tuple[list[str], dict[s
         arm: np.array([[_game_score(r, g, which) for g in games] for r in members])
         for arm, members in _by_arm(runs).items()
     }
+
+
+def meeting_scores(runs: Sequence[ArmRun], which: Which) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The games (sorted) and, per arm, its (seeds x games x meetings) scores, NaN-padded.
+
+    Meeting m of a game is the run's m-th task on it, in task order (Note [Scores per game]).
+    """
+    games = _games(runs)
+
+    def meetings(run: ArmRun, game: str) -> list[float]:
+        return [run.task_score(k, which) for k in sorted(run.tasks) if run.tasks[k][0] == game]
+
+    per_arm = {
+        arm: [[meetings(r, g) for g in games] for r in members] for arm, members in _by_arm(runs).items()
+    }
+    depth = max((len(m) for rows in per_arm.values() for row in rows for m in row), default=0)
+    out = {}
+    for arm, rows in per_arm.items():
+        matrix = np.full((len(rows), len(games), depth), np.nan)
+        for i, row in enumerate(rows):
+            for j, values in enumerate(row):
+                matrix[i, j, : len(values)] = values
+        out[arm] = matrix
+    return games, out
 
 
 def fresh_reference(controls: Sequence[ArmRun], which: Which) -> dict[str, float]:
@@ -408,6 +435,30 @@ def comparison_markdown(
                 + " | ".join(means)
                 + " |"
             )
+        lines.append("")
+    games, by_meeting = meeting_scores(runs, "final")
+    depth = next(iter(by_meeting.values())).shape[2] if by_meeting else 0
+    if depth > 1:
+        lines += [
+            "### Per game, by meeting: last evaluation of the game's first → second → ... task",
+            "",
+            "Each cell: the mean over seeds of the raw score at the end of the game's m-th task "
+            "(a new permutation each time; its position in the sequence differs between seeds); — "
+            "where no seed met the game that often.",
+            "",
+            "| arm | " + " | ".join(games) + " |",
+            "|---|" + "---|" * len(games),
+        ]
+        for arm in arms:
+            cells = [
+                " → ".join(
+                    format_number(mean_of(by_meeting[arm][:, j, m], geometric=False)) for m in range(depth)
+                )
+                if np.isfinite(by_meeting[arm][:, j]).any()
+                else "—"
+                for j in range(len(games))
+            ]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines.append("")
     n_tasks = max(max(r.tasks) for r in runs) + 1
     shown = (0, n_tasks // 2, n_tasks - 1)

@@ -11,9 +11,11 @@ import yaml
 from plasticrl.trainers.cli import main
 from plasticrl.trainers.experiments.comparison import (
     MECHANISMS,
+    comparison_markdown,
     fresh_reference,
     game_scores,
     load_arm_run,
+    meeting_scores,
     task_means,
 )
 from plasticrl.trainers.experiments.stats import probability_of_improvement
@@ -137,6 +139,26 @@ def test_log_scale_mechanisms_are_averaged_geometrically(tmp_path: Path) -> None
     gaps = task_means(runs, MECHANISMS["dormant_fraction"])["adamo"]
     assert np.isnan(gaps).all()  # nothing logged: no mean
     assert MECHANISMS["ntk_condition_number"].log and not MECHANISMS["srank"].log
+
+
+def test_meeting_scores_keep_each_meeting_of_a_game_apart(tmp_path: Path) -> None:
+    """Four tasks, two games met twice each; seed 1 meets ``ms`` once (its last task: pong)."""
+    runs = [
+        load_arm_run(_run(tmp_path, f"adamo__s{seed}", seed, evals, total=4 * EVERY))
+        for seed, evals in enumerate(
+            [
+                {50: ("pong", 1.0), 150: ("ms", 10.0), 250: ("pong", 3.0), 350: ("ms", 30.0)},
+                {50: ("pong", 2.0), 150: ("ms", 20.0), 250: ("pong", 5.0), 350: ("pong", 7.0)},
+            ]
+        )
+    ]
+    games, scores = meeting_scores(runs, "final")
+    assert games == ["ms", "pong"]
+    nan = np.nan
+    expected = [[[10.0, 30.0, nan], [1.0, 3.0, nan]], [[20.0, nan, nan], [2.0, 5.0, 7.0]]]
+    np.testing.assert_array_equal(scores["adamo"], expected)
+    text = comparison_markdown(runs, [], "adam", reps=100)
+    assert "| adamo | 15 → 30 → — | 1.5 → 4 → 7 |" in text
 
 
 def test_layer_means_know_the_output_layer_by_name_or_by_natural_order() -> None:
