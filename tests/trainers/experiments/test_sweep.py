@@ -223,6 +223,11 @@ def test_shipped_sweep_files_plan_every_run(path: Path, tmp_path: Path) -> None:
         assert {r.config.total_steps for r in runs if r.config.nonstationary.start_task} == {2097152}
     elif path.name == "adamo_lambda_protocol.yaml":  # AdamO's lambda, on seeds that are not evaluated
         assert spec.seeds == (0, 1, 2) and {r.config.optimizer.name for r in runs} == {"adamo"}
+    elif path.name == "coupled_lambda_protocol.yaml":  # the coupled penalty's λ, AdamO's λ setting
+        assert spec.seeds == (0, 1, 2)
+        coefs = sorted(r.config.regularizers[0].coef for r in runs)
+        assert coefs == sorted([0.01, 0.05, 0.25] * 3)
+        assert {r.config.total_steps for r in runs} == {8388608}
     elif path.name == "protocol_arms.yaml":  # the paper's arms but Adam (plasticity_loss_adam's runs)
         assert len(spec.methods) == 7 and spec.seeds == tuple(range(26, 34))
     elif path.parent.name == "studies":  # nine methods x five seeds, each one preset or one change away
