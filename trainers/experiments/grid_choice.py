@@ -4,7 +4,7 @@ Contains:
     grid_scores: per (seed, task), every grid value's mean evaluation return inside that task.
     Choice / rank_choice: each value's mean rank over the (seed, task) pairs all values share.
     choice_table: the ranking as markdown.
-    main: ``python -m plasticrl.trainers.experiments.grid_choice RUNS_DIR --key optimizer.iso_coef``.
+    main: ``python -m plasticrl.trainers.experiments.grid_choice RUNS_DIR... --key optimizer.iso_coef``.
 
 Note [Choosing by rank]
     A sweep over one key (AdamO's λ, say) on a task sequence gives, for every seed, the same tasks
@@ -18,6 +18,11 @@ Note [Choosing by rank]
     every value has a score are ranked; the command leaves unfinished runs out (their checkpoint
     short of ``total_steps``), so a run still training neither counts as last nor shrinks the
     ranked pairs to its few tasks.
+
+    ``--key method`` ranks the runs' method labels (their folder names without ``__s<seed>``)
+    instead of one config key's values: the way to rank the methods of several sweeps run on the
+    same seeds and setting against each other (AdamO's λ grid against the coupled penalty's, say),
+    each run folder given as its own ``RUNS_DIR``'s child.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 from plasticrl.trainers.config import read_run_config
 from plasticrl.trainers.experiments.plasticity_loss import task_evaluations
 from plasticrl.trainers.experiments.plot import read_scalars
-from plasticrl.trainers.experiments.report import config_value, unfinished
+from plasticrl.trainers.experiments.report import config_value, method_of, unfinished
 
 __all__ = ["grid_scores", "Choice", "rank_choice", "choice_table", "main"]
 
@@ -40,12 +45,17 @@ Pair = tuple[int, int]
 """(seed, task)."""
 
 
+METHOD = "method"
+"""The ``key`` that ranks the runs' method labels rather than a config key's values."""
+
+
 def grid_scores(run_dirs: Iterable[str | Path], key: str) -> dict[Pair, dict[str, float]]:
     """(seed, task) → {value of ``key`` as text: mean evaluation return inside the task}.
 
     Args:
         run_dirs: run folders holding ``config.yaml`` and event files.
-        key: the swept config key, dotted (``optimizer.iso_coef``).
+        key: the swept config key, dotted (``optimizer.iso_coef``), or ``"method"``: each run's
+            method label (its folder name without ``__s<seed>``).
 
     Raises:
         KeyError: a run's config lacks ``key``.
@@ -53,7 +63,7 @@ def grid_scores(run_dirs: Iterable[str | Path], key: str) -> dict[Pair, dict[str
     scores: dict[Pair, dict[str, float]] = {}
     for run_dir in map(Path, run_dirs):
         config = read_run_config(run_dir)
-        value = str(config_value(config, key))
+        value = method_of(run_dir) if key == METHOD else str(config_value(config, key))
         seed = int(config.get("seed", 0))
         for task, evaluations in task_evaluations(config, read_scalars(run_dir)).items():
             inside = [v for offset, v in evaluations.items() if offset > 0]
@@ -109,17 +119,29 @@ def choice_table(choices: Sequence[Choice], key: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the ranking of a grid's values over the run folders under RUNS_DIR."""
+    """Print the ranking of a grid's values (or methods) over the run folders under each RUNS_DIR."""
     parser = argparse.ArgumentParser(
         prog="python -m plasticrl.trainers.experiments.grid_choice", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("runs_dir", type=Path, help="folder of run folders (a sweep's <dir>/<name>)")
-    parser.add_argument("--key", default="optimizer.iso_coef", help="the swept config key (dotted)")
+    parser.add_argument(
+        "runs_dir",
+        type=Path,
+        nargs="+",
+        help="folder of run folders (a sweep's <dir>/<name>); several: pooled",
+    )
+    parser.add_argument(
+        "--key",
+        default="optimizer.iso_coef",
+        help="the swept config key (dotted), or 'method': rank the runs' method labels",
+    )
     args = parser.parse_args(argv)
-    run_dirs = sorted(p.parent for p in args.runs_dir.glob("*/config.yaml"))
-    if not run_dirs:
-        print(f"error: no run folders (*/config.yaml) under runs_dir {args.runs_dir}", file=sys.stderr)
-        return 2
+    run_dirs: list[Path] = []
+    for runs_dir in args.runs_dir:
+        found = sorted(p.parent for p in runs_dir.glob("*/config.yaml"))
+        if not found:
+            print(f"error: no run folders (*/config.yaml) under runs_dir {runs_dir}", file=sys.stderr)
+            return 2
+        run_dirs += found
     short = unfinished(run_dirs)
     if short:
         print(f"left out, unfinished: {', '.join(p.name for p in short)}\n")

@@ -72,3 +72,25 @@ def test_scores_are_task_means_without_the_zero_shot_evaluation(tmp_path: Path, 
     assert "| 0.1 | 1.50 | 1 | 2 |" in out and "| 1.0 | 1.50 | 1 | 2 |" in out
     assert main([str(tmp_path), "--key", "optimizer.nope"]) == 2
     assert "--key optimizer.nope" in capsys.readouterr().err
+
+
+def test_key_method_ranks_the_methods_of_several_sweeps_together(tmp_path: Path, capsys) -> None:
+    """Two sweeps' folders pooled; ``--key method`` labels each run by its folder's method name."""
+    grid, other = tmp_path / "grid", tmp_path / "other"
+    grid.mkdir(), other.mkdir()
+    _run(grid, "optimizer.iso_coef=0.1__s0", 0.1, 0, {50: 2.0, 150: 4.0})
+    _run(other, "coupled_0.1__s0", 0.0, 0, {50: 3.0, 150: 1.0})
+    _run(other, "coupled_1__s0", 0.0, 0, {50: 1.0, 150: 9.0})
+    scores = grid_scores(sorted([*grid.iterdir(), *other.iterdir()]), "method")
+    assert scores == {
+        (0, 0): {"optimizer.iso_coef=0.1": 2.0, "coupled_0.1": 3.0, "coupled_1": 1.0},
+        (0, 1): {"optimizer.iso_coef=0.1": 4.0, "coupled_0.1": 1.0, "coupled_1": 9.0},
+    }
+    assert main([str(grid), str(other), "--key", "method"]) == 0
+    out = capsys.readouterr().out
+    # coupled_1: ranks 3, 1 -> 2.0; the grid's: 2, 2 -> 2.0; coupled_0.1: 1, 3 -> 2.0
+    assert "| coupled_1 | 2.00 | 1 | 2 |" in out and "| optimizer.iso_coef=0.1 | 2.00 | 0 | 2 |" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(grid), str(empty)]) == 2
+    assert f"runs_dir {empty}" in capsys.readouterr().err
